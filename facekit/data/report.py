@@ -1,0 +1,92 @@
+"""Stage reports: what a stage read, wrote and rejected (with a reason for each rejection).
+
+A report is written as a DVC metrics file (``<name>.json``: counts and counts per reason) plus a
+``<name>.rejections.jsonl`` with one line per rejected key. ``read == written + rejected`` always;
+:meth:`StageReport.check` raises if a stage ever breaks that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facekit.data.record import Rejection
+
+
+@dataclass
+class StageReport:
+    """Counts of one stage (or one shard of it)."""
+
+    stage: str
+    read: int = 0
+    written: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejections)
+
+    def reject(self, key: str, reason: str, detail: str = "") -> None:
+        self.rejections.append(Rejection(key, reason, detail))
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.reason for r in self.rejections).items()))
+
+    def check(self) -> StageReport:
+        """Raise if the counts do not reconcile (read = written + rejected)."""
+        if self.read != self.written + self.rejected:
+            raise RuntimeError(
+                f"{self.stage}: counts do not reconcile: read {self.read} != "
+                f"written {self.written} + rejected {self.rejected}"
+            )
+        return self
+
+    def merge(self, other: StageReport) -> StageReport:
+        """Add ``other``'s counts to this report (used to combine per-shard reports)."""
+        self.read += other.read
+        self.written += other.written
+        self.rejections.extend(other.rejections)
+        for k, v in other.extra.items():
+            self.extra[k] = self.extra.get(k, 0) + v
+        return self
+
+    def summary(self) -> str:
+        """One line for the end of a run."""
+        reasons = ", ".join(f"{k}={v}" for k, v in self.by_reason().items())
+        return (
+            f"{self.stage}: read {self.read}, written {self.written}, rejected {self.rejected}"
+            + (f" ({reasons})" if reasons else "")
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "read": self.read,
+            "written": self.written,
+            "rejected": self.rejected,
+            "rejected_by_reason": self.by_reason(),
+            **self.extra,
+        }
+
+    def write(self, path: Path) -> None:
+        """Write ``path`` (metrics JSON) and ``path.with_suffix('.rejections.jsonl')``."""
+        self.check()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        lines = [
+            json.dumps({"key": r.key, "reason": r.reason, "detail": r.detail})
+            for r in sorted(self.rejections, key=lambda r: r.key)
+        ]
+        path.with_suffix(".rejections.jsonl").write_text("".join(line + "\n" for line in lines))
+
+    @classmethod
+    def load(cls, path: Path) -> StageReport:
+        d = json.loads(path.read_text())
+        rep = cls(stage=d["stage"], read=d["read"], written=d["written"])
+        for line in path.with_suffix(".rejections.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            rep.reject(r["key"], r["reason"], r["detail"])
+        return rep
