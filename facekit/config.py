@@ -1,0 +1,128 @@
+"""Typed parameter sections read from ``params.yaml`` (the file DVC tracks).
+
+Each section is a frozen dataclass; unknown keys are an error with a suggestion, so a typo in
+params.yaml never silently falls back to a default. ``section_hash`` gives the stable hash stored in
+every shard's metadata, so a shard says which parameters made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    """The ``sample`` stage: copy the shared sample photos into an identity-folder layout."""
+
+    photos: str = "faces/deepface"  # relative to the assets root
+    out: str = "data/raw/sample"
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    """Which raw source the lineage reads (see ``facekit.data.sources.open_source``)."""
+
+    type: Literal["folder", "recordio"] = "folder"
+    path: str = "data/raw/sample"
+    name: str = "sample"
+    layout: Literal["vggface2", "webface"] = "vggface2"
+    channel_order: Literal["bgr", "rgb"] = "bgr"  # RecordIO only: MS1MV3 bgr, WebFace4M rgb
+
+    def spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"type": self.type, "path": self.path, "name": self.name}
+        if self.type == "folder":
+            spec["layout"] = self.layout
+        else:
+            spec["channel_order"] = self.channel_order
+        return spec
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """Face detection (ONNX Runtime) and which face to keep."""
+
+    detector: Literal["scrfd", "retinaface"] = "scrfd"
+    model: str = "models/scrfd_500m_bnkps.onnx"  # absolute, relative to cwd, or to the assets root
+    input_size: int = 640
+    score_threshold: float = 0.5
+    nms_threshold: float = 0.4
+    min_face_size: float = 20.0  # shorter side of the box, source pixels
+    select: Literal["largest", "score"] = "largest"
+    max_pixels: int = 50_000_000  # larger images are rejected before decoding
+    assume_aligned: bool = False  # source is already aligned (MS1MV2/3, WebFace .rec): skip detection
+
+
+@dataclass(frozen=True)
+class AlignParams:
+    """Similarity alignment of the 5 landmarks onto the ArcFace template."""
+
+    size: int = 112
+    face_fraction: float = 1.0  # 1.0 = ArcFace crop; e.g. 224 with 0.75 leaves margin for SSL methods
+    jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class ShardingParams:
+    """How work is split and how many processes run it."""
+
+    num_shards: int = 4
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class PackParams:
+    """Final LMDB shards."""
+
+    max_shard_bytes: int = 2_000_000_000
+    dedupe: bool = True  # identical source files: keep the first key, reject the rest
+    grid_size: int = 48  # faces in the sample grid
+
+
+@dataclass(frozen=True)
+class Params:
+    sample: SampleParams = field(default_factory=SampleParams)
+    source: SourceParams = field(default_factory=SourceParams)
+    detect: DetectParams = field(default_factory=DetectParams)
+    align: AlignParams = field(default_factory=AlignParams)
+    sharding: ShardingParams = field(default_factory=ShardingParams)
+    pack: PackParams = field(default_factory=PackParams)
+
+
+def _check_keys(values: dict[str, Any], known: list[str], where: str) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
+            for k in unknown
+        ]
+        raise ValueError(f"unknown parameter(s) in {where}: {', '.join(hints)}")
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read ``params.yaml``; missing sections and keys take the defaults above."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"parameter file not found: {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Params)}
+    _check_keys(values, list(sections), path.name)
+    built = {}
+    for name, cls in sections.items():
+        section = values.get(name) or {}
+        _check_keys(section, [f.name for f in dataclasses.fields(cls)], f"{path.name}: {name}")
+        built[name] = cls(**section)
+    return Params(**built)
+
+
+def section_hash(*sections: Any) -> str:
+    """sha256 (first 16 hex) of the given parameter sections, stable across runs and machines."""
+    payload = json.dumps([dataclasses.asdict(s) for s in sections], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Dataset-level lineage steps. Each is plain Python (no DVC or Prefect import) and writes a report."""

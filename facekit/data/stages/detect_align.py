@@ -1,0 +1,176 @@
+"""The ``detect_align`` stage: raw photos → detected, 5-point-aligned faces in per-shard LMDBs.
+
+The unit of work is one shard (:func:`detect_align_shard`, a pure function of the parameters and the
+shard id), so the same code runs serially, in a local process pool (:func:`run_detect_align`) or fanned
+out by Prefect over Dask workers. Every key of the source ends up either in the shard or in the shard's
+report as a rejection with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import traceback
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from facekit.assets import asset_path
+from facekit.config import AlignParams, DetectParams, Params, section_hash
+from facekit.data.images import ImageError, decode_image, encode_jpeg
+from facekit.data.ops.align import ARCFACE_TEMPLATE, align_face, transform_points
+from facekit.data.ops.detect import FaceDetector, create_detector, select_face
+from facekit.data.record import FaceRecord, RawRecord, Rejection
+from facekit.data.report import StageReport
+from facekit.data.shards import ShardReader, ShardWriter
+from facekit.data.sources import open_source
+from facekit.data.sources.base import Source, SourceError
+from facekit.data.stages.fanout import ShardMap, process_map
+from facekit.data.stages.sharding import shard_name, shard_of
+
+JPEG_SOI = b"\xff\xd8"
+
+
+def resolve_model(model: str) -> Path:
+    """A model path from params: absolute, relative to the working directory, or to the assets root."""
+    path = Path(model)
+    if path.is_absolute() or path.exists():
+        return path
+    return asset_path(model)
+
+
+@lru_cache(maxsize=4)
+def _detector(params: DetectParams) -> FaceDetector:
+    """One single-threaded detector per process (several processes scale better than threads)."""
+    return create_detector(
+        params.detector,
+        resolve_model(params.model),
+        input_size=params.input_size,
+        score_threshold=params.score_threshold,
+        nms_threshold=params.nms_threshold,
+        num_threads=1,
+    )
+
+
+def align_record(raw: RawRecord, detect: DetectParams, align: AlignParams) -> FaceRecord | Rejection:
+    """Decode → detect → keep one face → align → encode. Never raises for bad input."""
+    sha = hashlib.sha256(raw.data).hexdigest()
+    channel_order = raw.meta.get("channel_order", "rgb")
+    try:
+        img = decode_image(raw.data, max_pixels=detect.max_pixels, channel_order=channel_order)
+    except ImageError as e:
+        return Rejection(raw.key, e.reason, e.detail)
+    h, w = img.shape[:2]
+    if detect.assume_aligned:
+        return _already_aligned(raw, img, sha, align)
+    dets = _detector(detect).detect(img)
+    if len(dets) == 0:
+        return Rejection(raw.key, "no_face", f"no face above score {detect.score_threshold} in {w}x{h}")
+    i = select_face(dets, min_size=detect.min_face_size, policy=detect.select)
+    if i is None:
+        sides = np.minimum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
+        return Rejection(
+            raw.key,
+            "face_too_small",
+            f"{len(dets)} face(s), largest {sides.max():.0f}px < min_face_size {detect.min_face_size:g}",
+        )
+    crop, m = align_face(img, dets.landmarks[i], size=align.size, face_fraction=align.face_fraction)
+    return FaceRecord(
+        key=raw.key,
+        image=encode_jpeg(crop, align.jpeg_quality),
+        identity=raw.identity,
+        landmarks=transform_points(dets.landmarks[i], m).astype(np.float32),
+        bbox=dets.boxes[i].astype(np.float32),
+        det_score=float(dets.scores[i]),
+        num_faces=len(dets),
+        source=raw.source,
+        source_sha256=sha,
+    )
+
+
+def _already_aligned(raw: RawRecord, img: np.ndarray, sha: str, align: AlignParams) -> FaceRecord | Rejection:
+    """Sources such as MS1MV2/3 hold ArcFace-aligned crops: keep them, resized to ``align.size``."""
+    h, w = img.shape[:2]
+    if h != w:
+        return Rejection(raw.key, "not_aligned", f"assume_aligned needs square crops, got {w}x{h}")
+    # an RGB JPEG of the right size is kept as it is: no needless re-encode
+    reusable = w == align.size and raw.meta.get("channel_order", "rgb") == "rgb" and raw.data[:2] == JPEG_SOI
+    resized = cv2.resize(img, (align.size, align.size), interpolation=cv2.INTER_AREA)
+    data = raw.data if reusable else encode_jpeg(resized, align.jpeg_quality)
+    return FaceRecord(
+        key=raw.key,
+        image=data,
+        identity=raw.identity,
+        landmarks=(ARCFACE_TEMPLATE * (align.size / 112.0)).astype(np.float32),
+        bbox=np.array([0, 0, w, h], np.float32),
+        det_score=1.0,
+        num_faces=1,
+        source=raw.source,
+        source_sha256=sha,
+    )
+
+
+def stage_hash(params: Params) -> str:
+    """Hash of every parameter that changes this stage's output."""
+    return section_hash(params.source, params.detect, params.align, params.sharding)
+
+
+def detect_align_shard(params: Params, shard_id: int, out_dir: Path) -> StageReport:
+    """Process the source keys of one shard into ``out_dir/shard-NNNNN.lmdb`` (+ its report).
+
+    A shard already complete with the same parameters is kept as it is (resume after a crash).
+    """
+    name = shard_name(shard_id)
+    shard_path, report_path = out_dir / f"{name}.lmdb", out_dir / f"{name}.json"
+    phash = stage_hash(params)
+    done = shard_path.is_dir() and report_path.is_file()
+    if done and ShardReader(shard_path).meta.get("params_hash") == phash:
+        return StageReport.load(report_path)
+    if params.detect.assume_aligned and params.align.face_fraction != 1.0:
+        raise ValueError("assume_aligned sources are ArcFace crops: align.face_fraction must be 1.0")
+    source = open_source(params.source.spec())
+    keys = [k for k in source.keys() if shard_of(k, params.sharding.num_shards) == shard_id]
+    meta = {"identities": source.identities(), "params_hash": phash, "stage": "detect_align"}
+    report = StageReport("detect_align")
+    with ShardWriter(shard_path, meta=meta) as writer:
+        for key in keys:
+            report.read += 1
+            result = _process_key(source, key, params)
+            if isinstance(result, Rejection):
+                report.rejections.append(result)
+            else:
+                writer.put(result)
+                report.written += 1
+    report.check().write(report_path)
+    return report
+
+
+def _process_key(source: Source, key: str, params: Params) -> FaceRecord | Rejection:
+    try:
+        return align_record(source.read(key), params.detect, params.align)
+    except SourceError as e:
+        return Rejection(key, e.reason, e.detail)
+    except Exception as e:  # a bug must not lose the record: it is reported with its cause
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return Rejection(key, "internal_error", f"{type(e).__name__}: {e} ({where.filename}:{where.lineno})")
+
+
+def run_detect_align(
+    params: Params, out_dir: Path, *, progress: bool = True, shard_map: ShardMap | None = None
+) -> StageReport:
+    """All shards (in ``params.sharding.workers`` processes unless ``shard_map`` says otherwise)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.tmp"):
+        shutil.rmtree(stale)
+    n = params.sharding.num_shards
+    run = shard_map or process_map(params.sharding.workers)
+    total = StageReport("detect_align")
+    with tqdm(total=n, desc="detect_align", unit="shard", disable=not progress) as bar:
+        for rep in run(detect_align_shard, [(params, i, out_dir) for i in range(n)]):
+            total.merge(rep)
+            bar.set_postfix(faces=total.written, rejected=total.rejected)
+            bar.update()
+    return total.check()

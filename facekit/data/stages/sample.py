@@ -1,0 +1,40 @@
+"""The ``sample`` stage: the shared sample photos, laid out as identity folders.
+
+``<assets>/faces/deepface/identities.csv`` (``file,identity_id``) names 61 photos of 13 people; they
+are copied to ``<out>/id<NN>/<file>``, the VGGFace2 / WebFace layout the folder source reads. A real
+user points ``source`` in params.yaml at VGGFace2, WebFace or a ``.rec`` instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+from facekit.config import SampleParams
+from facekit.data.report import StageReport
+
+
+def run_sample(params: SampleParams, assets: Path, out: Path | None = None) -> StageReport:
+    """Copy the identity photos; a listed photo that is missing is rejected with ``missing_file``."""
+    photos = assets / params.photos
+    table = photos / "identities.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"sample identity table not found: {table}")
+    out = Path(params.out) if out is None else out
+    if out.exists():
+        shutil.rmtree(out)
+    report = StageReport("sample")
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        report.read += 1
+        src = photos / row["file"]
+        if not src.is_file():
+            report.reject(row["file"], "missing_file", str(src))
+            continue
+        dst = out / f"id{int(row['identity_id']):02d}" / row["file"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        report.written += 1
+    return report.check()

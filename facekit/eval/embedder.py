@@ -1,0 +1,75 @@
+"""Face embeddings from an ONNX recognition model (ArcFace-style: NCHW RGB input, (x - 127.5) / 128)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+_DYNAMIC_BATCH = 256
+
+
+class OnnxEmbedder:
+    """L2-normalised embeddings of aligned face crops, on one CPU ONNX Runtime session.
+
+    Models with a fixed batch dimension (e.g. MobileFaceNet exported with batch 1) are run in chunks of
+    that size; dynamic-batch models in chunks of up to 256 faces.
+    """
+
+    def __init__(self, model_path: Path, *, num_threads: int = 1) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"embedding model not found: {path}; set FACEKIT_ASSETS to the assets folder or pass model_path"
+            )
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT raises its own opaque types for unreadable files
+            raise ValueError(f"cannot load embedding ONNX model {path}: {err}") from err
+        inp = self.session.get_inputs()[0]
+        if len(inp.shape) != 4 or inp.shape[1] != 3:
+            raise ValueError(f"{path}: expected an NCHW RGB input, got shape {inp.shape}")
+        self.input_name = inp.name
+        self.batch_size = inp.shape[0] if isinstance(inp.shape[0], int) else _DYNAMIC_BATCH
+        self.fixed_batch = isinstance(inp.shape[0], int)
+        h, w = inp.shape[2], inp.shape[3]
+        self.input_hw = (h, w) if isinstance(h, int) and isinstance(w, int) else (112, 112)
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+
+    def embed(self, faces_rgb: np.ndarray, flip: bool = False) -> np.ndarray:
+        """Embed aligned faces ``[N, H, W, 3]`` uint8 RGB (H, W = the model's input, 112) -> [N, D] float32.
+
+        ``flip=True`` adds the embedding of the horizontally flipped face before normalising.
+        """
+        faces = np.asarray(faces_rgb)
+        if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (*self.input_hw, 3):
+            raise ValueError(
+                f"expected aligned faces [N, {self.input_hw[0]}, {self.input_hw[1]}, 3] uint8 RGB, "
+                f"got {faces.dtype} {faces.shape}"
+            )
+        if faces.shape[0] == 0:
+            return np.zeros((0, self.dim), np.float32)
+        emb = self._forward(faces)
+        if flip:
+            emb = emb + self._forward(faces[:, :, ::-1])
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        return (emb / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def _forward(self, faces: np.ndarray) -> np.ndarray:
+        """Raw model outputs for faces [N, H, W, 3] uint8 RGB -> [N, D] float32."""
+        out = []
+        for start in range(0, faces.shape[0], self.batch_size):
+            chunk = faces[start : start + self.batch_size]
+            n = chunk.shape[0]
+            if self.fixed_batch and n < self.batch_size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
+            blob = ((chunk.astype(np.float32) - 127.5) / 128.0).transpose(0, 3, 1, 2)
+            out.append(self.session.run(None, {self.input_name: np.ascontiguousarray(blob)})[0][:n])
+        return np.concatenate(out).reshape(faces.shape[0], -1).astype(np.float32)

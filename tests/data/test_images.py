@@ -1,0 +1,223 @@
+"""decode_image on real photos and on every kind of broken or unusual file a raw dataset contains."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from facekit.data.images import ImageError, decode_image, decode_jpeg_rgb, encode_jpeg
+
+
+@pytest.fixture(scope="module")
+def photo_jpeg(assets: Path) -> bytes:
+    """A real 1 MP-class face photo (JPEG bytes)."""
+    return (assets / "faces" / "deepface" / "img1.jpg").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def photo_bgr(photo_jpeg: bytes) -> np.ndarray:
+    """The same photo, downscaled to keep the tests fast: BGR uint8 [H, W, 3]."""
+    full = cv2.imdecode(np.frombuffer(photo_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.resize(full, (full.shape[1] // 2, full.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def _pil_bytes(img: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def _reason(data: bytes, **kwargs: object) -> str:
+    with pytest.raises(ImageError) as info:
+        decode_image(data, **kwargs)
+    assert info.value.detail, "every refusal explains itself"
+    return info.value.reason
+
+
+def test_every_deepface_photo_decodes_like_opencv(assets: Path) -> None:
+    """Strict decoding rejects no real photo and gives OpenCV's pixels (one is a WebP named .jpg)."""
+    paths = sorted((assets / "faces" / "deepface").glob("*.jpg"))
+    assert len(paths) >= 60
+    for path in paths:
+        data = path.read_bytes()
+        ours = decode_image(data)
+        reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert ours.dtype == np.uint8 and ours.flags.c_contiguous
+        assert ours.shape == reference.shape, path.name
+        assert np.abs(ours.astype(np.int16) - reference).max() <= 2, path.name
+
+
+def test_decompression_bomb_refused_from_header_without_decoding() -> None:
+    """A real 30000x30000 PNG (109 KB on disk, 2.7 GB decoded) is refused before any pixel is decoded."""
+    width = height = 30000
+    packer = zlib.compressobj(9)
+    rows = (b"\x00" * (width // 8 + 1)) * 1000
+    idat = b"".join(packer.compress(rows) for _ in range(height // 1000)) + packer.flush()
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+    tracemalloc.start()
+    assert _reason(bomb) == "too_large"
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB while refusing a bomb"
+
+
+def test_max_pixels_is_the_callers_limit(photo_jpeg: bytes) -> None:
+    height, width = decode_image(photo_jpeg).shape[:2]
+    assert _reason(photo_jpeg, max_pixels=height * width - 1) == "too_large"
+    assert decode_image(photo_jpeg, max_pixels=height * width).shape[:2] == (height, width)
+
+
+def test_empty_and_non_image_files(tmp_path: Path) -> None:
+    assert _reason(b"") == "empty_file"
+    text = tmp_path / "holiday.jpg"
+    text.write_text("this is a note, not a photo\n")
+    assert _reason(text.read_bytes()) == "not_an_image"
+
+
+def test_garbled_jpeg_header_and_stream_are_corrupt(photo_jpeg: bytes) -> None:
+    header_garbled = bytearray(photo_jpeg)
+    header_garbled[2:400] = bytes(range(256)) + bytes(142)
+    assert _reason(bytes(header_garbled)) == "corrupt_image"
+
+    stream_garbled = bytearray(photo_jpeg)
+    middle = len(photo_jpeg) // 2
+    noise = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    stream_garbled[middle : middle + 4000] = noise
+    assert _reason(bytes(stream_garbled)) == "corrupt_image"
+
+
+def test_truncated_jpeg_and_png_are_refused_not_grey_filled(photo_jpeg: bytes, photo_bgr: np.ndarray) -> None:
+    assert _reason(photo_jpeg[: len(photo_jpeg) // 2]) == "truncated_image"
+    png = _png(photo_bgr)
+    assert _reason(png[: len(png) // 2]) == "truncated_image"
+    with pytest.raises(ImageError) as info:
+        decode_jpeg_rgb(photo_jpeg[: len(photo_jpeg) // 2])
+    assert info.value.reason == "truncated_image"
+
+
+def test_junk_before_end_marker_is_tolerated(photo_jpeg: bytes) -> None:
+    """Bytes between the last scan and EOI (common in camera files) leave the pixels intact."""
+    assert photo_jpeg.endswith(b"\xff\xd9")
+    padded = photo_jpeg[:-2] + b"\x00" * 16 + b"\xff\xd9"
+    np.testing.assert_array_equal(decode_image(padded), decode_image(photo_jpeg))
+
+
+def test_png_alpha_is_composited_on_white(photo_bgr: np.ndarray) -> None:
+    height, width = photo_bgr.shape[:2]
+    alpha = np.full((height, width), 255, np.uint8)
+    alpha[:, : width // 3] = 0
+    alpha[:, width // 3 : 2 * width // 3] = 128
+    out = decode_image(_png(np.dstack([photo_bgr, alpha])))
+    assert out.shape == photo_bgr.shape
+    assert (out[:, : width // 3] == 255).all()
+    np.testing.assert_array_equal(out[:, 2 * width // 3 :], photo_bgr[:, 2 * width // 3 :])
+    half = photo_bgr[:, width // 3 : 2 * width // 3].astype(np.float64)
+    expected = half * 128 / 255 + 255 * 127 / 255
+    assert np.abs(out[:, width // 3 : 2 * width // 3] - expected).max() <= 1
+
+
+def test_sixteen_bit_png_rescaled_not_clipped(photo_bgr: np.ndarray) -> None:
+    deep = photo_bgr.astype(np.uint16) * 257
+    np.testing.assert_array_equal(decode_image(_png(deep)), photo_bgr)
+    grey = cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2GRAY)
+    out = decode_image(_png(grey.astype(np.uint16) * 257))
+    np.testing.assert_array_equal(out, np.dstack([grey] * 3))
+
+
+def test_cmyk_jpeg_matches_pil_rgb_conversion(photo_bgr: np.ndarray) -> None:
+    rgb = Image.fromarray(np.ascontiguousarray(photo_bgr[:, :, ::-1]))
+    cmyk = _pil_bytes(rgb.convert("CMYK"), "JPEG", quality=95)
+    out = decode_image(cmyk)
+    pil_rgb = np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB"))
+    assert np.abs(out.astype(np.int16) - pil_rgb[:, :, ::-1]).max() <= 1
+    assert np.abs(out.astype(np.int16) - photo_bgr).mean() < 4, "colours stay those of the photo"
+
+
+def test_greyscale_gives_three_equal_channels(photo_bgr: np.ndarray) -> None:
+    grey = cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2GRAY)
+    for data in (_pil_bytes(Image.fromarray(grey), "JPEG", quality=95), _png(grey)):
+        out = decode_image(data)
+        assert out.shape == (*grey.shape, 3)
+        assert (out[:, :, 0] == out[:, :, 1]).all() and (out[:, :, 1] == out[:, :, 2]).all()
+        assert np.abs(out[:, :, 0].astype(np.int16) - grey).mean() < 2
+
+
+def test_exif_orientation_is_honoured(photo_bgr: np.ndarray) -> None:
+    """Same JPEG pixels with EXIF orientation 6 / 8 come out as the rotated original."""
+    pil = Image.fromarray(np.ascontiguousarray(photo_bgr[:, :, ::-1]))
+    upright = decode_image(_pil_bytes(pil, "JPEG", quality=95))
+
+    def tagged(orientation: int) -> bytes:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        return _pil_bytes(pil, "JPEG", quality=95, exif=exif)
+
+    np.testing.assert_array_equal(decode_image(tagged(6)), np.rot90(upright, k=-1))
+    np.testing.assert_array_equal(decode_image(tagged(8)), np.rot90(upright, k=1))
+    for orientation in range(1, 9):
+        data = tagged(orientation)
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))[:, :, ::-1]
+        assert np.abs(decode_image(data).astype(np.int16) - expected).max() <= 1, orientation
+
+
+def test_webp_and_bmp_decode_exactly(photo_bgr: np.ndarray) -> None:
+    rgb = Image.fromarray(np.ascontiguousarray(photo_bgr[:, :, ::-1]))
+    np.testing.assert_array_equal(decode_image(_pil_bytes(rgb, "WEBP", lossless=True)), photo_bgr)
+    np.testing.assert_array_equal(decode_image(_pil_bytes(rgb, "BMP")), photo_bgr)
+
+
+def test_unsupported_formats_are_named(photo_bgr: np.ndarray) -> None:
+    icon = _pil_bytes(Image.fromarray(photo_bgr[:64, :64]), "ICO")
+    assert _reason(icon) == "unsupported_image"
+    heic_header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    assert _reason(heic_header) == "unsupported_image"
+
+
+def test_bgr_stored_files_come_out_as_proper_bgr(photo_bgr: np.ndarray) -> None:
+    """MS1MV3-style files hold B, G, R where a JPEG expects R, G, B."""
+    stored_swapped = _pil_bytes(Image.fromarray(np.ascontiguousarray(photo_bgr)), "JPEG", quality=98)
+    out = decode_image(stored_swapped, channel_order="bgr")
+    assert np.abs(out.astype(np.int16) - photo_bgr).mean() < 2
+    assert np.abs(decode_image(stored_swapped).astype(np.int16) - photo_bgr).mean() > 5
+
+
+def test_encode_decode_roundtrip_is_standard_rgb_jpeg(photo_bgr: np.ndarray) -> None:
+    data = encode_jpeg(photo_bgr, quality=95)
+    rgb = decode_jpeg_rgb(data)
+    assert rgb.shape == photo_bgr.shape and rgb.dtype == np.uint8
+    mse = np.mean((rgb[:, :, ::-1].astype(np.float64) - photo_bgr) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 35
+    pil_rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.abs(pil_rgb.astype(np.int16) - rgb).mean() < 1, "any JPEG reader sees the same colours"
+
+
+def test_encode_and_fast_decode_reject_bad_input(photo_bgr: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="uint8 BGR"):
+        encode_jpeg(photo_bgr.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8 BGR"):
+        encode_jpeg(photo_bgr[:, :, 0])
+    with pytest.raises(ValueError, match="quality"):
+        encode_jpeg(photo_bgr, quality=0)
+    with pytest.raises(ImageError) as info:
+        decode_jpeg_rgb(_png(photo_bgr))
+    assert info.value.reason == "not_an_image"

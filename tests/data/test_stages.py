@@ -1,0 +1,210 @@
+"""The lineage stages on real photos: end-to-end accuracy, bad input, duplicates, crash and re-run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facekit.config import Params, SampleParams, ShardingParams, SourceParams
+from facekit.data.record import FaceRecord
+from facekit.data.shards import FaceShardDataset, ShardReader, ShardWriter, read_index
+from facekit.data.stages.steps import detect_align_step, pack_step, sample_step
+from facekit.eval.embedder import OnnxEmbedder
+from facekit.eval.verification import verify
+
+
+def _params(raw: Path, num_shards: int = 2) -> Params:
+    return Params(
+        sample=SampleParams(out=str(raw)),
+        source=SourceParams(path=str(raw), name="t"),
+        sharding=ShardingParams(num_shards=num_shards, workers=2),
+    )
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> dict:
+    """sample → detect_align → pack on the 61 shared photos, once for the module."""
+    root = tmp_path_factory.mktemp("lineage")
+    os.environ["FACEKIT_ASSETS"] = str(assets)
+    params = _params(root / "raw", num_shards=3)
+    reports = {
+        "sample": sample_step(params, report=root / "m/sample.json"),
+        "detect_align": detect_align_step(
+            params, out=root / "aligned", report=root / "m/da.json", grid=root / "p/da.png", progress=False
+        ),
+        "pack": pack_step(
+            params,
+            aligned=root / "aligned",
+            out=root / "shards",
+            report=root / "m/pack.json",
+            grid=root / "p/faces.png",
+            progress=False,
+        ),
+    }
+    return {"root": root, "params": params, "reports": reports}
+
+
+def test_sample_counts_reconcile_through_every_stage(sample_run: dict) -> None:
+    reps = sample_run["reports"]
+    assert (reps["sample"].read, reps["sample"].written) == (61, 61)
+    for rep in reps.values():
+        assert rep.read == rep.written + rep.rejected
+    assert reps["detect_align"].read == reps["sample"].written
+    assert reps["pack"].read == reps["detect_align"].written
+    assert reps["detect_align"].written >= 60, reps["detect_align"].by_reason()
+    index = read_index(sample_run["root"] / "shards")
+    assert index["count"] == reps["pack"].written
+    assert len(index["identities"]) == 13
+    assert (sample_run["root"] / "p/faces.png").stat().st_size > 10_000
+
+
+def test_packed_faces_verify_on_the_real_pairs(sample_run: dict, assets: Path) -> None:
+    """raw → detect → align → LMDB → read back → MobileFaceNet → 10-fold accuracy on 280 pairs."""
+    ds = FaceShardDataset(sample_run["root"] / "shards", transform=lambda rgb: rgb)
+    crops = {Path(item["key"]).name: item["image"] for item in (ds[i] for i in range(len(ds)))}
+    assert all(c.shape == (112, 112, 3) for c in crops.values())
+    embedder = OnnxEmbedder(assets / "models/mobilefacenet_128d.onnx")
+    names = sorted(crops)
+    emb = dict(zip(names, embedder.embed(np.stack([crops[n] for n in names])), strict=True))
+    with (assets / "faces/deepface/pairs.csv").open() as f:
+        pairs = [(Path(r["file_x"]).stem, Path(r["file_y"]).stem, r["same"] == "1") for r in csv.DictReader(f)]
+    pairs = [p for p in pairs if p[0] in emb and p[1] in emb]
+    assert len(pairs) >= 270
+    result = verify(
+        np.stack([emb[a] for a, _, _ in pairs]),
+        np.stack([emb[b] for _, b, _ in pairs]),
+        np.array([s for _, _, s in pairs]),
+    )
+    assert result.accuracy >= 0.97, result
+
+
+def _jpeg(img: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92, **kw)
+    return buf.getvalue()
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _png_bomb(side: int) -> bytes:
+    """A valid 1-bit PNG of side × side black pixels (tiny on disk, ~side² bytes once decoded)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = (b"\0" + bytes((side + 7) // 8)) * side
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def _records(shards: Path) -> list[FaceRecord]:
+    return [r for entry in read_index(shards)["shards"] for r in ShardReader(shards / entry["name"])]
+
+
+def _bad_input_folder(root: Path, assets: Path) -> dict[str, str | None]:
+    """Identity folders holding every kind of bad input; returns key stem → expected rejection (None = kept)."""
+    face_bytes = (assets / "faces/deepface/img1.jpg").read_bytes()
+    face = Image.open(io.BytesIO(face_bytes)).convert("RGB")
+    face.thumbnail((640, 640))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display": the pixels are stored turned counter-clockwise
+    files: dict[str, tuple[bytes, str | None]] = {
+        "ok.jpg": (_jpeg(face), None),
+        "same_content.jpg": (_jpeg(face), "duplicate"),
+        "corrupt.jpg": (face_bytes[:200] + bytes(range(256)) * 40, "corrupt_image"),
+        "truncated.jpg": (face_bytes[: len(face_bytes) // 2], "truncated_image"),
+        "empty.jpg": (b"", "empty_file"),
+        "text.jpg": (b"this is not an image\n" * 10, "not_an_image"),
+        "alpha.png": (_png(face.convert("RGBA")), None),
+        "grey.jpg": (_jpeg(face.convert("L")), None),
+        "cmyk.jpg": (_jpeg(face.convert("CMYK")), None),
+        "exif_rotated.jpg": (_jpeg(face.rotate(90, expand=True), exif=exif), None),
+        "sixteen_bit.png": (_png(Image.fromarray(np.asarray(face.convert("L")).astype(np.uint16) * 257)), None),
+        "bomb.png": (_png_bomb(30000), "too_large"),
+        "no_face.jpg": (_jpeg(Image.new("RGB", (400, 300), (90, 140, 60))), "no_face"),
+        "group.jpg": ((assets / "faces/group/multiface.jpg").read_bytes(), None),
+    }
+    for name, (data, _) in files.items():
+        folder = root / ("b" if name.startswith("same") else "a")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    (root / "a" / "unreadable.jpg").mkdir()  # a directory named like a photo: reading it fails
+    expected = {Path(n).stem: reason for n, (_, reason) in files.items()}
+    expected["unreadable"] = "unreadable"
+    return expected
+
+
+def test_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_path: Path, assets: Path) -> None:
+    expected = _bad_input_folder(tmp_path / "raw", assets)
+    params = _params(tmp_path / "raw")
+    da = detect_align_step(
+        params, out=tmp_path / "aligned", report=tmp_path / "da.json", grid=tmp_path / "da.png", progress=False
+    )
+    pk = pack_step(
+        params,
+        aligned=tmp_path / "aligned",
+        out=tmp_path / "shards",
+        report=tmp_path / "pack.json",
+        grid=tmp_path / "faces.png",
+        progress=False,
+    )
+    assert da.read == len(expected) == da.written + da.rejected
+    assert pk.read == da.written == pk.written + pk.rejected
+    got = {Path(r.key).name: r.reason for r in da.rejections + pk.rejections}
+    for stem, reason in expected.items():
+        assert got.get(stem) == reason, (stem, got.get(stem), [r for r in da.rejections if stem in r.key])
+    records = {Path(r.key).name: r for r in _records(tmp_path / "shards")}
+    assert records["group"].num_faces == 6
+    assert records["ok"].num_faces == 1
+    # decoded upright, the EXIF-rotated photo has its face where the upright original has it
+    np.testing.assert_allclose(records["exif_rotated"].bbox, records["ok"].bbox, atol=4)
+
+
+def _fill_aligned(path: Path, n: int, template: FaceRecord) -> None:
+    with ShardWriter(path, meta={"identities": ["x"], "params_hash": "test"}) as w:
+        for i in range(n):
+            w.put(template.replace(key=f"t/x/{i:06d}", source_sha256=f"{i:064x}"))
+
+
+def test_pack_killed_midway_reruns_to_the_same_content_hash(tmp_path: Path, sample_run: dict) -> None:
+    """kill -9 in the middle of `facekit data pack`; the re-run equals an uninterrupted run."""
+    template = _records(sample_run["root"] / "shards")[0]
+    aligned = tmp_path / "aligned"
+    for s in range(2):
+        _fill_aligned(aligned / f"shard-{s:05d}.lmdb", 15_000, template.replace(identity=0))
+    (tmp_path / "params.yaml").write_text("pack: {max_shard_bytes: 20000000}\nsharding: {workers: 1}\n")
+    cmd = [sys.executable, "-m", "facekit.cli", "data", "pack", "--quiet", "--aligned", str(aligned)]
+    out = tmp_path / "shards"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], cwd=tmp_path, env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "pack finished before it could be interrupted"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "index.json").exists()
+    subprocess.run([*cmd, "--out", str(out)], cwd=tmp_path, check=True, capture_output=True)
+    clean = tmp_path / "clean"
+    subprocess.run([*cmd, "--out", str(clean)], cwd=tmp_path, check=True, capture_output=True)
+    assert read_index(out)["content_hash"] == read_index(clean)["content_hash"]
+    assert read_index(out)["count"] == 30_000
+    assert not list(out.glob("*.tmp"))
+    shutil.rmtree(clean)

@@ -1,0 +1,76 @@
+"""`dvc repro` of the sample pipeline for real, in a temporary git repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+STAGES = ("sample", "detect_align", "pack")
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _run([str(Path(sys.executable).parent / "dvc"), *args], repo)
+
+
+def _ran(output: str) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in output}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
+    """A fresh git repo holding the project's pipeline files and code, as a clean clone would."""
+    repo = tmp_path_factory.mktemp("clone")
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(PROJECT / name, repo / name)
+    shutil.copytree(PROJECT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    shutil.copytree(PROJECT / "facekit", repo / "facekit", ignore=shutil.ignore_patterns("__pycache__"))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=facekit", "-c", "user.email=ci@facekit", "commit", "-qm", "clone"], repo)
+    return repo
+
+
+def test_repro_runs_the_sample_end_to_end_then_does_nothing(repo: Path) -> None:
+    start = time.monotonic()
+    first = _dvc(repo, "repro")
+    elapsed = time.monotonic() - start
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert _ran(first.stdout) == set(STAGES)
+    assert elapsed < 180, f"dvc repro of the sample took {elapsed:.0f}s"
+    assert (repo / "data/shards/index.json").is_file()
+    assert (repo / "plots/faces.png").is_file()
+    metrics = yaml.safe_load((repo / "metrics/pack.json").read_text())
+    assert metrics["read"] == metrics["written"] + metrics["rejected"] >= 60
+    assert _dvc(repo, "status", "-q").returncode == 0
+
+    second = _dvc(repo, "repro")
+    assert second.returncode == 0, second.stderr
+    assert _ran(second.stdout) == set()
+    assert _dvc(repo, "status", "-q").returncode == 0
+
+
+def test_changing_an_alignment_param_reruns_only_what_depends_on_it(repo: Path) -> None:
+    if not (repo / "dvc.lock").is_file():
+        assert _dvc(repo, "repro").returncode == 0
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["align"]["jpeg_quality"] = 90
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _dvc(repo, "status", "-q").returncode == 1  # stale
+    rerun = _dvc(repo, "repro")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert _ran(rerun.stdout) == {"detect_align", "pack"}
+    assert _dvc(repo, "status", "-q").returncode == 0
