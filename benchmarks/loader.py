@@ -25,9 +25,10 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from facekit.data.dataset import FaceShardDataset
 from facekit.data.images import decode_jpeg_rgb
 from facekit.data.record import FaceRecord
-from facekit.data.shards import FaceShardDataset, ShardReader, ShardSetWriter, read_index, write_index
+from facekit.data.shards import ShardReader, ShardSetWriter, read_index, write_index
 
 GOAL, DECODE_GOAL = 2.0, 0.6
 
@@ -43,7 +44,6 @@ def source_records(shards: Path | None) -> list[FaceRecord]:
     """The sample's packed faces, or freshly aligned ones when no shards are given."""
     if shards is None:
         from facekit.assets import assets_root
-
         from facekit.config import Params, SampleParams, SourceParams
         from facekit.data.stages.detect_align import run_detect_align
         from facekit.data.stages.pack import run_pack

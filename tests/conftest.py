@@ -21,7 +21,6 @@ def assets() -> Path:
     root = os.environ.get("FACEKIT_ASSETS")
     if not root or not (Path(root) / "faces" / "deepface" / "identities.csv").is_file():
         pytest.fail(
-            "FACEKIT_ASSETS must point at the shared assets folder "
-            f"(faces/, models/, masks/, protocols/); got {root!r}"
+            f"FACEKIT_ASSETS must point at the shared assets folder (faces/, models/, masks/, protocols/); got {root!r}"
         )
     return Path(root)

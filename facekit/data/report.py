@@ -56,9 +56,8 @@ class StageReport:
     def summary(self) -> str:
         """One line for the end of a run."""
         reasons = ", ".join(f"{k}={v}" for k, v in self.by_reason().items())
-        return (
-            f"{self.stage}: read {self.read}, written {self.written}, rejected {self.rejected}"
-            + (f" ({reasons})" if reasons else "")
+        return f"{self.stage}: read {self.read}, written {self.written}, rejected {self.rejected}" + (
+            f" ({reasons})" if reasons else ""
         )
 
     def to_dict(self) -> dict:

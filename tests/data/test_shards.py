@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import facekit.data.shards as shards_module
+from facekit.data.dataset import FaceShardDataset
 from facekit.data.record import SCHEMA_VERSION, FaceRecord
 from facekit.data.shards import (
     META_KEY,
-    FaceShardDataset,
     ShardError,
     ShardReader,
     ShardSetWriter,

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from facekit.config import Params, SampleParams, ShardingParams, SourceParams
+from facekit.data.dataset import FaceShardDataset
 from facekit.data.record import FaceRecord
-from facekit.data.shards import FaceShardDataset, ShardReader, ShardWriter, read_index
+from facekit.data.shards import ShardReader, ShardWriter, read_index
 from facekit.data.stages.steps import detect_align_step, pack_step, sample_step
 from facekit.eval.embedder import OnnxEmbedder
 from facekit.eval.verification import verify
