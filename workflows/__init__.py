@@ -1,0 +1,1 @@
+"""Prefect flows and deployments around the facekit lineage (facekit itself never imports Prefect)."""

@@ -1,0 +1,102 @@
+"""Fixtures for the Prefect workflows: a real local Prefect server, small project copies, a serial baseline.
+
+The server is Prefect's own test harness (a real API server on a temporary database). Prefect's home and
+result storage go to a temporary folder, set in the environment as well so that subprocesses (process
+pool, Dask workers, ``flow.serve``) see the same settings.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+    temporary_settings,
+)
+from prefect.testing.utilities import prefect_test_harness
+
+from facekit.config import load_params
+from facekit.data.shards import read_index
+from facekit.data.stages.fanout import process_map
+from facekit.data.stages.steps import SHARDS, detect_align_step, pack_step, sample_step
+
+PROJECT = Path(__file__).resolve().parents[2]
+NUM_SHARDS = 2
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server for the whole session; yields its API URL."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {
+            "PREFECT_HOME": str(home),
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DVC_NO_ANALYTICS": "1",
+        }.items():
+            mp.setenv(name, value)
+        settings = {PREFECT_HOME: home, PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "results"}
+        with temporary_settings(updates=settings), prefect_test_harness(server_startup_timeout=60):
+            api = PREFECT_API_URL.value()
+            mp.setenv("PREFECT_API_URL", api)
+            yield api
+
+
+def make_project(root: Path) -> Path:
+    """``root`` as a small facekit project: the repo's dvc.yaml and params.yaml with fewer shards."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["sharding"]["num_shards"] = NUM_SHARDS
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assets: Path) -> Path:
+    """A small project in a temporary folder, made the working directory."""
+    root = make_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def dvc_repo(project: Path) -> Path:
+    """The small project as a fresh git + DVC repository holding the stage code dvc.yaml depends on."""
+    for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
+        for dep in stage.get("deps", []):
+            if dep.startswith("facekit/"):
+                (project / dep).parent.mkdir(parents=True, exist_ok=True)
+                copy = shutil.copytree if (PROJECT / dep).is_dir() else shutil.copy
+                copy(PROJECT / dep, project / dep)
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
+    return project
+
+
+@pytest.fixture(scope="session")
+def serial(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> dict[str, Any]:
+    """The same steps run serially without Prefect: per-stage counts and the packed content hash."""
+    root = make_project(tmp_path_factory.mktemp("serial"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        params = load_params()
+        inline = process_map(1)
+        reports = {
+            "sample": sample_step(params),
+            "detect_align": detect_align_step(params, shard_map=inline, progress=False),
+            "pack": pack_step(params, shard_map=inline, progress=False),
+        }
+        index = read_index(SHARDS)
+    stages = {s: {"read": r.read, "written": r.written, "rejected": r.rejected} for s, r in reports.items()}
+    return {"stages": stages, "faces": index["count"], "content_hash": index["content_hash"]}
