@@ -19,7 +19,8 @@ class FaceShardDataset(Dataset):
     """A map-style Dataset over one or more shards.
 
     ``shards`` is a folder with ``index.json``, a single shard, or a list of shard paths. Items are dicts:
-    ``image`` (``transform(rgb uint8 [H, W, 3])``, or without a transform a uint8 tensor [3, H, W]),
+    ``image`` (``transform(rgb uint8 [H, W, 3])``, or without a transform a uint8 tensor [3, H, W]; a
+    transform that returns a dict of views adds those entries instead),
     ``identity`` (int), ``landmarks`` (float32 tensor [5, 2]) and ``key`` (str).
     """
 
@@ -91,9 +92,13 @@ class FaceShardDataset(Dataset):
             image = self.transform(rgb)
         else:  # numpy's transpose copy: torch's .contiguous() here is ~10x slower on a busy 2-core box
             image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-        return {
-            "image": image,
+        item = {
             "identity": int(record.identity),
             "landmarks": torch.from_numpy(np.asarray(record.landmarks, dtype=np.float32)),
             "key": record.key,
         }
+        if isinstance(image, dict):  # a multi-view transform: its views become top-level batch entries
+            item.update(image)
+        else:
+            item["image"] = image
+        return item

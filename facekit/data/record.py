@@ -55,7 +55,10 @@ class FaceRecord:
     det_score:  detector confidence of the kept face.
     num_faces:  how many faces the detector found in the source image.
     source_sha256: hex digest of the raw file bytes (used to find duplicate files).
-    extra:      optional arrays added by later stages (e.g. ``"dense_landmarks"``), name -> array.
+    mask:       type of the synthetic mask drawn on ``masked_image`` (None: the face has no masked twin).
+    masked_image: encoded masked twin of ``image`` (same geometry), or None.
+    extra:      optional arrays added by later stages (e.g. ``"dense_landmarks"`` [468, 2] float16 in
+                crop pixels), name -> array.
     """
 
     key: str
@@ -68,6 +71,7 @@ class FaceRecord:
     source: str
     source_sha256: str
     mask: str | None = None
+    masked_image: bytes | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:

@@ -1,0 +1,70 @@
+"""The contract every training objective follows (pre-training methods and fine-tuning alike).
+
+One training loop (:func:`facekit.train.loop.train`) drives any :class:`Method`:
+
+- ``views()`` returns the per-sample transform the Dataset workers apply to an aligned face
+  (RGB uint8 ``[H, W, 3]``) — a picklable callable returning a dict of tensors (``"image"``, or
+  ``"view1"``/``"view2"``/crop parameters/masks ...). The default collate stacks them into the batch,
+  next to ``"identity"`` and ``"landmarks"`` from the shard.
+- ``forward(batch, hp)`` returns a dict of scalar tensors with at least ``"loss"``; ``hp`` holds this
+  iteration's scheduled values.
+- Parameters with ``requires_grad=False`` (frozen teachers, EMA targets) are not optimised.
+- ``after_step(hp)`` runs after each optimizer step (EMA teacher update, centre update, ...).
+- ``export_backbone()`` returns the network that fine-tuning starts from.
+- ``schedules(total_steps, steps_per_epoch)`` adds method-specific per-iteration schedules (e.g. the
+  DINO teacher temperature) to the loop's lr / weight decay / momentum arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from facekit.registry import Registry
+
+
+@dataclass(frozen=True)
+class StepValues:
+    """This iteration's scheduled values, computed by the loop from per-iteration arrays.
+
+    step:      global optimizer step (0-based); epoch: fractional epoch; progress: step / total in [0, 1].
+    lr, weight_decay: this step's values; momentum: EMA momentum for teacher/target networks.
+    extra:     method-specific schedules (from :meth:`Method.schedules`), name -> value.
+    """
+
+    step: int
+    epoch: float
+    progress: float
+    lr: float
+    weight_decay: float
+    momentum: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of a training objective; subclasses are registered in :data:`METHODS`."""
+
+    def views(self) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_step(self, hp: StepValues) -> None:
+        """Runs after every optimizer step; the default does nothing."""
+
+    def export_backbone(self) -> nn.Module:
+        raise NotImplementedError
+
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        """Extra per-iteration schedules, each an array of ``total_steps`` values; default none."""
+        return {}
+
+
+#: name -> Method subclass, e.g. ``METHODS.create("mae", backbone="vit_small_patch16_224")``.
+METHODS: Registry[Method] = Registry("method")
