@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import cv2
-from facekit.assets import asset_path, assets_root
 from insightface.model_zoo import get_model
 from insightface.utils.face_align import norm_crop
 
+from facekit.assets import asset_path, assets_root
 from facekit.config import PackParams, Params, SampleParams, ShardingParams, SourceParams
 from facekit.data.stages.detect_align import run_detect_align
 from facekit.data.stages.pack import run_pack
