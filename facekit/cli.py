@@ -53,6 +53,57 @@ def _cmd_pack(args: argparse.Namespace) -> str:
     return report.summary() + f" -> {args.out} ({report.extra['shards']:.0f} shard(s))"
 
 
+def _cmd_landmarks(args: argparse.Namespace) -> str:
+    from facekit.config import load_params
+    from facekit.data.stages.steps import landmarks_step
+
+    params = load_params(args.params)
+    report = landmarks_step(params, aligned=args.aligned, out=args.out, report=args.report, progress=not args.quiet)
+    return report.summary() + f" (median mesh agreement {report.extra.get('median_agreement', float('nan')):.3f})"
+
+
+def _cmd_masks(args: argparse.Namespace) -> str:
+    from facekit.config import load_params
+    from facekit.data.stages.steps import masks_step
+
+    params = load_params(args.params)
+    report = masks_step(
+        params, landmarks=args.landmarks, out=args.out, report=args.report, grid=args.grid, progress=not args.quiet
+    )
+    accuracy = {k.removeprefix("accuracy_"): v for k, v in report.extra.items() if k.startswith("accuracy_")}
+    quality = ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+    return report.summary() + f" ({report.extra.get('masked', 0):.0f} masked twins{'; ' + quality if quality else ''})"
+
+
+def _cmd_download(args: argparse.Namespace) -> str:
+    from facekit.config import load_params
+    from facekit.data.download import FetchOptions, download
+
+    p = load_params(args.params).download
+    options = FetchOptions(timeout_s=p.timeout_s, retries=p.retries)
+    report = download(
+        Path(p.parquet),
+        Path(p.out),
+        shard_size=p.shard_size,
+        workers=p.workers,
+        options=options,
+        report_path=args.report,
+    )
+    return report.summary()
+
+
+def _cmd_verify_raw(args: argparse.Namespace) -> int:
+    from facekit.data.verify_raw import KNOWN_COUNTS, verify_raw
+
+    expected = dict(KNOWN_COUNTS[args.expect]) if args.expect else {}
+    for key in ("identities", "images", "tars", "tolerance"):
+        if getattr(args, key) is not None:
+            expected[key] = getattr(args, key)
+    report = verify_raw(args.kind, args.path, expected or None)
+    print(report.message())
+    return 0 if report.ok else 1
+
+
 def _cmd_to_rec(args: argparse.Namespace) -> str:
     from facekit.data.sources import IdentityFolderSource
     from facekit.data.sources.recordio import source_to_recordio
@@ -78,6 +129,8 @@ def _cmd_inspect(args: argparse.Namespace) -> str:
 
 
 def _data_commands(sub: argparse._SubParsersAction) -> None:
+    from facekit.data.verify_raw import KNOWN_COUNTS
+
     data = sub.add_parser("data", help="the data lineage: raw photos → aligned faces → LMDB shards")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
 
@@ -93,13 +146,43 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=Path, default=Path("plots/detect_align.png"), help="PNG grid of aligned faces")
     p.set_defaults(func=_cmd_detect_align)
 
-    p = dsub.add_parser("pack", help="de-duplicate and pack aligned faces into size-limited LMDB shards")
+    p = dsub.add_parser("landmarks", help="dense MediaPipe face-mesh landmarks for every aligned face")
     _add_params_option(p)
     p.add_argument("--aligned", type=Path, default=Path("data/aligned"), help="output of detect-align")
+    p.add_argument("--out", type=Path, default=Path("data/landmarks"), help="folder for the per-shard LMDBs")
+    p.add_argument("--report", type=Path, default=Path("metrics/landmarks.json"), help="metrics file")
+    p.set_defaults(func=_cmd_landmarks)
+
+    p = dsub.add_parser("masks", help="draw synthetic masked twins of a fraction of the faces")
+    _add_params_option(p)
+    p.add_argument("--landmarks", type=Path, default=Path("data/landmarks"), help="output of landmarks")
+    p.add_argument("--out", type=Path, default=Path("data/masked"), help="folder for the per-shard LMDBs")
+    p.add_argument("--report", type=Path, default=Path("metrics/masks.json"), help="metrics file")
+    p.add_argument("--grid", type=Path, default=Path("plots/masks.png"), help="PNG of holistic / masked pairs")
+    p.set_defaults(func=_cmd_masks)
+
+    p = dsub.add_parser("pack", help="de-duplicate and pack aligned faces into size-limited LMDB shards")
+    _add_params_option(p)
+    p.add_argument("--aligned", type=Path, default=Path("data/masked"), help="per-shard LMDBs to pack")
     p.add_argument("--out", type=Path, default=Path("data/shards"), help="folder for the final shards")
     p.add_argument("--report", type=Path, default=Path("metrics/pack.json"), help="metrics file")
     p.add_argument("--grid", type=Path, default=Path("plots/faces.png"), help="PNG grid of packed faces")
     p.set_defaults(func=_cmd_pack)
+
+    p = dsub.add_parser("download", help="download LAION-Face images listed in a parquet into tar shards")
+    _add_params_option(p)
+    p.add_argument("--report", type=Path, default=Path("metrics/download.json"), help="metrics file")
+    p.set_defaults(func=_cmd_download)
+
+    p = dsub.add_parser("verify-raw", help="check a hand-obtained dataset's layout and counts")
+    p.add_argument("kind", choices=["vggface2", "webface", "recordio", "laion"], help="dataset layout")
+    p.add_argument("path", type=Path, help="dataset root (.rec file for recordio, tar folder for laion)")
+    p.add_argument("--expect", choices=sorted(KNOWN_COUNTS), default=None, help="a known dataset's published counts")
+    p.add_argument("--identities", type=int, default=None, help="expected number of identities")
+    p.add_argument("--images", type=int, default=None, help="expected number of images")
+    p.add_argument("--tars", type=int, default=None, help="expected number of tar shards (laion)")
+    p.add_argument("--tolerance", type=float, default=None, help="relative tolerance on the counts")
+    p.set_defaults(func=_cmd_verify_raw)
 
     p = dsub.add_parser("to-rec", help="convert an identity-folder dataset to insightface RecordIO")
     p.add_argument("folder", type=Path, help="root with one sub-folder per identity")

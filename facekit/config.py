@@ -87,13 +87,69 @@ class PackParams:
 
 
 @dataclass(frozen=True)
+class LandmarkParams:
+    """``landmarks:`` in params.yaml."""
+
+    model: str = "models/mediapipe_face_landmark_468.tflite"  # absolute, relative to cwd, or to the assets root
+    min_presence: float = 0.5  # face-presence probability below this: mesh_failed
+    max_disagreement: float = 0.25  # mesh vs detector five points, fraction of the inter-ocular distance
+    on_failure: Literal["reject", "keep"] = "reject"  # keep: write the face without dense landmarks
+    face_fraction: float = 0.8  # the ArcFace template's share of the mesh's 192 frame (margin for the mesh)
+
+
+MASK_KINDS = ("surgical", "N95", "KN95", "cloth", "gas")
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    """``masks:`` in params.yaml."""
+
+    masks_dir: str = "masks"  # folder with masks.cfg + PNGs: absolute, relative to cwd, or to the assets root
+    fraction: float = 0.5  # share of images (or identities) that get a masked twin
+    by: Literal["image", "identity"] = "image"  # identity: all images of a selected identity (unlabelled: per image)
+    kinds: tuple[str, ...] = MASK_KINDS
+    seed: int = 0
+    yaw_threshold: float = 0.3  # |head_yaw| beyond this takes a side-view template (they are drawn for ~0.5-0.8)
+    jpeg_quality: int = 95
+    # verification pairs (relative to the assets root) for the masked-vs-holistic accuracy report; "" = off
+    quality_pairs: str = "faces/deepface/pairs.csv"
+    quality_model: str = "models/mobilefacenet_128d.onnx"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", tuple(self.kinds))  # params.yaml gives a list
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"masks.fraction must be in [0, 1], got {self.fraction}")
+        if self.by not in ("image", "identity"):
+            raise ValueError(f"masks.by must be 'image' or 'identity', got {self.by!r}")
+        if not self.kinds:
+            raise ValueError("masks.kinds must name at least one mask kind")
+        if self.seed < 0:
+            raise ValueError(f"masks.seed must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    """The ``download`` stage: LAION-Face metadata parquet → img2dataset-style tar shards."""
+
+    parquet: str = "data/raw/laion_face/meta.parquet"
+    out: str = "data/raw/laion_face/tars"
+    shard_size: int = 10_000
+    workers: int = 16
+    timeout_s: float = 10.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
 class Params:
     sample: SampleParams = field(default_factory=SampleParams)
     source: SourceParams = field(default_factory=SourceParams)
     detect: DetectParams = field(default_factory=DetectParams)
     align: AlignParams = field(default_factory=AlignParams)
     sharding: ShardingParams = field(default_factory=ShardingParams)
+    landmarks: LandmarkParams = field(default_factory=LandmarkParams)
+    masks: MaskParams = field(default_factory=MaskParams)
     pack: PackParams = field(default_factory=PackParams)
+    download: DownloadParams = field(default_factory=DownloadParams)
 
 
 def _check_keys(values: dict[str, Any], known: list[str], where: str) -> None:

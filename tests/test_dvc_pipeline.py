@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
-STAGES = ("sample", "detect_align", "pack")
+STAGES = ("sample", "detect_align", "landmarks", "masks", "pack")
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -72,5 +72,5 @@ def test_changing_an_alignment_param_reruns_only_what_depends_on_it(repo: Path) 
     assert _dvc(repo, "status", "-q").returncode == 1  # stale
     rerun = _dvc(repo, "repro")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert _ran(rerun.stdout) == {"detect_align", "pack"}
+    assert _ran(rerun.stdout) == {"detect_align", "landmarks", "masks", "pack"}
     assert _dvc(repo, "status", "-q").returncode == 0

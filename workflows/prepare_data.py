@@ -32,9 +32,9 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from facekit.config import load_params
 from facekit.data.shards import read_index
-from facekit.data.stages.steps import SHARDS, detect_align_step, pack_step, sample_step
+from facekit.data.stages.steps import SHARDS, detect_align_step, landmarks_step, masks_step, pack_step, sample_step
 
-STAGES = ("sample", "detect_align", "pack")
+STAGES = ("sample", "detect_align", "landmarks", "masks", "pack")
 LOCK_ERROR = "Unable to acquire lock"
 RunnerName = Literal["thread", "process", "dask"]
 
@@ -107,11 +107,13 @@ def sample(params_path: str) -> dict[str, Any]:
 
 @flow(name="prepare-data-shards")
 def scale_out(params_path: str = "params.yaml") -> dict[str, dict[str, Any]]:
-    """The three steps without DVC; detect_align and pack fan their shards out on this flow's task runner."""
+    """The steps without DVC; the per-shard stages fan their shards out on this flow's task runner."""
     params = load_params(params_path)
     return {
         "sample": sample(params_path),
         "detect_align": detect_align_step(params, shard_map=prefect_shard_map, progress=False).to_dict(),
+        "landmarks": landmarks_step(params, shard_map=prefect_shard_map, progress=False).to_dict(),
+        "masks": masks_step(params, shard_map=prefect_shard_map, progress=False).to_dict(),
         "pack": pack_step(params, shard_map=prefect_shard_map, progress=False).to_dict(),
     }
 

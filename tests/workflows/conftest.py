@@ -27,7 +27,7 @@ from prefect.testing.utilities import prefect_test_harness
 from facekit.config import load_params
 from facekit.data.shards import read_index
 from facekit.data.stages.fanout import process_map
-from facekit.data.stages.steps import SHARDS, detect_align_step, pack_step, sample_step
+from facekit.data.stages.steps import SHARDS, detect_align_step, landmarks_step, masks_step, pack_step, sample_step
 
 PROJECT = Path(__file__).resolve().parents[2]
 NUM_SHARDS = 2
@@ -95,6 +95,8 @@ def serial(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> dict[str, 
         reports = {
             "sample": sample_step(params),
             "detect_align": detect_align_step(params, shard_map=inline, progress=False),
+            "landmarks": landmarks_step(params, shard_map=inline, progress=False),
+            "masks": masks_step(params, shard_map=inline, progress=False),
             "pack": pack_step(params, shard_map=inline, progress=False),
         }
         index = read_index(SHARDS)

@@ -68,7 +68,8 @@ def run_scale_out(runner: str, project: Path, serial: dict[str, Any]) -> None:
     tasks = shard_task_runs(run.id)
     names = sorted(t.name.rsplit("-", 1)[0] for t in tasks)
     n = load_params().sharding.num_shards
-    assert names == ["detect_align_shard"] * n + ["pack_shard"] * n + ["sample"]
+    per_shard = ["mesh_shard", "detect_align_shard", "masks_shard", "pack_shard"]
+    assert names == sorted([*(name for name in per_shard for _ in range(n)), "sample"])
     assert all(t.state is not None and t.state.is_completed() for t in tasks)
     check_outputs(project, summary, serial)
 

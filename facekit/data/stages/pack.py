@@ -44,7 +44,8 @@ def plan_pack(params: Params, aligned_dir: Path) -> PackPlan:
     for key, sha in sorted(entries):
         kept.setdefault(sha, key)
     duplicates = {key: kept[sha] for key, sha in entries if kept[sha] != key} if params.pack.dedupe else {}
-    phash = section_hash(params.source, params.detect, params.align, params.sharding, params.pack)
+    upstream = (params.source, params.detect, params.align, params.sharding, params.landmarks, params.masks)
+    phash = section_hash(*upstream, params.pack)
     identities = ShardReader(shards[0]).meta["identities"]
     return PackPlan(shards, identities, duplicates, params.pack.max_shard_bytes, phash)
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facekit.assets import assets_root
+from facekit.assets import asset_path, assets_root
 from facekit.config import Params
 from facekit.data.report import StageReport
-from facekit.data.shards import read_index
-from facekit.data.stages.detect_align import run_detect_align
+from facekit.data.shards import ShardReader, read_index
+from facekit.data.stages.detect_align import resolve_model, run_detect_align
 from facekit.data.stages.fanout import ShardMap
+from facekit.data.stages.landmarks import run_landmarks
+from facekit.data.stages.masks import mask_quality_report, run_masks, save_mask_grid
 from facekit.data.stages.pack import run_pack, save_face_grid
 from facekit.data.stages.sample import run_sample
 
 ALIGNED = Path("data/aligned")
+LANDMARKS = Path("data/landmarks")
+MASKED = Path("data/masked")
 SHARDS = Path("data/shards")
 
 
@@ -45,10 +49,46 @@ def detect_align_step(
     return result
 
 
-def pack_step(
+def landmarks_step(
     params: Params,
     *,
     aligned: Path = ALIGNED,
+    out: Path = LANDMARKS,
+    report: Path = Path("metrics/landmarks.json"),
+    shard_map: ShardMap | None = None,
+    progress: bool = True,
+) -> StageReport:
+    """Dense MediaPipe landmarks for every aligned face (faces the mesh fails on are rejected)."""
+    result = run_landmarks(params, params.landmarks, aligned, out, progress=progress, shard_map=shard_map)
+    result.write(report)
+    return result
+
+
+def masks_step(
+    params: Params,
+    *,
+    landmarks: Path = LANDMARKS,
+    out: Path = MASKED,
+    report: Path = Path("metrics/masks.json"),
+    grid: Path = Path("plots/masks.png"),
+    shard_map: ShardMap | None = None,
+    progress: bool = True,
+) -> StageReport:
+    """Synthetic masked twins; with ``masks.quality_pairs`` set, the masked-face accuracy drop too."""
+    result = run_masks(params, params.masks, landmarks, out, progress=progress, shard_map=shard_map)
+    shards = sorted(out.glob("shard-*.lmdb"))
+    if params.masks.quality_pairs:
+        model, pairs = resolve_model(params.masks.quality_model), asset_path(params.masks.quality_pairs)
+        result.extra.update(mask_quality_report(shards, model, pairs, mparams=params.masks))
+    result.write(report)
+    save_mask_grid([r for path in shards for r in ShardReader(path)], grid)
+    return result
+
+
+def pack_step(
+    params: Params,
+    *,
+    aligned: Path = MASKED,
     out: Path = SHARDS,
     report: Path = Path("metrics/pack.json"),
     grid: Path = Path("plots/faces.png"),

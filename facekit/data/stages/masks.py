@@ -1,0 +1,236 @@
+"""The ``masks`` stage: faces with dense landmarks -> the same faces, some with a synthetic masked twin.
+
+Runs after ``landmarks`` (before ``pack``). Per shard (:func:`masks_shard`, a pure function of the
+parameters and the shard id) it reads ``in_dir/shard-NNNNN.lmdb`` and writes ``out_dir/shard-NNNNN.lmdb``
+with every record; for a ``fraction`` of the images (or of the identities) it draws a mask
+(:func:`~facekit.data.ops.masks.draw_mask`) and stores the JPEG in ``masked_image`` and the template
+name in ``mask``. Selection, template, colour and pixels depend only on ``(seed, key)`` (or
+``(seed, identity)`` for the selection by identity), never on sharding or order.
+
+Records without dense landmarks are written without a twin and counted (``no_landmarks``); the report's
+extra always reconciles: ``masked + not_selected + no_landmarks == written``, and ``masked_<kind>``
+counts the twins per mask kind. :func:`mask_quality_report` measures what the masks do to a recogniser.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from facekit.config import MaskParams, Params, section_hash
+from facekit.data.grid import save_grid
+from facekit.data.images import decode_jpeg_rgb, encode_jpeg
+from facekit.data.ops.masks import MaskTemplate, choose_mask, draw_mask, head_yaw, load_templates
+from facekit.data.record import FaceRecord
+from facekit.data.report import StageReport
+from facekit.data.shards import ShardReader, ShardWriter, read_index
+from facekit.data.stages.detect_align import resolve_model
+from facekit.data.stages.fanout import ShardMap, process_map
+from facekit.data.stages.sharding import shard_name
+from facekit.eval.embedder import OnnxEmbedder
+from facekit.eval.verification import verify
+
+#: The ``FaceRecord.extra`` key written by the landmarks stage: [468, 2] float16 crop pixels.
+DENSE_KEY = "dense_landmarks"
+
+
+#: Every mask kind of the shared templates.
+def _rng(seed: int, *parts: str) -> np.random.Generator:
+    """A generator determined by ``seed`` and the strings ``parts`` only (sha256 of them)."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+def is_selected(mparams: MaskParams, key: str, identity: int) -> bool:
+    """Whether the record gets a masked twin: a uniform draw from ``(seed, key)`` (``by="image"``) or
+    ``(seed, identity)`` (``by="identity"``, unlabelled records with identity < 0 fall back to the key)
+    below ``fraction``."""
+    if mparams.by == "identity" and identity >= 0:
+        return bool(_rng(mparams.seed, "select-identity", str(identity)).random() < mparams.fraction)
+    return bool(_rng(mparams.seed, "select-image", key).random() < mparams.fraction)
+
+
+def mask_face(
+    face_rgb: np.ndarray, points: np.ndarray, key: str, templates: dict[str, MaskTemplate], mparams: MaskParams
+) -> tuple[np.ndarray, MaskTemplate]:
+    """The masked twin of one face (template and colour drawn from ``(seed, key)``).
+
+    face_rgb: [H, W, 3] uint8 RGB; points: [468, 2|3] mesh in the same pixels.
+    Returns (masked [H, W, 3] uint8 RGB, the template drawn).
+    """
+    rng = _rng(mparams.seed, "draw", key)
+    template, colour = choose_mask(rng, templates, head_yaw(points), mparams.kinds, mparams.yaw_threshold)
+    masked, _ = draw_mask(face_rgb, points, template, colour)
+    return masked, template
+
+
+def resolve_masks_dir(masks_dir: str) -> Path:
+    """The templates folder from params: absolute, relative to the working directory, or to the assets root."""
+    path = Path(masks_dir)
+    if path.is_absolute() or path.is_dir():
+        return path
+    return resolve_model(f"{masks_dir}/masks.cfg").parent
+
+
+@lru_cache(maxsize=2)
+def _templates(masks_dir: str) -> dict[str, MaskTemplate]:
+    """The templates, loaded once per process."""
+    return load_templates(resolve_masks_dir(masks_dir))
+
+
+def stage_hash(params: Params, mparams: MaskParams) -> str:
+    """Hash of the parameters that change this stage's output (crop geometry and mask parameters)."""
+    return section_hash(params.align, mparams)
+
+
+def _counts(mparams: MaskParams) -> dict[str, float]:
+    return {"masked": 0, "not_selected": 0, "no_landmarks": 0, **{f"masked_{k}": 0 for k in mparams.kinds}}
+
+
+def masks_shard(params: Params, mparams: MaskParams, shard_id: int, in_dir: Path, out_dir: Path) -> StageReport:
+    """Copy ``in_dir/shard-NNNNN.lmdb`` to ``out_dir/shard-NNNNN.lmdb``, adding masked twins.
+
+    Unselected records and records without dense landmarks are written with ``mask`` and
+    ``masked_image`` cleared. Nothing is rejected: ``read == written``.
+    """
+    name = shard_name(shard_id)
+    reader = ShardReader(in_dir / f"{name}.lmdb")
+    meta = {**reader.meta, "stage": "masks", "params_hash": stage_hash(params, mparams)}
+    for reserved in ("schema_version", "count", "content_hash"):
+        meta.pop(reserved, None)
+    templates = _templates(mparams.masks_dir)
+    report = StageReport("masks", extra=_counts(mparams))
+    with ShardWriter(out_dir / f"{name}.lmdb", meta=meta) as writer:
+        for record in reader:
+            report.read += 1
+            points = record.extra.get(DENSE_KEY)
+            twin: dict = {"mask": None, "masked_image": None}
+            if points is None:
+                report.extra["no_landmarks"] += 1
+            elif not is_selected(mparams, record.key, record.identity):
+                report.extra["not_selected"] += 1
+            else:
+                masked, template = mask_face(decode_jpeg_rgb(record.image), points, record.key, templates, mparams)
+                twin = {"mask": template.name, "masked_image": encode_jpeg(masked[..., ::-1], mparams.jpeg_quality)}
+                report.extra["masked"] += 1
+                report.extra[f"masked_{template.kind}"] += 1
+            writer.put(record.replace(**twin))
+            report.written += 1
+    reader.close()
+    return report.check()
+
+
+def run_masks(
+    params: Params,
+    mparams: MaskParams,
+    in_dir: Path,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    shard_map: ShardMap | None = None,
+) -> StageReport:
+    """All shards of ``in_dir`` (in ``params.sharding.workers`` processes unless ``shard_map`` says otherwise)."""
+    shards = sorted(in_dir.glob("shard-*.lmdb"))
+    if not shards:
+        raise FileNotFoundError(f"no shards in {in_dir}: run the landmarks stage first")
+    if out_dir.resolve() == in_dir.resolve():
+        raise ValueError(f"the masks stage cannot write into its input folder {in_dir}")
+    _templates(mparams.masks_dir)  # a missing or broken template folder fails here, before any work
+    ids = [int(path.stem.split("-")[1]) for path in shards]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("*.tmp"), *out_dir.glob("shard-*.lmdb")]:
+        shutil.rmtree(stale)
+    run = shard_map or process_map(params.sharding.workers)
+    total = StageReport("masks", extra=_counts(mparams))
+    with tqdm(total=len(ids), desc="masks", unit="shard", disable=not progress) as bar:
+        for rep in run(masks_shard, [(params, mparams, i, in_dir, out_dir) for i in ids]):
+            total.merge(rep)
+            bar.set_postfix(masked=int(total.extra["masked"]))
+            bar.update()
+    return total.check()
+
+
+def _shard_paths(shards: Path | Sequence[Path]) -> list[Path]:
+    """Shard paths from a folder (its ``index.json``, else its ``shard-*.lmdb``) or a list of paths."""
+    if not isinstance(shards, (str, Path)):
+        return [Path(p) for p in shards]
+    folder = Path(shards)
+    if (folder / "index.json").is_file():
+        return [folder / entry["name"] for entry in read_index(folder)["shards"]]
+    return sorted(folder.glob("shard-*.lmdb"))
+
+
+def _fit(face: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``face`` [H, W, 3] resized to ``hw`` (area averaging) when it is not that size already."""
+    if face.shape[:2] == hw:
+        return face
+    return cv2.resize(face, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+
+
+def mask_quality_report(
+    shards: Path | Sequence[Path],
+    embedder_path: Path,
+    pairs_csv: Path,
+    *,
+    mparams: MaskParams | None = None,
+) -> dict[str, float]:
+    """10-fold verification accuracy on the pairs of ``pairs_csv`` (``file_x,file_y,same``; a file
+    matches the record whose key ends in its stem) with holistic and masked faces.
+
+    Every face with dense landmarks is masked for this (as :func:`mask_face` draws it for its key,
+    whatever ``fraction`` says); pairs with a face missing or without landmarks are left out and
+    counted. Returns ``pairs``, ``pairs_left_out`` and ``accuracy_holistic`` (holistic vs holistic),
+    ``accuracy_masked_vs_holistic`` (file_x masked), ``accuracy_masked_vs_masked``.
+    """
+    mparams = mparams or MaskParams()
+    templates = _templates(mparams.masks_dir)
+    embedder = OnnxEmbedder(embedder_path)
+    h, w = embedder.input_hw
+    stems, holistic, masked = [], [], []
+    for path in _shard_paths(shards):
+        for record in ShardReader(path):
+            points = record.extra.get(DENSE_KEY)
+            if points is None:
+                continue
+            face = decode_jpeg_rgb(record.image)
+            twin, _ = mask_face(face, points, record.key, templates, mparams)
+            stems.append(record.key.rsplit("/", 1)[-1])
+            holistic.append(_fit(face, (h, w)))
+            masked.append(_fit(twin, (h, w)))
+    row_of = {stem: i for i, stem in enumerate(stems)}
+    with Path(pairs_csv).open(newline="") as f:
+        rows = [(Path(r["file_x"]).stem, Path(r["file_y"]).stem, r["same"] == "1") for r in csv.DictReader(f)]
+    pairs = [(row_of[a], row_of[b], same) for a, b, same in rows if a in row_of and b in row_of]
+    if not pairs:
+        raise ValueError(f"no pair of {pairs_csv} has both faces (with dense landmarks) in the shards")
+    emb_h, emb_m = embedder.embed(np.stack(holistic)), embedder.embed(np.stack(masked))
+    x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    same = np.array([p[2] for p in pairs])
+    return {
+        "pairs": len(pairs),
+        "pairs_left_out": len(rows) - len(pairs),
+        "accuracy_holistic": verify(emb_h[x], emb_h[y], same).accuracy,
+        "accuracy_masked_vs_holistic": verify(emb_m[x], emb_h[y], same).accuracy,
+        "accuracy_masked_vs_masked": verify(emb_m[x], emb_m[y], same).accuracy,
+    }
+
+
+def save_mask_grid(records: Sequence[FaceRecord], path: Path, *, count: int = 24) -> Path:
+    """A PNG of up to ``count`` faces with a masked twin, each holistic beside masked (4 pairs a row,
+    112-pixel cells: 896 pixels wide)."""
+    faces: list[np.ndarray] = []
+    for record in records:
+        if record.masked_image is None:
+            continue
+        if len(faces) == 2 * count:
+            break
+        faces += [decode_jpeg_rgb(record.image), decode_jpeg_rgb(record.masked_image)]
+    return save_grid(faces, path, columns=8)

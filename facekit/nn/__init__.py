@@ -1,0 +1,28 @@
+"""Network building blocks: ViT backbones (ViT-S/B, FaceT-B), position embeddings, masking, EMA, heads."""
+
+from facekit.nn.ema import copy_as_target, ema_update
+from facekit.nn.facet import DeepNormBlock, PromptsPool, deepnorm_alpha, deepnorm_beta
+from facekit.nn.heads import DINOHead, MLPHead
+from facekit.nn.masking import block_mask, random_keep
+from facekit.nn.pos_embed import sincos_1d, sincos_2d
+from facekit.nn.vit import BACKBONES, ViT, ViTOutput, patchify, unpatchify
+
+__all__ = [
+    "BACKBONES",
+    "DINOHead",
+    "DeepNormBlock",
+    "MLPHead",
+    "PromptsPool",
+    "ViT",
+    "ViTOutput",
+    "block_mask",
+    "copy_as_target",
+    "deepnorm_alpha",
+    "deepnorm_beta",
+    "ema_update",
+    "patchify",
+    "random_keep",
+    "sincos_1d",
+    "sincos_2d",
+    "unpatchify",
+]

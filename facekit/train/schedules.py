@@ -1,0 +1,57 @@
+"""Per-iteration schedules, precomputed as numpy arrays (one value per optimizer step, DINO style).
+
+Every helper takes an optional linear warm-up: for ``i < warmup_steps`` the value goes linearly from
+``warmup_start`` (at ``i = 0``) towards ``base`` (reached at ``i = warmup_steps``). After the warm-up the
+shape of the schedule runs from ``base`` at step ``warmup_steps`` to ``final`` at the last step
+``total_steps - 1`` exactly. Examples::
+
+    lr = cosine_schedule(1.5e-4, 1e-6, total, warmup_steps=5 * steps_per_epoch)
+    ema_momentum = cosine_schedule(0.996, 1.0, total)
+    teacher_temp = constant(0.04, total, warmup_steps=30 * steps_per_epoch, warmup_start=0.07)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _warmup(base: float, total_steps: int, warmup_steps: int, warmup_start: float) -> np.ndarray:
+    """The warm-up part, ``[warmup_steps]``: linear from ``warmup_start`` towards ``base``."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+    return warmup_start + (base - warmup_start) * np.arange(warmup_steps, dtype=np.float64) / max(warmup_steps, 1)
+
+
+def _progress(n: int) -> np.ndarray:
+    """``[n]`` values from 0 to 1 inclusive (a single step sits at 0)."""
+    return np.arange(n, dtype=np.float64) / max(n - 1, 1)
+
+
+def cosine_schedule(
+    base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+) -> np.ndarray:
+    """Linear warm-up, then a half cosine from ``base`` to ``final``; ``[total_steps]`` float64.
+
+    After the warm-up, at step ``warmup_steps + j`` of ``n = total_steps - warmup_steps`` steps:
+    ``final + (base - final) * (1 + cos(pi * j / (n - 1))) / 2``.
+    """
+    head = _warmup(base, total_steps, warmup_steps, warmup_start)
+    tail = final + (base - final) * 0.5 * (1.0 + np.cos(np.pi * _progress(total_steps - warmup_steps)))
+    return np.concatenate([head, tail])
+
+
+def linear_schedule(
+    base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+) -> np.ndarray:
+    """Linear warm-up, then a straight line from ``base`` to ``final``; ``[total_steps]`` float64."""
+    head = _warmup(base, total_steps, warmup_steps, warmup_start)
+    tail = base + (final - base) * _progress(total_steps - warmup_steps)
+    return np.concatenate([head, tail])
+
+
+def constant(value: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0) -> np.ndarray:
+    """Linear warm-up, then ``value``; ``[total_steps]`` float64."""
+    head = _warmup(value, total_steps, warmup_steps, warmup_start)
+    return np.concatenate([head, np.full(total_steps - warmup_steps, value, dtype=np.float64)])

@@ -1,0 +1,98 @@
+import os
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from facekit.train.checkpoint import (
+    capture_rng_state,
+    find_checkpoint,
+    load_backbone_weights,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+class Tied(nn.Module):
+    """An embedding tied to its output projection (shared tensor), plus a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, 3)
+        self.out = nn.Linear(3, 5, bias=False)
+        self.out.weight = self.embed.weight
+        self.register_buffer("center", torch.zeros(3))
+
+
+def _draws() -> tuple[float, float, float]:
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_rng_state_round_trip() -> None:
+    state = capture_rng_state()
+    first = _draws()
+    _draws()
+    restore_rng_state(state)
+    assert _draws() == first
+
+
+def test_save_and_load_restore_weights_optimizer_and_state(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Tied()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model.out(model.embed(torch.tensor([1, 2]))).sum().backward()
+    opt.step()
+    model.center.fill_(7.0)
+    save_checkpoint(tmp_path, model, opt, step=3, epoch=0, extra_state={"position": 24})
+    save_checkpoint(tmp_path, model, opt, step=6, epoch=1, extra_state={"position": 0}, keep_step=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "step-0000006"]  # no temporary folders left
+    assert os.path.samefile(tmp_path / "last" / "model.safetensors", tmp_path / "step-0000006" / "model.safetensors")
+
+    torch.manual_seed(1)
+    fresh = Tied()
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    state = load_checkpoint(tmp_path, fresh, fresh_opt)
+    assert (state.step, state.epoch, state.extra, len(state.rng)) == (6, 1, {"position": 0}, 1)
+    assert fresh.out.weight is fresh.embed.weight
+    assert torch.equal(fresh.embed.weight, model.embed.weight) and torch.equal(fresh.center, torch.full((3,), 7.0))
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_find_checkpoint_survives_a_kill_between_the_two_renames(tmp_path) -> None:
+    model = nn.Linear(2, 2)
+    save_checkpoint(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), step=4, epoch=0)
+    os.replace(tmp_path / "last", tmp_path / ".last.previous")  # the state a kill between the renames leaves
+    assert find_checkpoint(tmp_path) == tmp_path / ".last.previous"
+    assert load_checkpoint(tmp_path, nn.Linear(2, 2)).step == 4
+    assert find_checkpoint(tmp_path / "nowhere") is None
+
+
+def test_load_backbone_weights_with_prefix_map_reports_keys(tmp_path) -> None:
+    method = nn.ModuleDict({"encoder": nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3)), "decoder": nn.Linear(3, 4)})
+    save_checkpoint(tmp_path, method, torch.optim.SGD(method.parameters(), lr=0.1), step=1, epoch=0)
+    backbone = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2), nn.LayerNorm(2))  # another head width, a new norm
+    report = load_backbone_weights(tmp_path, backbone, prefix_map={"encoder.": ""})
+    assert report.loaded == ["0.bias", "0.weight"]
+    assert report.mismatched == ["1.bias", "1.weight"]
+    assert report.missing == ["1.bias", "1.weight", "2.bias", "2.weight"]
+    assert report.unexpected == []
+    assert torch.equal(backbone[0].weight, method["encoder"][0].weight)
+
+    loose = load_backbone_weights(tmp_path / "last" / "model.safetensors", nn.Sequential(nn.Linear(4, 6)))
+    assert loose.loaded == [] and loose.missing == ["0.bias", "0.weight"]
+    assert loose.unexpected == [
+        "decoder.bias",
+        "decoder.weight",
+        *[f"encoder.{i}.{p}" for i in (0, 1) for p in ("bias", "weight")],
+    ]
+
+
+def test_load_backbone_weights_from_a_torch_file_with_a_model_key(tmp_path) -> None:
+    source = nn.Linear(3, 3)
+    torch.save({"model": source.state_dict(), "epoch": 9}, tmp_path / "ckpt.pth")
+    target = nn.Linear(3, 3)
+    report = load_backbone_weights(tmp_path / "ckpt.pth", target)
+    assert (report.loaded, report.missing, report.unexpected) == (["bias", "weight"], [], [])
+    assert torch.equal(target.weight, source.weight)
