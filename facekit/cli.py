@@ -197,6 +197,156 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
+def _cmd_push_dataset(args: argparse.Namespace) -> int | str:
+    from facekit.data.shards import ShardError
+    from facekit.hub.cards import write_dataset_card
+    from facekit.hub.datasets import export_dataset, push_dataset, upload_plan
+    from facekit.hub.tokens import HubError, check_repo_id
+
+    try:
+        check_repo_id(args.repo_id)
+        dataset = export_dataset(args.shards, args.export)
+        write_dataset_card(
+            args.export,
+            dataset,
+            args.shards,
+            dvc_lock=args.dvc_lock,
+            params_path=args.params,
+            license=args.license,
+            repo_id=args.repo_id,
+        )
+        plan = upload_plan(args.export)
+        if args.dry_run:
+            for name, size in plan:
+                print(f"would upload {name} ({size / 1e6:.2f} MB)")
+            visibility = "public" if args.public else "private"
+            return f"push dataset: dry run, {dataset.num_rows} faces in {args.export} -> {args.repo_id} ({visibility})"
+        url = push_dataset(args.export, args.repo_id, private=not args.public)
+    except (HubError, ShardError) as e:
+        print(f"facekit: error: {e}", file=sys.stderr)
+        return 2
+    return f"push dataset: {dataset.num_rows} faces, {len(plan)} file(s) -> {url}"
+
+
+def _push_commands(sub: argparse._SubParsersAction) -> None:
+    push = sub.add_parser("push", help="publish to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
+    psub = push.add_subparsers(dest="push_command", required=True, metavar="WHAT")
+
+    p = psub.add_parser("dataset", help="export the packed shards as a Parquet dataset with a card and upload it")
+    p.add_argument("repo_id", metavar="REPO_ID", help="Hub dataset repo, owner/name")
+    p.add_argument("--shards", type=Path, default=Path("data/shards"), help="packed shards (index.json)")
+    p.add_argument("--export", type=Path, default=Path("data/export/dataset"), help="folder that is uploaded")
+    p.add_argument("--dvc-lock", type=Path, default=Path("dvc.lock"), help="lineage recorded by DVC")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file shown on the card")
+    p.add_argument("--license", default=None, help="Hub licence id for the card (default: from the sources)")
+    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    p.add_argument("--dry-run", action="store_true", help="build the folder and card, print what would be uploaded")
+    p.set_defaults(func=_cmd_push_dataset)
+
+
+def _cmd_eval(args: argparse.Namespace) -> str:
+    from facekit.eval.benchmarks import run_command
+
+    return run_command(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int | str:
+    from facekit.eval.export import run_command
+
+    return run_command(args)
+
+
+def _eval_model_options(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--model", type=Path, required=True, help="embedding model (.onnx, [B,3,112,112] -> [B,D])")
+    p.add_argument("--no-flip", action="store_true", help="no flip test")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--metrics", type=Path, default=Path(f"metrics/eval_{name}.json"), help="DVC metrics file")
+    p.add_argument("--plots", type=Path, default=Path(f"plots/eval_{name}"), help="folder for the ROC CSV / PNG")
+
+
+def _eval_detector_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detector", choices=["retinaface", "scrfd"], help="detect + align photos that are not 112x112")
+    p.add_argument("--detector-model", help="detector ONNX (default: the assets' model for --detector)")
+
+
+def _eval_commands(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="verification benchmarks: .bin sets, image pairs, IJB-B/C")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
+
+    p = esub.add_parser("bin", help="10-fold verification on insightface .bin sets (lfw.bin, cfp_fp.bin, ...)")
+    p.add_argument("bins", type=Path, nargs="+", metavar="PATH", help=".bin file(s)")
+    p.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    _eval_model_options(p, "bin")
+    p.set_defaults(func=_cmd_eval)
+
+    p = esub.add_parser("pairs", help="verification on an image folder with a LFW pairs.txt or pairs CSV")
+    p.add_argument("folder", type=Path, help="faces, e.g. name/name_0001.jpg for LFW")
+    p.add_argument("pairs", type=Path, help="LFW pairs.txt or file_x,file_y,same CSV")
+    p.add_argument("--folds", type=int, default=None, help="number of folds (default: the protocol's, else 10)")
+    _eval_model_options(p, "pairs")
+    _eval_detector_options(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = esub.add_parser("make-bin", help="write an insightface .bin from aligned faces and a pair list")
+    p.add_argument("pairs", type=Path, help="LFW pairs.txt or file_x,file_y,same CSV")
+    p.add_argument("out", type=Path, help="the .bin to write")
+    p.add_argument("--folder", type=Path, help="face folder (aligned 112x112, or photos with --detector)")
+    p.add_argument("--shards", type=Path, help="packed shards (index.json); faces matched by key")
+    p.add_argument("--masked", choices=["none", "second", "both"], default="none", help="use the masked twins")
+    p.add_argument("--drop-missing", action="store_true", help="drop pairs with a missing face/twin (default: error)")
+    _eval_detector_options(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = esub.add_parser("ijb", help="IJB-B/C 1:1 template verification (insightface meta layout)")
+    p.add_argument("meta_dir", type=Path, help="folder with <t>_face_tid_mid.txt, <t>_template_pair_label.txt, ...")
+    p.add_argument("images_dir", type=Path, help="the loose crops")
+    p.add_argument("--target", default=None, help="ijbb or ijbc (default: the one in META_DIR)")
+    p.add_argument("--no-detector-score", action="store_true", help="do not weight faces by detector score")
+    _eval_model_options(p, "ijb")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _export_commands(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser("export", help="export trained networks for deployment")
+    xsub = export.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+    p = xsub.add_parser("onnx", help="backbone weights -> ONNX (dynamic batch), checked against PyTorch")
+    p.add_argument("--backbone", required=True, help="registered backbone, e.g. vit_small_patch16_224, facet_base")
+    p.add_argument("--weights", type=Path, required=True, help="checkpoint folder, .safetensors or torch file")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--prefix", default="", help="key prefix of the backbone in the weights, e.g. 'encoder.'")
+    p.add_argument("--img-size", type=int, default=112, help="input size (default 112)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="backbone override (YAML value), repeatable")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int | str:
+    import os
+    import subprocess
+
+    from facekit.config import load_params
+    from facekit.train import distributed
+    from facekit.train.pretrain import run_pretrain, torchrun_command
+
+    params = load_params(args.params)
+    nproc = params.pretrain.nproc_per_node
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch under torchrun, one process per GPU
+        return subprocess.run(torchrun_command(args.run, args.params, nproc, args.quiet), check=False).returncode
+    result = run_pretrain(params, args.run, progress=not args.quiet)
+    if not distributed.is_main():
+        return 0
+    return (
+        f"pretrain {args.run}: loss {result.final_loss:.4f} after {result.steps} steps, "
+        f"{result.images_per_s:.1f} img/s -> {result.out_dir}"
+    )
+
+
+def _pretrain_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised pre-training: one run of params.yaml's pretrain.runs")
+    p.add_argument("run", metavar="RUN", help="run name under pretrain.runs (e.g. mae, mcf, camd)")
+    _add_params_option(p)
+    p.set_defaults(func=_cmd_pretrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from facekit.assets import register_cli as assets_cli
 
@@ -204,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _data_commands(sub)
+    _pretrain_command(sub)
+    _push_commands(sub)
+    _eval_commands(sub)
+    _export_commands(sub)
     assets_cli(sub)
     return parser
 

@@ -140,6 +140,35 @@ class DownloadParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams:
+    """``pretrain:`` in params.yaml: self-supervised runs on the packed shards (``facekit pretrain RUN``).
+
+    ``train`` holds :class:`facekit.train.loop.TrainConfig` fields shared by every run; ``runs`` maps a run
+    name to ``{"method": registry name (default: the run name), <method keyword arguments>, "train":
+    {TrainConfig overrides}}``. Keys are checked against the method and TrainConfig when a run is built
+    (:func:`facekit.train.pretrain.build_run`). ``nproc_per_node > 1`` runs ``facekit pretrain`` under
+    torchrun (one process per GPU).
+    """
+
+    shards: str = "data/shards"
+    out: str = "data/runs/pretrain"
+    nproc_per_node: int = 1
+    train: dict[str, Any] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train, dict):
+            raise ValueError(f"pretrain.train must be a mapping of TrainConfig fields, got {self.train!r}")
+        if not isinstance(self.runs, dict):
+            raise ValueError(f"pretrain.runs must map run names to settings, got {self.runs!r}")
+        for name, run in self.runs.items():
+            if not isinstance(run, dict) or not isinstance(run.get("train", {}), dict):
+                raise ValueError(f"pretrain.runs.{name} must be a mapping (with an optional 'train' mapping)")
+        if self.nproc_per_node < 1:
+            raise ValueError(f"pretrain.nproc_per_node must be >= 1, got {self.nproc_per_node}")
+
+
+@dataclass(frozen=True)
 class Params:
     sample: SampleParams = field(default_factory=SampleParams)
     source: SourceParams = field(default_factory=SourceParams)
@@ -150,6 +179,7 @@ class Params:
     masks: MaskParams = field(default_factory=MaskParams)
     pack: PackParams = field(default_factory=PackParams)
     download: DownloadParams = field(default_factory=DownloadParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
 
 
 def _check_keys(values: dict[str, Any], known: list[str], where: str) -> None:

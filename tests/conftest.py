@@ -9,10 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Tiny models on a 2-core runner: one intra-op thread is many times faster than two competing ones.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
-STAGES = ("sample", "detect_align", "landmarks", "masks", "pack")
+STAGES = ("sample", "detect_align", "landmarks", "masks", "pack", "pretrain@mae")
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -36,6 +36,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
     repo = tmp_path_factory.mktemp("clone")
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(PROJECT / name, repo / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())  # one pre-training run, of 3 steps
+    params["pretrain"]["runs"] = {"mae": params["pretrain"]["runs"]["mae"]}
+    params["pretrain"]["train"]["epochs"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(PROJECT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     shutil.copytree(PROJECT / "facekit", repo / "facekit", ignore=shutil.ignore_patterns("__pycache__"))
     _run(["git", "init", "-q"], repo)
@@ -72,5 +76,5 @@ def test_changing_an_alignment_param_reruns_only_what_depends_on_it(repo: Path) 
     assert _dvc(repo, "status", "-q").returncode == 1  # stale
     rerun = _dvc(repo, "repro")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert _ran(rerun.stdout) == {"detect_align", "landmarks", "masks", "pack"}
+    assert _ran(rerun.stdout) == {"detect_align", "landmarks", "masks", "pack", "pretrain@mae"}
     assert _dvc(repo, "status", "-q").returncode == 0

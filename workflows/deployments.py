@@ -1,4 +1,4 @@
-"""Serve ``prepare-data`` as the deployment ``prepare-data/prepare-data`` (one machine, no work pool).
+"""Serve ``prepare-data/prepare-data`` and ``push-dataset/push-dataset`` (one machine, no work pool).
 
 Run from the project root (flow runs start in this process's working directory)::
 
@@ -7,6 +7,8 @@ Run from the project root (flow runs start in this process's working directory):
     python -m workflows.deployments                        # terminal 2: keeps serving
     prefect deployment run 'prepare-data/prepare-data' --watch
     prefect deployment run 'prepare-data/prepare-data' -p lineage=none -p runner=dask --watch
+    prefect deployment run 'push-dataset/push-dataset' -p repo_id=OWNER/NAME --watch   # HF_TOKEN set here
+    prefect deployment run 'pretrain/pretrain-mae' --watch          # one deployment per run in params.yaml
 """
 
 from __future__ import annotations
@@ -14,15 +16,28 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from prefect import serve as serve_deployments
+from prefect.deployments.runner import RunnerDeployment
 from prefect.types.entrypoint import EntrypointType
 
 from workflows.prepare_data import prepare_data
+from workflows.pretrain import pretrain_deployments
+from workflows.push_dataset import push_dataset
+
+
+def deployments(name: str = "prepare-data") -> list[RunnerDeployment]:
+    """The served deployments; ``name`` names the ``prepare-data`` one. Module entrypoints: the runs load
+    ``workflows.<module>`` whatever the working directory."""
+    return [
+        prepare_data.to_deployment(name=name, entrypoint_type=EntrypointType.MODULE_PATH),
+        push_dataset.to_deployment(name="push-dataset", entrypoint_type=EntrypointType.MODULE_PATH),
+        *pretrain_deployments(),  # pretrain/pretrain-<run> for every run in params.yaml
+    ]
 
 
 def serve(name: str = "prepare-data", limit: int | None = 1) -> None:
-    """Register the deployment and execute its runs here until interrupted (``limit`` runs at a time)."""
-    # a module entrypoint: the runs load ``workflows.prepare_data`` whatever the working directory
-    prepare_data.serve(name=name, limit=limit, entrypoint_type=EntrypointType.MODULE_PATH)
+    """Register the deployments and execute their runs here until interrupted (``limit`` runs at a time)."""
+    serve_deployments(*deployments(name), limit=limit)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,7 +20,8 @@ class FaceShardDataset(Dataset):
 
     ``shards`` is a folder with ``index.json``, a single shard, or a list of shard paths. Items are dicts:
     ``image`` (``transform(rgb uint8 [H, W, 3])``, or without a transform a uint8 tensor [3, H, W]; a
-    transform that returns a dict of views adds those entries instead),
+    transform that returns a dict of views adds those entries instead; a transform with a true
+    ``takes_record`` attribute is called as ``transform(rgb, record)`` with the :class:`FaceRecord`),
     ``identity`` (int), ``landmarks`` (float32 tensor [5, 2]) and ``key`` (str).
     """
 
@@ -88,7 +89,9 @@ class FaceShardDataset(Dataset):
             rgb = decode_jpeg_rgb(record.image)
         except ImageError as e:
             raise ShardError(f"{reader.path}: record {local} ({record.key}): bad JPEG: {e}") from None
-        if self.transform is not None:
+        if getattr(self.transform, "takes_record", False):  # e.g. a view that may swap in the masked twin
+            image = self.transform(rgb, record)
+        elif self.transform is not None:
             image = self.transform(rgb)
         else:  # numpy's transpose copy: torch's .contiguous() here is ~10x slower on a busy 2-core box
             image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))

@@ -13,6 +13,10 @@ Conventions of the returned array (``[H, W, 3]`` uint8, BGR, C-contiguous):
 * Alpha is composited onto a white background: fully transparent pixels become white, so colours hidden
   under transparency never leak into the crop; the alpha channel itself is dropped.
 * 16-bit images are rescaled to 8 bits (``65535 -> 255``), never clipped.
+
+:func:`decode_image_reduced` decodes a JPEG at 1/2, 1/4 or 1/8 of its size in the DCT domain (libjpeg-turbo
+scaling: the entropy decoding is the same, the inverse DCT and colour conversion are 4-64x smaller), with
+the same header-first checks, strictness and conventions; a detector that sees 640 pixels needs no more.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -32,6 +37,19 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 _FAST_JPEG_MODES = frozenset({"RGB", "L"})
 _EXIF_ORIENTATION_TAG = 0x0112
+#: DCT-domain reductions :func:`decode_image_reduced` chooses from, largest first (1 = full size).
+DCT_REDUCTIONS = (8, 4, 2, 1)
+#: For EXIF orientations 1-8: whether the upright x and y axes run against the stored ones.
+_FLIPPED_AXES = {
+    1: (False, False),
+    2: (True, False),
+    3: (True, True),
+    4: (False, True),
+    5: (False, False),
+    6: (True, False),
+    7: (True, True),
+    8: (False, True),
+}
 
 #: Leading bytes of image files PIL cannot read here; they are images, just not supported ones.
 _UNSUPPORTED_MAGIC = (
@@ -63,6 +81,38 @@ class ImageError(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class ReducedImage:
+    """A photo decoded at ``1 / reduction`` of its full resolution (JPEG DCT scaling; 1: full size).
+
+    pixels:    [ceil(H / reduction), ceil(W / reduction), 3] uint8 BGR, upright (as :func:`decode_image`).
+    reduction: 1, 2, 4 or 8.
+    full_size: (W, H) of the upright full-resolution image.
+    flipped:   whether the upright x / y axis runs against the stored one (EXIF orientation), which moves
+               the partial last DCT block to the start of that axis.
+    """
+
+    pixels: np.ndarray
+    reduction: int
+    full_size: tuple[int, int]
+    flipped: tuple[bool, bool] = (False, False)
+
+    def _offsets(self) -> np.ndarray:
+        """[2] full-resolution pixel centre of reduced pixel 0 along x and y."""
+        r = self.reduction
+        reduced = np.array(self.pixels.shape[1::-1], np.float64)
+        pad = np.where(self.flipped, reduced * r - np.array(self.full_size, np.float64), 0.0)
+        return (r - 1) / 2 - pad
+
+    def to_full(self, points: np.ndarray) -> np.ndarray:
+        """Points ``[..., 2]`` (x, y) in these pixels -> full-resolution pixels (pixel centres, float64)."""
+        return np.asarray(points, np.float64) * self.reduction + self._offsets()
+
+    def from_full(self, points: np.ndarray) -> np.ndarray:
+        """Points ``[..., 2]`` (x, y) in full-resolution pixels -> these pixels (float64)."""
+        return (np.asarray(points, np.float64) - self._offsets()) / self.reduction
+
+
 def decode_image(
     data: bytes,
     *,
@@ -76,21 +126,43 @@ def decode_image(
     files whose "RGB" channels actually hold B, G, R (e.g. MS1MV3 RecordIO JPEGs); either way the result
     is proper BGR. Raises :class:`ImageError` for anything that is not a complete, supported image.
     """
+    return decode_image_reduced(data, max_reduction=1, max_pixels=max_pixels, channel_order=channel_order).pixels
+
+
+def decode_image_reduced(
+    data: bytes,
+    *,
+    min_side: int = 0,
+    max_reduction: int = 8,
+    max_pixels: int = 50_000_000,
+    channel_order: Literal["rgb", "bgr"] = "rgb",
+) -> ReducedImage:
+    """Like :func:`decode_image`, but a JPEG is decoded at ``1 / r`` of its size in the DCT domain.
+
+    ``r`` is the largest of :data:`DCT_REDUCTIONS` that is ``<= max_reduction`` and keeps the longer side
+    ``>= min_side`` pixels. Images that are not RGB/greyscale JPEGs are decoded at full size (``r = 1``).
+    ``max_pixels`` applies to the full-resolution size, checked on the header before decoding.
+    """
     if channel_order not in ("rgb", "bgr"):
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     if len(data) == 0:
         raise ImageError("empty_file", "the file has 0 bytes")
     data = bytes(data)
     header = _open_header(data, max_pixels)
-    bgr = None
+    width, height = header.size
+    bgr, reduction = None, 1
     if header.format in _JPEG_FORMATS and header.mode in _FAST_JPEG_MODES:
-        bgr = _decode_jpeg_strict(data)
+        longer = max(width, height)
+        reduction = next(r for r in DCT_REDUCTIONS if r == 1 or (r <= max_reduction and -(-longer // r) >= min_side))
+        bgr = _decode_jpeg_strict(data, -(-width // reduction), -(-height // reduction))
     if bgr is None:
-        bgr = _decode_with_pil(header)
-    bgr = _apply_orientation(bgr, _exif_orientation(header))
+        bgr, reduction = _decode_with_pil(header), 1
+    orientation = _exif_orientation(header)
+    bgr = _apply_orientation(bgr, orientation)
     if channel_order == "bgr":
         bgr = bgr[..., ::-1]
-    return np.ascontiguousarray(bgr)
+    full_size = (height, width) if orientation >= 5 else (width, height)
+    return ReducedImage(np.ascontiguousarray(bgr), reduction, full_size, _FLIPPED_AXES[orientation])
 
 
 def encode_jpeg(img_bgr: np.ndarray, quality: int = 95) -> bytes:
@@ -159,14 +231,16 @@ def _unidentified_error(data: bytes) -> ImageError:
     return ImageError("not_an_image", f"no known image signature (first bytes: {head[:8]!r})")
 
 
-def _decode_jpeg_strict(data: bytes) -> np.ndarray | None:
-    """Decode with simplejpeg in strict mode; ``None`` when it cannot handle this JPEG variant."""
+def _decode_jpeg_strict(data: bytes, width: int, height: int) -> np.ndarray | None:
+    """Decode with simplejpeg in strict mode to ``[height, width]`` (the stored size or its DCT-scaled
+    size: the smallest libjpeg-turbo scale that reaches it); ``None`` when it cannot handle this variant."""
+    size = {"min_width": width, "min_height": height}
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **size)
     except ValueError as exc:
         message = str(exc)
     if _BENIGN_JPEG_WARNING.search(message):
-        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=False)
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=False, **size)
     if message.startswith("tj"):
         # A TurboJPEG API limitation (unusual subsampling, precision, ...): not a broken file.
         return None

@@ -12,6 +12,7 @@ per process, so they are safe to hand to forking DataLoader workers and never mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -446,7 +447,8 @@ class ShardReader:
         self._env = self._env_key = self._txn = self._pid = None
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter shutdown module globals may already be gone
+            self.close()
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_env": None, "_env_key": None, "_txn": None, "_pid": None}

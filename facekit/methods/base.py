@@ -9,6 +9,8 @@ One training loop (:func:`facekit.train.loop.train`) drives any :class:`Method`:
 - ``forward(batch, hp)`` returns a dict of scalar tensors with at least ``"loss"``; ``hp`` holds this
   iteration's scheduled values.
 - Parameters with ``requires_grad=False`` (frozen teachers, EMA targets) are not optimised.
+- ``before_optimizer_step(hp)`` runs after backward and gradient clipping, right before the optimizer step
+  (only on steps that are taken), e.g. DINO drops its last layer's gradients during the first epoch.
 - ``after_step(hp)`` runs after each optimizer step (EMA teacher update, centre update, ...).
 - ``export_backbone()`` returns the network that fine-tuning starts from.
 - ``schedules(total_steps, steps_per_epoch)`` adds method-specific per-iteration schedules (e.g. the
@@ -54,6 +56,10 @@ class Method(nn.Module):
 
     def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def before_optimizer_step(self, hp: StepValues) -> None:
+        """Runs between backward (and clipping) and the optimizer step, where gradients may be edited
+        (e.g. set to None to skip a parameter's update); the default does nothing."""
 
     def after_step(self, hp: StepValues) -> None:
         """Runs after every optimizer step; the default does nothing."""

@@ -2,9 +2,10 @@
 
 Per optimizer step: this step's :class:`StepValues` (lr, weight decay, EMA momentum and the method's own
 schedules, precomputed per iteration) → ``accum_steps`` micro-batches of forward (bf16 autocast) and
-backward (DDP syncs on the last one only) → a NaN/Inf guard → gradient clipping → optimizer step →
-``method.after_step(hp)``. Logs go to ``out_dir/train_log.csv`` / ``metrics.json``, checkpoints to
-``out_dir/checkpoints/last``; a rerun with the same ``out_dir`` resumes from there.
+backward (DDP syncs on the last one only) → a NaN/Inf guard → gradient clipping →
+``method.before_optimizer_step(hp)`` → optimizer step → ``method.after_step(hp)``. Logs go to
+``out_dir/train_log.csv`` / ``metrics.json``, checkpoints to ``out_dir/checkpoints/last``; a rerun with the
+same ``out_dir`` resumes from there.
 
 Resuming gives bit-identical steps: the sampler's order is a function of (seed, epoch), each sample's
 augmentation RNGs are seeded from (seed, epoch, index) (so neither the worker count nor the resume point
@@ -175,6 +176,7 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
             consecutive_bad = 0
             if cfg.clip_grad is not None:
                 torch.nn.utils.clip_grads_with_norm_(params, cfg.clip_grad, grad_norm)
+            method.before_optimizer_step(hp)
             optimizer.step()
             method.after_step(hp)
             for name, value in scalars.items():

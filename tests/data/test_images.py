@@ -1,4 +1,4 @@
-"""decode_image on real photos and on every kind of broken or unusual file a raw dataset contains."""
+"""decode_image (and its DCT-reduced variant) on real photos and on every kind of broken or unusual file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from facekit.data.images import ImageError, decode_image, decode_jpeg_rgb, encode_jpeg
+from facekit.data.images import ImageError, decode_image, decode_image_reduced, decode_jpeg_rgb, encode_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +221,71 @@ def test_encode_and_fast_decode_reject_bad_input(photo_bgr: np.ndarray) -> None:
     with pytest.raises(ImageError) as info:
         decode_jpeg_rgb(_png(photo_bgr))
     assert info.value.reason == "not_an_image"
+
+
+def test_reduced_decode_of_real_photos_is_a_dct_downscale(assets: Path) -> None:
+    """Large JPEGs come out at 1/r (r in 2, 4, 8) with the longer side still >= min_side, close to an
+    area downscale of the full decode; the others at full size, equal to decode_image."""
+    reduced_count = 0
+    for path in sorted((assets / "faces" / "deepface").glob("*.jpg")):
+        data = path.read_bytes()
+        full = decode_image(data)
+        view = decode_image_reduced(data, min_side=640)
+        height, width = full.shape[:2]
+        assert view.full_size == (width, height), path.name
+        r = view.reduction
+        assert view.pixels.shape == (-(-height // r), -(-width // r), 3), path.name
+        if r == 1:  # small, or a JPEG variant / WebP-named-.jpg decoded by PIL
+            np.testing.assert_array_equal(view.pixels, full)
+            continue
+        reduced_count += 1
+        assert max(view.pixels.shape[:2]) >= 640, path.name
+        assert r == 8 or -(-max(height, width) // (2 * r)) < 640, f"{path.name}: a larger reduction fits"
+        h, w = height // r, width // r
+        area = cv2.resize(full[: h * r, : w * r], (w, h), interpolation=cv2.INTER_AREA)
+        assert np.abs(view.pixels[:h, :w].astype(np.int16) - area).mean() < 2.0, path.name
+    assert reduced_count >= 25
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_reduced_pixels_map_onto_full_resolution_pixels(orientation: int) -> None:
+    """A bright spot's centroid in the 1/4 decode, mapped by to_full, lands on its centroid in the full
+    decode, for every EXIF orientation (odd sizes: the partial DCT block moves with flips)."""
+    height, width = 965, 1283
+    stored = np.full((height, width, 3), 40, np.uint8)
+    stored[301:317, 517:533] = 250  # 16 x 16, not aligned to the 8 x 8 blocks
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _pil_bytes(Image.fromarray(stored), "JPEG", quality=98, exif=exif)
+
+    def centroid(img: np.ndarray) -> np.ndarray:
+        weight = np.clip(img[:, :, 1].astype(np.float64) - 60, 0, None)
+        ys, xs = np.indices(weight.shape)
+        return np.array([(weight * xs).sum(), (weight * ys).sum()]) / weight.sum()
+
+    full = decode_image(data)
+    view = decode_image_reduced(data, min_side=0, max_reduction=4)
+    assert view.reduction == 4 and view.full_size == full.shape[1::-1]
+    mapped = view.to_full(centroid(view.pixels))
+    assert np.abs(mapped - centroid(full)).max() < 0.5, (mapped, centroid(full))
+    np.testing.assert_allclose(view.from_full(mapped), centroid(view.pixels), atol=1e-9)
+
+
+def test_reduced_decode_keeps_every_safety_check(photo_jpeg: bytes, photo_bgr: np.ndarray) -> None:
+    """Header-first size refusal, truncation and damage are refused at reduced size too; PNGs stay full."""
+    height, width = decode_image(photo_jpeg).shape[:2]
+    for kwargs in ({"max_pixels": height * width - 1}, {}):
+        with pytest.raises(ImageError) as info:
+            decode_image_reduced(photo_jpeg[: len(photo_jpeg) // 2], min_side=64, **kwargs)
+        assert info.value.reason == ("too_large" if kwargs else "truncated_image")
+    garbled = bytearray(photo_jpeg)
+    noise = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    garbled[len(garbled) // 2 : len(garbled) // 2 + 4000] = noise
+    with pytest.raises(ImageError) as info:
+        decode_image_reduced(bytes(garbled), min_side=64)
+    assert info.value.reason == "corrupt_image"
+    png = decode_image_reduced(_png(photo_bgr), min_side=64)
+    assert png.reduction == 1 and png.full_size == photo_bgr.shape[1::-1]
+    np.testing.assert_array_equal(png.pixels, photo_bgr)
+    assert decode_image_reduced(photo_jpeg, min_side=64, max_reduction=2).reduction == 2
+    assert decode_image_reduced(photo_jpeg, min_side=max(height, width) // 2 + 1).reduction == 1

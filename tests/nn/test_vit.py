@@ -147,7 +147,15 @@ def test_full_size_parameter_counts() -> None:
     assert count(facet) == expected == 86_976_512
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+VIT_BACKBONES = ["facet_base", "vit_base_patch16_224", "vit_small_patch16_224"]
+
+
+def test_the_sweep_covers_every_registered_vit() -> None:
+    """A newly registered backbone must join the sweep below (IR nets have their own tests)."""
+    assert set(BACKBONES.names()) == {*VIT_BACKBONES, "ir50", "ir100"}
+
+
+@pytest.mark.parametrize("name", VIT_BACKBONES)
 def test_every_backbone_trains_at_depth_two(name: str) -> None:
     torch.manual_seed(0)
     model = BACKBONES.create(name, depth=2, drop_path_rate=0.1)

@@ -4,6 +4,13 @@ The unit of work is one shard (:func:`detect_align_shard`, a pure function of th
 shard id), so the same code runs serially, in a local process pool (:func:`run_detect_align`) or fanned
 out by Prefect over Dask workers. Every key of the source ends up either in the shard or in the shard's
 report as a rejection with its reason.
+
+A JPEG much larger than the detector input is decoded at 1/2, 1/4 or 1/8 in the DCT domain for detection
+(:func:`~facekit.data.images.decode_image_reduced`, longer side still >= ``detect.input_size``). The face
+is aligned from that same image when it still holds at least the crop's resolution over the face (the
+similarity onto the template is a downscale); otherwise the photo is decoded again at the largest
+reduction that does (at worst full size), so the shortcut never loses detail the crop could show.
+Boxes, ``min_face_size`` and the reports are in full-resolution source pixels either way.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import traceback
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,9 +28,16 @@ from tqdm import tqdm
 
 from facekit.assets import asset_path
 from facekit.config import AlignParams, DetectParams, Params, section_hash
-from facekit.data.images import ImageError, decode_image, encode_jpeg
+from facekit.data.images import (
+    DCT_REDUCTIONS,
+    ImageError,
+    ReducedImage,
+    decode_image,
+    decode_image_reduced,
+    encode_jpeg,
+)
 from facekit.data.ops.align import ARCFACE_TEMPLATE, align_face, transform_points
-from facekit.data.ops.detect import FaceDetector, create_detector, select_face
+from facekit.data.ops.detect import Detections, FaceDetector, create_detector, select_face
 from facekit.data.record import FaceRecord, RawRecord, Rejection
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardReader, ShardWriter
@@ -59,14 +74,20 @@ def align_record(raw: RawRecord, detect: DetectParams, align: AlignParams) -> Fa
     """Decode → detect → keep one face → align → encode. Never raises for bad input."""
     sha = hashlib.sha256(raw.data).hexdigest()
     channel_order = raw.meta.get("channel_order", "rgb")
+    if detect.assume_aligned:
+        try:
+            img = decode_image(raw.data, max_pixels=detect.max_pixels, channel_order=channel_order)
+        except ImageError as e:
+            return Rejection(raw.key, e.reason, e.detail)
+        return _already_aligned(raw, img, sha, align)
     try:
-        img = decode_image(raw.data, max_pixels=detect.max_pixels, channel_order=channel_order)
+        view = decode_image_reduced(
+            raw.data, min_side=detect.input_size, max_pixels=detect.max_pixels, channel_order=channel_order
+        )
     except ImageError as e:
         return Rejection(raw.key, e.reason, e.detail)
-    h, w = img.shape[:2]
-    if detect.assume_aligned:
-        return _already_aligned(raw, img, sha, align)
-    dets = _detector(detect).detect(img)
+    w, h = view.full_size
+    dets = _full_resolution(_detector(detect).detect(view.pixels), view)
     if len(dets) == 0:
         return Rejection(raw.key, "no_face", f"no face above score {detect.score_threshold} in {w}x{h}")
     i = select_face(dets, min_size=detect.min_face_size, policy=detect.select)
@@ -77,18 +98,51 @@ def align_record(raw: RawRecord, detect: DetectParams, align: AlignParams) -> Fa
             "face_too_small",
             f"{len(dets)} face(s), largest {sides.max():.0f}px < min_face_size {detect.min_face_size:g}",
         )
-    crop, m = align_face(img, dets.landmarks[i], size=align.size, face_fraction=align.face_fraction)
+    crop, m, points = _align_without_loss(raw, view, dets.landmarks[i], detect, align)
     return FaceRecord(
         key=raw.key,
         image=encode_jpeg(crop, align.jpeg_quality),
         identity=raw.identity,
-        landmarks=transform_points(dets.landmarks[i], m).astype(np.float32),
+        landmarks=transform_points(points, m).astype(np.float32),
         bbox=dets.boxes[i].astype(np.float32),
         det_score=float(dets.scores[i]),
         num_faces=len(dets),
         source=raw.source,
         source_sha256=sha,
     )
+
+
+def _full_resolution(dets: Detections, view: ReducedImage) -> Detections:
+    """Detections in ``view``'s pixels → full-resolution source pixels."""
+    if view.reduction == 1:
+        return dets
+    boxes = view.to_full(dets.boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+    return Detections(boxes.astype(np.float32), dets.scores, view.to_full(dets.landmarks).astype(np.float32))
+
+
+def _align_without_loss(
+    raw: RawRecord, view: ReducedImage, landmarks: np.ndarray, detect: DetectParams, align: AlignParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Align from ``view`` if its similarity onto the template is a downscale (scale <= 1), else from the
+    most reduced decode where it is (at worst full size). ``landmarks``: [5, 2] full-resolution pixels.
+
+    Returns (crop [size, size, 3] uint8 BGR, M [2, 3] from the aligned image's pixels, landmarks [5, 2]
+    in those pixels).
+    """
+    points = view.from_full(landmarks)
+    crop, m = align_face(view.pixels, points, size=align.size, face_fraction=align.face_fraction)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # crop pixels per view pixel
+    if scale <= 1.0 or view.reduction == 1:
+        return crop, m, points
+    full_scale = scale / view.reduction
+    reduction = next(r for r in DCT_REDUCTIONS if r == 1 or (r < view.reduction and full_scale * r <= 1.0))
+    channel_order = raw.meta.get("channel_order", "rgb")
+    view = decode_image_reduced(
+        raw.data, max_reduction=reduction, max_pixels=detect.max_pixels, channel_order=channel_order
+    )
+    points = view.from_full(landmarks)
+    crop, m = align_face(view.pixels, points, size=align.size, face_fraction=align.face_fraction)
+    return crop, m, points
 
 
 def _already_aligned(raw: RawRecord, img: np.ndarray, sha: str, align: AlignParams) -> FaceRecord | Rejection:
@@ -161,16 +215,27 @@ def _process_key(source: Source, key: str, params: Params) -> FaceRecord | Rejec
 def run_detect_align(
     params: Params, out_dir: Path, *, progress: bool = True, shard_map: ShardMap | None = None
 ) -> StageReport:
-    """All shards (in ``params.sharding.workers`` processes unless ``shard_map`` says otherwise)."""
+    """All shards (in ``params.sharding.workers`` processes unless ``shard_map`` says otherwise).
+
+    Shards start largest first (longest-processing-time order), so with a few shards per worker no
+    worker idles while another finishes a big shard started last; reports merge in shard order.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.tmp"):
         shutil.rmtree(stale)
     n = params.sharding.num_shards
+    sizes = Counter(shard_of(key, n) for key in open_source(params.source.spec()).keys())
+    order = sorted(range(n), key=lambda i: -sizes[i])
     run = shard_map or process_map(params.sharding.workers)
-    total = StageReport("detect_align")
+    reports: dict[int, StageReport] = {}
+    faces = rejected = 0
     with tqdm(total=n, desc="detect_align", unit="shard", disable=not progress) as bar:
-        for rep in run(detect_align_shard, [(params, i, out_dir) for i in range(n)]):
-            total.merge(rep)
-            bar.set_postfix(faces=total.written, rejected=total.rejected)
+        for shard_id, rep in zip(order, run(detect_align_shard, [(params, i, out_dir) for i in order]), strict=True):
+            reports[shard_id] = rep
+            faces, rejected = faces + rep.written, rejected + rep.rejected
+            bar.set_postfix(faces=faces, rejected=rejected)
             bar.update()
+    total = StageReport("detect_align")
+    for shard_id in range(n):
+        total.merge(reports[shard_id])
     return total.check()

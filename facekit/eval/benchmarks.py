@@ -1,0 +1,263 @@
+"""Verification benchmarks of an embedding model: insightface ``.bin`` sets (LFW, CFP-FP, AgeDB-30, ...)
+and image folders with a pair list (LFW ``pairs.txt`` or ``file_x,file_y,same`` CSV).
+
+Protocol as insightface's ``verification.py`` (and the LAFS / FaceT evaluations): flip test (the
+embeddings of a face and its mirror are added, then normalised), cosine scores, 10-fold accuracy with
+the threshold chosen on the nine other folds (consecutive folds, no shuffle), ROC and TAR at FAR 1e-4 /
+1e-3 / 1e-2 / 1e-1 where the number of different-person pairs allows it (see :func:`verify`).
+
+Results are written for DVC: one metrics JSON (set name -> metric -> value), and per set a ROC CSV
+(``fpr,tpr``, for ``dvc plots``) plus one PNG of all curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facekit.data.images import ImageError, decode_image
+from facekit.data.ops.detect import FaceDetector
+from facekit.data.sources.verification_bin import load_verification_bin
+from facekit.eval.embedding_model import EmbeddingModel, load_embedding_model
+from facekit.eval.make_bin import AlignedFaces, build_bin, read_pairs
+from facekit.eval.verification import VerificationResult, verify
+
+#: Faces decoded and embedded at a time (bounds memory on 12,000-image sets).
+CHUNK = 512
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """One set's verification: ``name`` (e.g. ``lfw``), ``pairs`` evaluated, whether the flip test was on."""
+
+    name: str
+    pairs: int
+    flip: bool
+    verification: VerificationResult
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics for DVC: accuracy (mean / std over folds), threshold, AUC, TAR at each measurable FAR."""
+        v = self.verification
+        out = {
+            "accuracy": v.accuracy,
+            "accuracy_std": v.accuracy_std,
+            "threshold": v.threshold,
+            "best_threshold_accuracy": v.best_threshold_accuracy,
+            "auc": v.auc,
+            "pairs": float(self.pairs),
+        }
+        out.update({far_key(far): tar for far, tar in v.tar_at_far.items()})
+        return out
+
+    def summary(self) -> str:
+        v = self.verification
+        tars = ", ".join(f"TAR@FAR={far:g} {tar:.4f}" for far, tar in v.tar_at_far.items())
+        return (
+            f"{self.name}: {self.pairs} pairs, accuracy {v.accuracy:.4f} ± {v.accuracy_std:.4f} "
+            f"(threshold {v.threshold:.3f}, AUC {v.auc:.4f}{', ' + tars if tars else ''})"
+        )
+
+
+def far_key(far: float) -> str:
+    """Metric name of a TAR: ``1e-4 -> "tar_at_far_1e-4"``."""
+    mantissa, exponent = f"{far:.0e}".split("e")
+    return f"tar_at_far_{mantissa}e{int(exponent)}"
+
+
+def decode_faces(images: Sequence[bytes], size: int = 112, source: str = "") -> np.ndarray:
+    """Encoded aligned faces -> [N, size, size, 3] uint8 RGB (other sizes resized, as insightface does)."""
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, data in enumerate(images):
+        try:
+            bgr = decode_image(data)
+        except ImageError as e:
+            raise ValueError(f"{source}: image {i}: {e}") from e
+        if bgr.shape[:2] != (size, size):
+            bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+        out[i] = bgr[:, :, ::-1]
+    return out
+
+
+def embed_encoded(
+    model: EmbeddingModel, images: Sequence[bytes], *, flip: bool, size: int = 112, source: str = ""
+) -> np.ndarray:
+    """Embed encoded aligned faces [N] -> [N, D] float32 unit rows; identical byte strings are embedded once,
+    the distinct ones in chunks of :data:`CHUNK`."""
+    if not images:
+        raise ValueError(f"{source}: no images to embed")
+    row = {}
+    for data in images:
+        row.setdefault(bytes(data), len(row))
+    distinct = list(row)
+    emb = np.concatenate(
+        [
+            model.embed(decode_faces(distinct[i : i + CHUNK], size, source), flip=flip)
+            for i in range(0, len(distinct), CHUNK)
+        ]
+    )
+    return emb[[row[bytes(data)] for data in images]]
+
+
+def evaluate_bin(path: Path, model: EmbeddingModel, *, flip: bool = True, n_folds: int = 10) -> BenchmarkResult:
+    """Verification on an insightface ``.bin`` (loaded with the restricted unpickler); name = file stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"verification set not found: {path}")
+    vbin = load_verification_bin(path)
+    emb = embed_encoded(model, vbin.images, flip=flip, source=str(path))
+    result = verify(emb[0::2], emb[1::2], vbin.issame, n_folds=n_folds)
+    return BenchmarkResult(name=path.stem, pairs=len(vbin), flip=flip, verification=result)
+
+
+def evaluate_pairs(
+    folder: Path,
+    pairs_path: Path,
+    model: EmbeddingModel,
+    *,
+    detector: FaceDetector | None = None,
+    flip: bool = True,
+    n_folds: int | None = None,
+    name: str | None = None,
+) -> BenchmarkResult:
+    """Verification on the faces of ``folder`` listed by ``pairs_path`` (see :mod:`facekit.eval.make_bin`).
+
+    Aligned 112 x 112 images are used as they are; with a ``detector``, other photos are detected and
+    aligned. ``n_folds`` defaults to the protocol's (LFW: 10), else 10. Each image is embedded once.
+    """
+    pairs = read_pairs(pairs_path)
+    names = pairs.names()
+    faces = AlignedFaces.from_folder(folder, names, detector=detector)
+    if faces.failed:
+        first = next(iter(faces.failed.values()))
+        raise ValueError(f"{len(faces.failed)} of {len(names)} faces of {pairs_path} unusable, e.g. {first}")
+    emb = embed_encoded(model, [faces.images[n] for n in names], flip=flip, source=str(folder))
+    row = {n: i for i, n in enumerate(names)}
+    emb_a = emb[[row[n] for n in pairs.first]]
+    emb_b = emb[[row[n] for n in pairs.second]]
+    folds = n_folds or pairs.n_folds or 10
+    result = verify(emb_a, emb_b, pairs.issame, n_folds=folds)
+    return BenchmarkResult(name=name or Path(pairs_path).stem, pairs=len(pairs), flip=flip, verification=result)
+
+
+def write_metrics(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+    """Write ``{set: {metric: value}}`` as a DVC metrics JSON (sorted keys, floats rounded to 6 digits)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {name: {k: round(float(v), 6) for k, v in m.items()} for name, m in metrics.items()}
+    path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], plots_dir: Path, *, title: str) -> list[Path]:
+    """Per curve ``roc_<name>.csv`` (``fpr,tpr``) and one ``roc.png`` of all curves (log FAR axis)."""
+    from matplotlib.figure import Figure  # heavy; only the writers need it
+
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig = Figure(figsize=(6, 4.5), dpi=100)
+    ax = fig.subplots()
+    smallest = 1.0
+    for name, (fpr, tpr) in curves.items():
+        csv_path = plots_dir / f"roc_{name}.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["fpr", "tpr"])
+            writer.writerows(zip((f"{x:.8g}" for x in fpr), (f"{y:.8g}" for y in tpr), strict=True))
+        written.append(csv_path)
+        positive = fpr[fpr > 0]
+        smallest = min(smallest, float(positive.min()) if positive.size else 1.0)
+        ax.plot(np.maximum(fpr, 1e-12), tpr, lw=1.2, label=name)
+    ax.set_xscale("log")
+    ax.set_xlim(min(smallest, 1e-1), 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(title)
+    ax.grid(True, which="both", ls=":", lw=0.5)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    png = plots_dir / "roc.png"
+    fig.savefig(png)
+    written.append(png)
+    return written
+
+
+def write_reports(results: Sequence[BenchmarkResult], metrics_path: Path, plots_dir: Path) -> list[Path]:
+    """Metrics JSON and ROC plots of several benchmark results (names must differ)."""
+    names = [r.name for r in results]
+    if len(set(names)) != len(names):
+        raise ValueError(f"benchmark names must be unique, got {names}")
+    written = [write_metrics({r.name: r.metrics() for r in results}, metrics_path)]
+    curves = {r.name: (r.verification.fpr, r.verification.tpr) for r in results}
+    return written + write_roc(curves, plots_dir, title="verification ROC")
+
+
+#: Default detector files (inside the assets folder) for ``--detector``.
+DETECTOR_MODELS = {"scrfd": "models/scrfd_500m_bnkps.onnx", "retinaface": "models/retinaface_mbnet0.25.onnx"}
+
+
+def _detector(args: argparse.Namespace) -> FaceDetector | None:
+    if args.detector is None:
+        return None
+    from facekit.data.ops.detect import create_detector
+    from facekit.data.stages.detect_align import resolve_model
+
+    return create_detector(args.detector, resolve_model(args.detector_model or DETECTOR_MODELS[args.detector]))
+
+
+def _run_bin(args: argparse.Namespace) -> str:
+    model = load_embedding_model(args.model, num_threads=args.threads)
+    results = [evaluate_bin(p, model, flip=not args.no_flip, n_folds=args.folds) for p in args.bins]
+    write_reports(results, args.metrics, args.plots)
+    return "\n".join(r.summary() for r in results)
+
+
+def _run_pairs(args: argparse.Namespace) -> str:
+    model = load_embedding_model(args.model, num_threads=args.threads)
+    result = evaluate_pairs(
+        args.folder, args.pairs, model, detector=_detector(args), flip=not args.no_flip, n_folds=args.folds
+    )
+    write_reports([result], args.metrics, args.plots)
+    return result.summary()
+
+
+def _run_make_bin(args: argparse.Namespace) -> str:
+    if (args.folder is None) == (args.shards is None):
+        raise ValueError("give exactly one face source: --folder or --shards")
+    pairs = read_pairs(args.pairs)
+    if args.shards is not None:
+        faces = AlignedFaces.from_shards(args.shards)
+    else:
+        faces = AlignedFaces.from_folder(args.folder, pairs.names(), detector=_detector(args))
+    return build_bin(pairs, faces, args.out, masked=args.masked, strict=not args.drop_missing).summary()
+
+
+def _run_ijb(args: argparse.Namespace) -> str:
+    from facekit.eval.ijb import evaluate_ijb  # ijb imports this module
+
+    model = load_embedding_model(args.model, num_threads=args.threads)
+    result = evaluate_ijb(
+        args.meta_dir,
+        args.images_dir,
+        model,
+        target=args.target,
+        flip=not args.no_flip,
+        detector_score_weighting=not args.no_detector_score,
+    )
+    write_metrics({result.target: result.metrics()}, args.metrics)
+    write_roc({result.target: (result.fpr, result.tpr)}, args.plots, title=f"{result.target.upper()} 1:1 ROC")
+    return result.summary()
+
+
+def run_command(args: argparse.Namespace) -> str:
+    """Run a parsed ``facekit eval <bin | pairs | make-bin | ijb>`` command (parser in :mod:`facekit.cli`)."""
+    commands = {"bin": _run_bin, "pairs": _run_pairs, "make-bin": _run_make_bin, "ijb": _run_ijb}
+    return commands[args.eval_command](args)

@@ -1,0 +1,182 @@
+"""ONNX export of embedding networks (``[B, 3, S, S]`` normalised pixels -> ``[B, D]``) with a dynamic batch.
+
+Uses ``torch.onnx.export``'s TorchScript exporter (``dynamo=False``): it needs no extra package and
+traces timm's attention and facekit's ViT exactly; the batch axis is declared dynamic, so the file runs
+at any batch size. The input is ``(x - 127.5) / 128`` RGB, as :class:`~facekit.eval.embedder.OnnxEmbedder`
+feeds it. :func:`check_onnx_parity` runs the file in ONNX Runtime and compares it with PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import yaml
+from torch import nn
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "embedding"
+DEFAULT_OPSET = 17
+
+
+class OnnxParityError(AssertionError):
+    """ONNX Runtime's output differs from PyTorch's by more than the tolerance."""
+
+
+def export_onnx(
+    module: nn.Module, path: Path, *, img_size: int = 112, batch_size: int = 2, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Export ``module`` (in eval mode; its mode is restored) to ``path`` with a dynamic batch axis.
+
+    The trace runs on a random ``[batch_size, 3, img_size, img_size]`` input; input / output are named
+    ``input`` / ``embedding``. The module must return one ``[B, D]`` tensor.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = next(iter(module.parameters()), torch.zeros(())).device
+    example = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(example)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch_size:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"an embedding module must map [B, 3, {img_size}, {img_size}] to [B, D], got {got}")
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of torch.export (which needs onnxscript), and
+            # tracing warns about shape arithmetic that the dynamic-batch check in the tests covers.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        module.train(was_training)
+    return path
+
+
+def run_onnx(onnx_path: Path, inputs: np.ndarray) -> np.ndarray:
+    """Run an exported embedding model on ``inputs`` [B, 3, S, S] float32 with ONNX Runtime (CPU) -> [B, D]."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own opaque types for unreadable files
+        raise ValueError(f"cannot load ONNX model {onnx_path}: {e}") from e
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
+
+
+def check_onnx_parity(module: nn.Module, onnx_path: Path, inputs: torch.Tensor, atol: float = 1e-4) -> float:
+    """Largest |ONNX Runtime - PyTorch| over ``inputs`` [B, 3, S, S]; raises :class:`OnnxParityError` above
+    ``atol`` times the output scale ``max(1, max |PyTorch output|)``.
+
+    float32 rounding grows with the values: an un-normalised head with outputs in the thousands (e.g. a
+    freshly initialised IR-50) differs by ~1e-6 relative, which an absolute 1e-4 would call a failure.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            expected = module(inputs).float().cpu().numpy()
+    finally:
+        module.train(was_training)
+    got = run_onnx(onnx_path, inputs.detach().float().cpu().numpy())
+    if got.shape != expected.shape:
+        raise OnnxParityError(f"{onnx_path}: ONNX output {got.shape} != PyTorch {expected.shape}")
+    diff = float(np.abs(got - expected).max())
+    scale = max(1.0, float(np.abs(expected).max()))
+    if not diff <= atol * scale:
+        raise OnnxParityError(
+            f"{onnx_path}: ONNX Runtime differs from PyTorch by {diff:.3g} (> {atol:g} x output scale {scale:.3g})"
+        )
+    return diff
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_checkpoint` did: the file, tensors loaded and the parity measured at ``batch``."""
+
+    path: Path
+    loaded: int
+    max_abs_diff: float
+    batch: int
+
+    def summary(self) -> str:
+        return (
+            f"export: {self.loaded} tensors -> {self.path}; ONNX Runtime vs PyTorch at batch {self.batch}: "
+            f"max |diff| {self.max_abs_diff:.2e} (tolerance 1e-4 x max(1, max |output|))"
+        )
+
+
+def export_checkpoint(
+    backbone: str,
+    weights: Path,
+    out: Path,
+    *,
+    prefix: str = "",
+    overrides: dict[str, Any] | None = None,
+    img_size: int = 112,
+    parity_batch: int = 5,
+) -> ExportReport:
+    """Build ``BACKBONES[backbone](**overrides)``, load ``weights`` (a safetensors / checkpoint folder / torch
+    file; keys starting with ``prefix`` lose it, e.g. ``encoder.`` for MAE / MCF, ``backbone.`` for CAMD,
+    others are ignored), export to ``out`` and check ONNX Runtime against PyTorch at ``parity_batch``.
+
+    Every backbone tensor must be loaded: a missing or mismatched one is an error naming it.
+    """
+    import facekit.nn.iresnet  # noqa: F401  (registers ir50 / ir100 next to the ViTs)
+    from facekit.nn.vit import BACKBONES
+    from facekit.train.checkpoint import load_backbone_weights
+
+    weights = Path(weights)
+    if not weights.exists():
+        raise FileNotFoundError(f"weights not found: {weights}")
+    try:
+        module = BACKBONES.create(backbone, img_size=img_size, **(overrides or {}))
+    except TypeError as e:  # an override the backbone does not take
+        raise ValueError(f"cannot build backbone {backbone!r} with overrides {overrides}: {e}") from e
+    report = load_backbone_weights(weights, module, {prefix: ""})
+    if report.missing or report.mismatched or not report.loaded:
+        problems = report.mismatched or report.missing or ["(nothing matched)"]
+        raise ValueError(
+            f"{weights}: {len(report.loaded)} tensors loaded into {backbone}; missing {len(report.missing)}, "
+            f"wrong shape {len(report.mismatched)}, e.g. {problems[:3]} (check --prefix {prefix!r} and the overrides)"
+        )
+    path = export_onnx(module, out, img_size=img_size)
+    inputs = torch.randn(parity_batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    diff = check_onnx_parity(module, path, inputs)
+    return ExportReport(path=path, loaded=len(report.loaded), max_abs_diff=diff, batch=parity_batch)
+
+
+def run_command(args: argparse.Namespace) -> int | str:
+    """Run a parsed ``facekit export onnx`` command (parser in :mod:`facekit.cli`); 1 on a failed parity check."""
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    try:
+        report = export_checkpoint(
+            args.backbone, args.weights, args.out, prefix=args.prefix, overrides=overrides, img_size=args.img_size
+        )
+    except OnnxParityError as e:
+        print(f"facekit: export failed the parity check: {e}", file=sys.stderr)
+        return 1
+    return report.summary()

@@ -1,0 +1,228 @@
+"""Supervised face-recognition fine-tuning: a backbone, a margin head over (Partial) FC, masked-face swaps.
+
+Follows FaceT (Zhu et al., TIFS 2023; training code on insightface ``arcface_torch``) and LAFS's
+fine-tuning (Sun et al., CVPR 2024)::
+
+    record --FaceRecognitionView--> image [3, 112, 112] in [−1, 1], ismask (1 = the masked twin was used)
+      --backbone (FaceT-B: prompts chosen by ismask; IR-50/100)--> emb [B, 512]
+      --PartialFC(margin head)--> {"loss": CE (+ MagFace's g), "ce", ...}
+
+The backbone is built by name from :data:`~facekit.nn.vit.BACKBONES` (ViTs, FaceT-B, ``ir50``/``ir100``),
+or from a pre-training export folder (``backbone.json`` + ``backbone.safetensors``, written by
+:mod:`facekit.train.pretrain`), or from any state dict with a key-prefix map; the load report (missing /
+unexpected / mismatched keys) is printed and kept in :attr:`FineTune.load_report`.
+:data:`FINETUNE_RECIPES` holds FaceT's two recipes in the pretrain-run format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import facekit.nn.iresnet  # noqa: F401  (registers ir50 / ir100 in BACKBONES)
+from facekit.data.images import ImageError, decode_jpeg_rgb
+from facekit.data.record import FaceRecord
+from facekit.data.views import ViewRecipe
+from facekit.methods.base import METHODS, Method, StepValues
+from facekit.nn.margins import MARGINS
+from facekit.nn.partial_fc import PartialFC
+from facekit.nn.vit import BACKBONES, ViT
+from facekit.train import distributed
+from facekit.train.checkpoint import LoadReport, load_backbone_weights
+
+
+class FaceRecognitionView:
+    """FaceT's training view: [masked-twin swap] -> [RandomResizedCrop] -> hflip 0.5 -> normalise.
+
+    With probability ``masked_faces`` the record's synthetic masked twin (``record.masked_image``, same
+    geometry) replaces the face and ``ismask`` is 1; a record without a twin stays holistic. The random
+    draw happens for every sample, so the stream of draws does not depend on which records have twins.
+    crop_scale: RandomResizedCrop's area range (LAFS: (0.9, 1)); None keeps the whole face (FaceT).
+    Returns ``{"image": float32 [3, size, size], "ismask": long scalar}``. Called with the record by
+    :class:`~facekit.data.dataset.FaceShardDataset` (``takes_record``); with ``rgb`` only, no swap.
+    """
+
+    takes_record = True
+
+    def __init__(
+        self,
+        size: int = 112,
+        crop_scale: tuple[float, float] | None = None,
+        masked_faces: float = 0.0,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        if not 0.0 <= masked_faces <= 1.0:
+            raise ValueError(f"masked_faces must be a probability in [0, 1], got {masked_faces}")
+        self.masked_faces = masked_faces
+        self.recipe = ViewRecipe(size, scale=tuple(crop_scale or (1.0, 1.0)), mean=mean, std=std)
+
+    def __call__(self, rgb: np.ndarray, record: FaceRecord | None = None) -> dict[str, torch.Tensor]:
+        ismask = 0
+        swap = self.masked_faces > 0 and np.random.random() < self.masked_faces
+        if swap and record is not None and record.masked_image is not None:
+            try:
+                rgb = decode_jpeg_rgb(record.masked_image)
+            except ImageError as e:
+                raise ValueError(f"record {record.key}: masked_image is not a valid JPEG: {e}") from None
+            ismask = 1
+        image, _ = self.recipe.apply(rgb)
+        return {"image": image, "ismask": torch.tensor(ismask, dtype=torch.long)}
+
+
+def build_backbone(
+    name: str | None,
+    kwargs: dict[str, Any] | None = None,
+    init_from: Path | str | None = None,
+    prefix_map: dict[str, str] | None = None,
+) -> tuple[nn.Module, LoadReport | None]:
+    """Build a backbone and optionally load weights into it; returns (backbone, load report or None).
+
+    init_from: a pre-training export folder (``backbone.json`` names the backbone and its kwargs, which
+    ``kwargs`` update, e.g. FaceT's prompts and 512-d head absent at pre-training), or any weights file /
+    checkpoint folder readable by :func:`~facekit.train.checkpoint.load_backbone_weights` (then ``name``
+    is required). ``prefix_map`` renames keys by prefix (``{"encoder.": ""}``); loading is non-strict.
+    """
+    from facekit.train.pretrain import BACKBONE_SPEC, BACKBONE_WEIGHTS  # here: pretrain imports the methods
+
+    kwargs = dict(kwargs or {})
+    weights = None
+    if init_from is not None:
+        init_from = Path(init_from)
+        if not init_from.exists():
+            raise FileNotFoundError(f"init_from: {init_from} does not exist")
+        spec_path = init_from / BACKBONE_SPEC
+        weights = init_from
+        if spec_path.is_file():
+            spec = json.loads(spec_path.read_text())
+            exported = spec.get("backbone", spec.get("name"))
+            if exported is None or not isinstance(spec.get("kwargs", {}), dict):
+                raise ValueError(f"{spec_path}: expected {{'backbone': name, 'kwargs': {{...}}}}, got {spec}")
+            if name is not None and name != exported:
+                raise ValueError(f"backbone {name!r} differs from {exported!r} exported in {spec_path}")
+            name, kwargs = exported, {**spec.get("kwargs", {}), **kwargs}
+            weights = init_from / spec.get("weights", BACKBONE_WEIGHTS)
+    if name is None:
+        raise ValueError("give a backbone name (or init_from a pre-training export folder with backbone.json)")
+    backbone = BACKBONES.create(name, **kwargs)
+    if weights is None:
+        return backbone, None
+    report = load_backbone_weights(weights, backbone, prefix_map)
+    if distributed.is_main():
+        print(
+            f"finetune: {len(report.loaded)} tensors loaded from {weights}; missing {report.missing}; "
+            f"unexpected {report.unexpected}; shape mismatch {report.mismatched}"
+        )
+    return backbone, report
+
+
+@METHODS.register("finetune")
+class FineTune(Method):
+    """Margin-softmax fine-tuning of a face embedding network.
+
+    num_classes: identities in the training set (``identity`` labels in [0, C)). backbone /
+    backbone_kwargs / init_from / prefix_map: see :func:`build_backbone`. margin / margin_kwargs: a
+    :data:`~facekit.nn.margins.MARGINS` head (``arcface``, ``cosface``, ``combined``, ``curricularface``,
+    ``magface``). sample_rate: Partial FC's fraction of centres (1.0 = full FC). image_size: defaults to the
+    backbone's ``img_size``. crop_scale, masked_faces: see :class:`FaceRecognitionView`. FaceT-B's prompts
+    follow each sample's ``ismask``; IR nets ignore it.
+
+    Under DDP the Partial FC shard is hidden from DDP's gradient averaging; note that the loop's gradient
+    clipping and rank-0 checkpoints then see one rank's shard only.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        init_from: Path | str | None = None,
+        prefix_map: dict[str, str] | None = None,
+        margin: str = "arcface",
+        margin_kwargs: dict[str, Any] | None = None,
+        sample_rate: float = 1.0,
+        image_size: int | None = None,
+        crop_scale: tuple[float, float] | None = None,
+        masked_faces: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.load_report = build_backbone(backbone, backbone_kwargs, init_from, prefix_map)
+        embedding_size = getattr(self.backbone, "out_dim", None)
+        if embedding_size is None:
+            raise ValueError(f"backbone {type(self.backbone).__name__} has no out_dim (embedding size)")
+        margin_head = MARGINS.create(margin, **(margin_kwargs or {}))
+        self.head = PartialFC(margin_head, num_classes, embedding_size, sample_rate)
+        ignored = [f"head.{n}" for n in self.head.local_parameter_names()]
+        if ignored:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ignored)
+        self.image_size = image_size or self.backbone.img_size
+        self.crop_scale = crop_scale
+        self.masked_faces = masked_faces
+
+    def views(self) -> Callable[..., dict[str, torch.Tensor]]:
+        return FaceRecognitionView(self.image_size, self.crop_scale, self.masked_faces)
+
+    def embed(self, images: torch.Tensor, ismask: torch.Tensor | None = None) -> torch.Tensor:
+        """images: [B, 3, S, S] in [−1, 1], ismask: [B] (ViT prompts; None = holistic) -> emb [B, D]."""
+        if isinstance(self.backbone, ViT):
+            return self.backbone(images, ismask=ismask)
+        return self.backbone(images)
+
+    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
+        return self.head(self.embed(batch["image"], batch.get("ismask")), batch["identity"])
+
+    def export_backbone(self) -> nn.Module:
+        """The embedding network: [B, 3, 112, 112] in [−1, 1] -> [B, 512] (L2-normalise for matching)."""
+        return self.backbone
+
+
+#: FaceT's fine-tuning recipes as pretrain-style runs: ``{"method": "finetune", <FineTune kwargs>, "train":
+#: <TrainConfig kwargs>}``; add ``num_classes`` (and ``init_from``). ``blr`` is FaceT's lr per 256 images
+#: (WebFace42M used 0.00075 for FaceT-B). IR-100: FaceT steps the lr ×0.1 at epochs 8, 12 and 16, which
+#: the loop's warm-up + cosine schedule cannot express yet; the preset runs cosine to 0 meanwhile. FaceT
+#: names no margin for IR-100; MagFace (as FaceT-B) is our choice. ``batch_size`` is per process: FaceT
+#: used 256 per GPU for FaceT-B and a batch of 768 for IR-100.
+FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
+    "facet_base": {
+        "method": "finetune",
+        "backbone": "facet_base",
+        "backbone_kwargs": {"drop_path_rate": 0.1, "num_prompts": 32, "head_dim": 512},
+        "margin": "magface",
+        "sample_rate": 0.1,
+        "masked_faces": 0.1,
+        "train": {
+            "epochs": 10,
+            "batch_size": 256,
+            "optimizer": "adamw",
+            "blr": 1e-3,
+            "betas": (0.9, 0.999),
+            "weight_decay": 0.05,
+            "layer_decay": 0.75,
+            "warmup_epochs": 1,
+            "min_lr": 1e-5,
+            "clip_grad": 1.0,
+        },
+    },
+    "ir100": {
+        "method": "finetune",
+        "backbone": "ir100",
+        "margin": "magface",
+        "sample_rate": 0.1,
+        "masked_faces": 0.1,
+        "train": {
+            "epochs": 20,
+            "batch_size": 768,
+            "optimizer": "sgd",  # timm's "sgd" is Nesterov
+            "blr": 0.025,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+        },
+    },
+}

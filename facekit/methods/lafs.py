@@ -1,0 +1,289 @@
+"""LAFS: Landmark-based Facial Self-supervised learning (Sun et al., CVPR 2024) — DINO on landmark patches.
+
+Reading order: :class:`LAFSViews` (crops, their clean/augmented versions, mesh landmarks in view pixels),
+:meth:`LAFS.view_patches` (landmarks → jitter / subset → 8×8 patches), :class:`LAFS` (the Method; the loss,
+centre, schedules and EMA teacher are :class:`~facekit.methods.dino.DINO`'s).
+
+Per face, 2 global and L local crops (all RandomResizedCrop(112, 0.4–1) + flip, as released); for each crop::
+
+    landmarks [B, 196, 2] (view pixels) --jitter N(0, σ²)--> (locals: 36 drawn with replacement)
+      --landmark_patches on the photometrically augmented crop--> [B, 196 | 36, 192]
+      --Linear(192 → D) + positions 1..196 | 1..36, cls at 0--> ViT --> DINO head
+
+Landmarks come from one of two sources (``landmarks=``):
+
+- ``"mesh"`` (default): the shards' MediaPipe mesh (``extra["dense_landmarks"]``, 468 points) reduced to
+  :data:`~facekit.data.ops.landmarks.MESH_196` (14 × 14 raster order) and mapped into each crop with its
+  box and flip (:func:`~facekit.nn.landmark_patches.landmarks_in_view`) in the DataLoader workers. Points
+  are fixed anatomical vertices, so token i is the same facial point in every view (mirrored with a
+  flipped crop). Points cropped out of a view give zero patches; local subsets are drawn only from the
+  points inside the view. Use it whenever the shards went through the ``landmarks`` stage: no extra
+  network, no pre-training stage, landmarks of known quality.
+- ``"learned"``: the released design. A :class:`~facekit.nn.landmark_patches.LandmarkCNN` predicts 196
+  points on the *clean* crop (min-max spread over the crop); patches are cut from the augmented copy.
+  As released it is frozen (eval mode, no gradient) and loaded from ``landmark_weights`` (a safetensors
+  state dict, e.g. from a supervised Part-fViT-style run); ``train_landmark_head=True`` instead trains it
+  from scratch with the student through ``grid_sample``'s gradient w.r.t. the coordinates (Part fViT's
+  end-to-end scheme, here driven by the DINO loss: experimental). Use it for shards without mesh
+  landmarks, or to reproduce the paper's pipeline with a landmark network of your own.
+
+Released-code facts kept as defaults: σ = 5 px jitter on every view, 36-landmark subsets on local views only,
+teacher temperature 0.07 → 0.04 over 30 epochs, head 2048 → 256 → 100,000, (0.5, 0.5) normalisation, global
+crop 0 blurred (p 1.0), global 1 blurred p 0.1 + solarised p 0.2, locals blurred p 0.5, all jittered p 0.8 and
+grayed p 0.2. Not reproducible with facekit's ViT (documented deviations): 11 heads × 64 at width 768 (facekit:
+12 × 64), attention scale D^−½, dropout 0.1 / embedding dropout 0.1 (facekit: drop-path only), a teacher
+with drop-path (facekit: none, as DINO).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from facekit.data.augment import normalize_to_tensor
+from facekit.data.ops.landmarks import MESH_196, NUM_MESH_POINTS
+from facekit.data.record import FaceRecord
+from facekit.data.stages.landmarks import DENSE_KEY
+from facekit.data.views import ViewRecipe
+from facekit.methods.base import METHODS
+from facekit.methods.dino import DINO
+from facekit.nn.landmark_patches import (
+    LandmarkCNN,
+    inside_view,
+    jitter_landmarks,
+    landmark_patches,
+    landmarks_in_view,
+    sample_landmarks,
+)
+from facekit.nn.vit import LinearPatchEmbed
+
+LandmarkSource = Literal["mesh", "learned"]
+
+#: LAFS's ViT in facekit's terms: 112 px, 196 tokens of 8 × 8 × 3 embedded by Linear(192 → 768), learned
+#: positions ~ N(0, 1) (truncated at ±2), cls token, 12 pre-norm blocks, MLP 2048, no qkv bias,
+#: drop-path 0.1 (student).
+LAFS_BACKBONE: dict[str, Any] = {
+    "img_size": 112,
+    "patch_size": 8,
+    "embed_dim": 768,
+    "depth": 12,
+    "num_heads": 12,
+    "mlp_ratio": 2048 / 768,
+    "qkv_bias": False,
+    "patch_embed": "linear",
+    "pos_embed": "learned",
+    "pos_embed_std": 1.0,
+    "drop_path_rate": 0.1,
+}
+
+
+class LAFSViews:
+    """Per face: ``global_<i>`` (i < 2) and ``local_<i>`` (i < n_local) crops, each one RandomResizedCrop +
+    flip (``crop``) followed by its photometric recipe on that crop.
+
+    Per view ``v``: ``v`` (augmented crop, float32 ``[3, S, S]``), ``v_box`` ([5]) and, with ``landmarks ==
+    "mesh"``, ``v_landmarks`` (float32 ``[196, 2]``, :data:`MESH_196` in the crop's pixels), else ``v_clean``
+    (the crop before photometric changes, for the landmark network). With mesh landmarks ``takes_record``
+    is true, so :class:`~facekit.data.dataset.FaceShardDataset` calls ``views(rgb, record)`` and the mesh
+    comes from ``record.extra["dense_landmarks"]`` ([468, 2] crop pixels).
+    """
+
+    def __init__(
+        self,
+        crop: ViewRecipe,
+        global_photometric: Sequence[ViewRecipe],
+        local_photometric: ViewRecipe,
+        n_local: int,
+        landmarks: LandmarkSource,
+    ) -> None:
+        self.crop, self.global_photometric, self.local_photometric = crop, tuple(global_photometric), local_photometric
+        self.n_local, self.landmarks = n_local, landmarks
+        self.takes_record = landmarks == "mesh"
+
+    def __call__(self, rgb: np.ndarray, record: FaceRecord | None = None) -> dict[str, torch.Tensor]:
+        mesh = mesh_196(record) if self.takes_record else None
+        named = [(f"global_{i}", r) for i, r in enumerate(self.global_photometric)]
+        named += [(f"local_{i}", self.local_photometric) for i in range(self.n_local)]
+        out: dict[str, torch.Tensor] = {}
+        for name, photometric in named:
+            clean, box = self.crop.augment(rgb)
+            augmented, _ = photometric.apply(clean)
+            out[name], out[f"{name}_box"] = augmented, torch.from_numpy(box)
+            if mesh is not None:
+                points = landmarks_in_view(mesh, box, rgb.shape[:2], self.crop.size)
+                out[f"{name}_landmarks"] = torch.from_numpy(points)
+            else:
+                out[f"{name}_clean"] = normalize_to_tensor(clean, photometric.mean, photometric.std)
+        return out
+
+
+def mesh_196(record: FaceRecord | None) -> np.ndarray:
+    """LAFS's 196 mesh landmarks ``[196, 2]`` float32 (crop pixels) of a record with dense landmarks."""
+    if record is None:
+        raise ValueError("LAFS mesh landmarks: the views need the FaceRecord: call views(rgb, record)")
+    dense = record.extra.get(DENSE_KEY)
+    if dense is None:
+        raise ValueError(f"record {record.key}: no extra[{DENSE_KEY!r}] for LAFS (run the landmarks stage)")
+    if dense.ndim != 2 or dense.shape[0] != NUM_MESH_POINTS or dense.shape[1] not in (2, 3):
+        raise ValueError(f"record {record.key}: extra[{DENSE_KEY!r}] is {list(dense.shape)}, not [468, 2]")
+    return dense[MESH_196, :2].astype(np.float32)
+
+
+def photometric_recipes(
+    size: int, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> tuple[tuple[ViewRecipe, ViewRecipe], ViewRecipe]:
+    """LAFS's photometric steps on a finished crop (no crop, no flip): jitter p 0.8, gray p 0.2, then blur
+    p 1.0 (global 0) / blur p 0.1 + solarise p 0.2 (global 1) / blur p 0.5 (locals); normalise."""
+    common = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "hflip_p": 0.0, "jitter_p": 0.8, "gray_p": 0.2}
+    global_0 = ViewRecipe(size, blur_p=1.0, mean=mean, std=std, **common)
+    global_1 = ViewRecipe(size, blur_p=0.1, solarize_p=0.2, mean=mean, std=std, **common)
+    local = ViewRecipe(size, blur_p=0.5, mean=mean, std=std, **common)
+    return (global_0, global_1), local
+
+
+@METHODS.register("lafs")
+class LAFS(DINO):
+    """LAFS pre-training: :class:`~facekit.methods.dino.DINO` whose tokens are 8 × 8 patches at facial landmarks.
+
+    Global views give 196 tokens (positions 1..196, 14 × 14 raster order for the mesh); local views 36 tokens
+    drawn with replacement (positions 1..36: for random subsets a position does not name a landmark, as
+    released). ``backbone_kwargs`` are merged over :data:`LAFS_BACKBONE` (a Linear patch embedding of
+    ``patch_size² · 3`` values and at least 196 positions are required). See the module docstring for the
+    two landmark sources and what differs from the released code.
+    """
+
+    num_landmarks = len(MESH_196)
+
+    def __init__(
+        self,
+        backbone: str = "vit_base_patch16_224",
+        backbone_kwargs: dict[str, Any] | None = None,
+        landmarks: LandmarkSource = "mesh",
+        landmark_weights: str | Path | None = None,
+        train_landmark_head: bool = False,
+        landmark_jitter: float = 5.0,
+        num_local_landmarks: int = 36,
+        out_dim: int = 100_000,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        norm_last_layer: bool = True,
+        n_local: int = 8,
+        crop_scale: tuple[float, float] = (0.4, 1.0),
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.07,
+        warmup_teacher_temp_epochs: int = 30,
+        center_momentum: float = 0.9,
+        freeze_last_layer: int = 1,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        if landmarks not in ("mesh", "learned"):
+            raise ValueError(f"landmarks must be 'mesh' or 'learned', got {landmarks!r}")
+        if landmarks == "learned" and landmark_weights is None and not train_landmark_head:
+            raise ValueError(
+                "landmarks='learned' needs landmark_weights (a trained LandmarkCNN) or train_landmark_head=True"
+            )
+        kwargs = {**LAFS_BACKBONE, **(backbone_kwargs or {})}
+        super().__init__(
+            backbone,
+            kwargs,
+            out_dim=out_dim,
+            head_hidden_dim=head_hidden_dim,
+            head_bottleneck_dim=head_bottleneck_dim,
+            head_layers=head_layers,
+            norm_last_layer=norm_last_layer,
+            n_local=n_local,
+            local_size=kwargs["img_size"],
+            global_scale=crop_scale,
+            local_scale=crop_scale,
+            student_temp=student_temp,
+            teacher_temp=teacher_temp,
+            warmup_teacher_temp=warmup_teacher_temp,
+            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+            center_momentum=center_momentum,
+            freeze_last_layer=freeze_last_layer,
+            mean=mean,
+            std=std,
+        )
+        vit = self.student.backbone
+        if not isinstance(vit.patch_embed, LinearPatchEmbed) or vit.num_patches < self.num_landmarks:
+            raise ValueError(
+                f"LAFS needs backbone_kwargs with patch_embed='linear' and >= {self.num_landmarks} patches "
+                f"(got {type(vit.patch_embed).__name__}, {vit.num_patches} patches)"
+            )
+        if not 0 < num_local_landmarks <= self.num_landmarks:
+            raise ValueError(f"num_local_landmarks must be in 1..{self.num_landmarks}, got {num_local_landmarks}")
+        self.landmarks, self.landmark_jitter, self.num_local_landmarks = landmarks, landmark_jitter, num_local_landmarks
+        self.train_landmark_head = train_landmark_head
+        self.landmark_head = LandmarkCNN(self.num_landmarks) if landmarks == "learned" else None
+        if self.landmark_head is not None:
+            if landmark_weights is not None:
+                self.landmark_head.load_state_dict(_landmark_state(Path(landmark_weights)))
+            if not train_landmark_head:
+                self.landmark_head.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> LAFS:
+        """A frozen landmark network stays in eval mode (BatchNorm statistics, no dropout), as released."""
+        super().train(mode)
+        if self.landmark_head is not None and not self.train_landmark_head:
+            self.landmark_head.eval()
+        return self
+
+    def views(self) -> Callable[..., dict[str, torch.Tensor]]:
+        """:class:`LAFSViews`: RandomResizedCrop(S, ``crop_scale``, bicubic) + flip, then
+        :func:`photometric_recipes`; S is the backbone's size (112)."""
+        size = self.student.backbone.img_size
+        crop = ViewRecipe(size, scale=self.global_scale, mean=self.mean, std=self.std)
+        global_photometric, local_photometric = photometric_recipes(size, self.mean, self.std)
+        return LAFSViews(crop, global_photometric, local_photometric, self.n_local, self.landmarks)
+
+    def view_landmarks(self, batch: dict[str, Any], names: Sequence[str]) -> torch.Tensor:
+        """Landmarks ``[len(names)·B, 196, 2]`` of the named views (view-major): the mesh's, or the landmark
+        network's on the clean crops."""
+        if self.landmark_head is None:
+            return torch.cat([batch[f"{name}_landmarks"] for name in names]).float()
+        clean = torch.cat([batch[f"{name}_clean"] for name in names])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_landmark_head):
+            return self.landmark_head(clean).float()
+
+    def view_patches(self, images: torch.Tensor, points: torch.Tensor, subset: int | None = None) -> torch.Tensor:
+        """images ``[B, 3, S, S]``, points ``[B, n, 2]`` → tokens ``[B, n | subset, p·p·3]``: ``subset`` points
+        drawn with replacement from those inside the view (None keeps all, in order), jittered by
+        ``landmark_jitter`` px, then cut by :func:`landmark_patches`."""
+        if subset is not None:
+            inside = inside_view(points, images.shape[-2], images.shape[-1])
+            points = sample_landmarks(points, subset, weights=inside.float())
+        points = jitter_landmarks(points, self.landmark_jitter)
+        return landmark_patches(images, points, self.student.backbone.patch_size)
+
+    def logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student ``[G + L, B, K]``, teacher ``[G, B, K]``); the teacher sees the student's global tokens."""
+        global_names = [f"global_{i}" for i in range(self.n_global)]
+        local_names = [f"local_{i}" for i in range(self.n_local)]
+        images = torch.cat([batch[name] for name in global_names])
+        globals_ = self.view_patches(images, self.view_landmarks(batch, global_names))
+        locals_ = None
+        if local_names:
+            images = torch.cat([batch[name] for name in local_names])
+            points = self.view_landmarks(batch, local_names)
+            locals_ = self.view_patches(images, points, self.num_local_landmarks)
+        return self.crop_logits(globals_, locals_)
+
+
+def _landmark_state(path: Path) -> dict[str, torch.Tensor]:
+    """A :class:`LandmarkCNN` state dict from a safetensors file, with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"landmark_weights: {path} does not exist")
+    state = load_file(path)
+    expected = set(LandmarkCNN(LAFS.num_landmarks).state_dict())
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"{path}: not a LandmarkCNN state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return state

@@ -1,0 +1,276 @@
+"""The ``pretrain`` stage: one named run of ``params.yaml``'s ``pretrain.runs`` → trained method + backbone.
+
+A run is ``{"method": <METHODS name, default the run name>, <method keyword arguments>, "train": {...}}``;
+its TrainConfig is ``pretrain.train`` updated by the run's ``train``. :func:`run_pretrain` builds the
+method, trains it on ``FaceShardDataset(pretrain.shards, transform=method.views())`` into
+``pretrain.out/<run>/`` (resuming from a checkpoint there) and writes
+
+- ``<run>/backbone.safetensors`` + ``<run>/backbone.json``: ``method.export_backbone()``'s weights, and the
+  registry (``BACKBONES`` ...), name and keyword arguments that rebuild it (:func:`load_backbone`);
+- ``metrics/pretrain_<run>.json`` (DVC metrics) and ``metrics/pretrain_<run>.csv`` (the loss curve).
+
+Under torchrun every rank trains (the engine handles DDP); rank 0 writes. Any method registered in
+:data:`~facekit.methods.base.METHODS` can be run by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import json
+import shutil
+import sys
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_model, save_file
+from torch import nn
+
+from facekit.config import Params, PretrainParams
+from facekit.data.dataset import FaceShardDataset
+from facekit.data.shards import INDEX_NAME
+from facekit.registry import Registry
+from facekit.train import distributed
+from facekit.train.metrics_log import LOG_NAME
+
+if TYPE_CHECKING:
+    from facekit.methods.base import Method
+    from facekit.train.loop import TrainConfig, TrainResult
+
+# facekit.methods (fine-tuning) imports the file names below, so the methods and the loop (which imports
+# them) are imported inside the functions that need them, never while this module loads.
+
+BACKBONE_WEIGHTS = "backbone.safetensors"
+BACKBONE_SPEC = "backbone.json"
+_SET_BY_STAGE = ("out_dir", "progress")  # TrainConfig fields the stage sets itself
+_Build = tuple[nn.Module, Registry, str, dict[str, Any]]  # (module, registry, name, kwargs) of a create() call
+
+
+@dataclass(frozen=True)
+class PretrainRun:
+    """One resolved run: ``METHODS.create(method, **method_kwargs)`` trained with ``TrainConfig(**train)``
+    (``train`` holds every field but ``out_dir`` and ``progress``)."""
+
+    name: str
+    method: str
+    method_kwargs: dict[str, Any]
+    train: dict[str, Any]
+
+
+def resolve_run(params: PretrainParams, name: str) -> PretrainRun:
+    """Look ``name`` up in ``params.runs`` and merge its TrainConfig; unknown names and keys are ValueErrors."""
+    from facekit.train.loop import TrainConfig
+
+    if name not in params.runs:
+        close = difflib.get_close_matches(name, params.runs, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        defined = ", ".join(params.runs) or "none"
+        raise ValueError(f"unknown pretrain run {name!r}{hint}; params.yaml defines: {defined}")
+    settings = dict(params.runs[name])
+    method = settings.pop("method", name)
+    overrides = settings.pop("train", None) or {}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for where, values in (("pretrain.train", params.train), (f"pretrain.runs.{name}.train", overrides)):
+        for key in values:
+            if key in _SET_BY_STAGE:
+                raise ValueError(f"{where}.{key} is set by the stage (out_dir = pretrain.out/<run>); remove it")
+            if key not in fields:
+                valid = sorted(set(fields) - set(_SET_BY_STAGE))
+                raise ValueError(f"{where}: unknown TrainConfig key {key!r}{_suggest(key, valid)}; valid: {valid}")
+    merged = {**params.train, **overrides}
+    for key, value in merged.items():  # YAML gives lists where TrainConfig takes tuples (betas)
+        if isinstance(fields[key].default, tuple) and isinstance(value, list):
+            merged[key] = tuple(value)
+    return PretrainRun(name, method, settings, merged)
+
+
+def train_config(run: PretrainRun, out_dir: Path, progress: bool = True) -> TrainConfig:
+    """The run's TrainConfig writing to ``out_dir``; its own checks (lr vs blr, sizes) name the run."""
+    from facekit.train.loop import TrainConfig
+
+    try:
+        return TrainConfig(**run.train, out_dir=out_dir, progress=progress)
+    except TypeError as e:  # a required field (epochs, batch_size) missing
+        raise ValueError(f"pretrain.runs.{run.name}: TrainConfig {e}") from None
+    except ValueError as e:
+        raise ValueError(f"pretrain.runs.{run.name}: {e}") from None
+
+
+def build_method(run: PretrainRun) -> tuple[Method, dict[str, Any]]:
+    """``METHODS.create(run.method, **run.method_kwargs)`` and the spec of its exported backbone.
+
+    The spec ``{"backbone": name, "kwargs": {...}, "registry": "module:NAME"}`` is the ``Registry.create``
+    call (``BACKBONES``, ``RESNETS`` ...) that built the module ``export_backbone()`` returns, recorded while
+    the method is built (so presets and the method's own overrides are included); an EMA copy of it
+    matches by structure. A bad keyword is a ValueError naming
+    the run and the method's parameters.
+    """
+    import facekit.methods  # noqa: F401  (registers the built-in methods)
+    from facekit.methods.base import METHODS
+
+    if run.method not in METHODS:
+        raise ValueError(f"pretrain.runs.{run.name}: unknown method {run.method!r}; registered: {METHODS.names()}")
+    factory = METHODS.get(run.method)
+    valid, open_ended = _keywords(factory)
+    unknown = [k for k in run.method_kwargs if k not in valid]
+    if unknown and not open_ended:
+        hints = ", ".join(f"{k!r}{_suggest(k, valid)}" for k in unknown)
+        raise ValueError(
+            f"pretrain.runs.{run.name}: method {run.method!r} does not take {hints}; "
+            f"its parameters: {', '.join(valid)} (plus 'method' and 'train')"
+        )
+    with _recorded_builds() as calls:
+        try:
+            method = factory(**run.method_kwargs)
+        except TypeError as e:  # e.g. an unknown key inside backbone_kwargs
+            if "argument" not in str(e):
+                raise
+            raise ValueError(f"pretrain.runs.{run.name} (method {run.method!r}): {e}") from None
+    return method, _backbone_spec(method, calls, run)
+
+
+def run_pretrain(params: Params, run: str, *, progress: bool = True, report: Path | None = None) -> TrainResult:
+    """Train run ``run`` of ``params.pretrain`` and export its backbone (see the module docstring).
+
+    ``report`` defaults to ``metrics/pretrain_<run>.json``; its loss curve goes next to it as ``.csv``.
+    """
+    from facekit.train.loop import train
+
+    resolved = resolve_run(params.pretrain, run)
+    out_dir = Path(params.pretrain.out) / run
+    cfg = train_config(resolved, out_dir, progress)
+    shards = Path(params.pretrain.shards)
+    if not (shards / INDEX_NAME).is_file():
+        raise FileNotFoundError(f"pretrain.shards: no {INDEX_NAME} in {shards}; run `facekit data pack` first")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every rank)
+    method, spec = build_method(resolved)
+    dataset = FaceShardDataset(shards, transform=method.views())
+    result = train(method, dataset, cfg)
+    if distributed.is_main():
+        export_backbone(method.export_backbone(), spec, out_dir, {"run": run, "method": resolved.method})
+        report = Path(report or Path("metrics") / f"pretrain_{run}.json")
+        report.parent.mkdir(parents=True, exist_ok=True)
+        summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
+        params_count = sum(p.numel() for p in method.export_backbone().parameters())
+        summary |= {"run": run, "method": resolved.method, "backbone": spec["backbone"]}
+        summary["backbone_params"] = params_count
+        report.write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.copyfile(out_dir / LOG_NAME, report.with_suffix(".csv"))
+    return result
+
+
+def export_backbone(backbone: nn.Module, spec: dict[str, Any], out_dir: Path, extra: dict[str, Any]) -> Path:
+    """Write ``backbone.safetensors`` (CPU float weights) and ``backbone.json`` (spec + ``extra``) to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {name: t.detach().cpu().contiguous() for name, t in backbone.state_dict().items()}
+    save_file(state, str(out_dir / BACKBONE_WEIGHTS))
+    (out_dir / BACKBONE_SPEC).write_text(json.dumps({**spec, **extra, "weights": BACKBONE_WEIGHTS}, indent=2) + "\n")
+    return out_dir / BACKBONE_WEIGHTS
+
+
+def load_backbone(run_dir: Path | str) -> nn.Module:
+    """Rebuild an exported backbone from ``run_dir/backbone.json`` and load its weights strictly."""
+    import facekit.methods  # noqa: F401  (registers the backbones that methods bring, e.g. ir50)
+
+    run_dir = Path(run_dir)
+    spec_path = run_dir / BACKBONE_SPEC
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} not found: not a pretrain run folder")
+    spec = json.loads(spec_path.read_text())
+    module, attr = spec.get("registry", "facekit.nn.vit:BACKBONES").split(":")
+    backbone = getattr(importlib.import_module(module), attr).create(spec["backbone"], **spec["kwargs"])
+    missing, unexpected = load_model(backbone, str(run_dir / spec["weights"]), strict=False)
+    if missing or unexpected:
+        weights = run_dir / spec["weights"]
+        raise ValueError(f"{weights}: missing keys {sorted(missing)}, unexpected {sorted(unexpected)}")
+    return backbone
+
+
+def torchrun_command(run: str, params_path: Path, nproc_per_node: int, quiet: bool = False) -> list[str]:
+    """``python -m torch.distributed.run --nproc_per_node N -m facekit.cli pretrain RUN ...`` (one node)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}"]
+    command += ["-m", "facekit.cli", "pretrain", run, "--params", str(params_path)]
+    return command + (["--quiet"] if quiet else [])
+
+
+@contextmanager
+def _recorded_builds() -> Iterator[list[_Build]]:
+    """Record ``(module, registry, name, kwargs)`` of every ``Registry.create`` call made inside the block
+    (``BACKBONES``, ``RESNETS`` ...); ``Registry.create`` is wrapped for the block's duration."""
+    calls: list[_Build] = []
+    create = Registry.create
+
+    def recording_create(registry: Registry, name: str, **kwargs: Any) -> Any:
+        built = create(registry, name, **kwargs)
+        if isinstance(built, nn.Module):
+            calls.append((built, registry, name, dict(kwargs)))
+        return built
+
+    Registry.create = recording_create  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        Registry.create = create  # type: ignore[method-assign]
+
+
+def _registry_path(registry: Registry, name: str) -> str:
+    """``"module:ATTRIBUTE"`` of ``registry``, found in the module that defines the ``name`` factory."""
+    module = sys.modules[registry.get(name).__module__]
+    attr = next((k for k, v in vars(module).items() if v is registry), None)
+    if attr is None:
+        raise ValueError(f"the {registry.kind} registry holding {name!r} is not a name in {module.__name__}")
+    return f"{module.__name__}:{attr}"
+
+
+def _backbone_spec(
+    method: Method, calls: list[tuple[nn.Module, Registry, str, dict[str, Any]]], run: PretrainRun
+) -> dict:
+    exported = method.export_backbone()
+    found = next((c for c in calls if c[0] is exported), None) or next(
+        (c for c in calls if type(c[0]) is type(exported) and _shapes(c[0]) == _shapes(exported)), None
+    )
+    if found is None:
+        raise ValueError(
+            f"pretrain.runs.{run.name}: {run.method}.export_backbone() returns a {type(exported).__name__} not built "
+            "by a facekit Registry (BACKBONES.create ...), so fine-tuning could not rebuild it"
+        )
+    _, registry, name, kwargs = found
+    spec = {"backbone": name, "kwargs": kwargs, "registry": _registry_path(registry, name)}
+    try:
+        return json.loads(json.dumps(spec))  # tuples become lists, as they will be read back
+    except TypeError as e:
+        raise ValueError(f"pretrain.runs.{run.name}: backbone arguments are not JSON-serialisable: {e}") from None
+
+
+def _keywords(factory: Any) -> tuple[list[str], bool]:
+    """(keyword parameters of a method factory, whether it takes others too). A preset taking
+    ``**overrides`` and annotated to return a class adds that class's parameters."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    params = list(inspect.signature(target).parameters.values())
+    names = [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        return names, False
+    try:
+        returned = None if inspect.isclass(factory) else typing.get_type_hints(factory).get("return")
+    except NameError:
+        returned = None
+    if not inspect.isclass(returned):
+        return names, True
+    inner, open_ended = _keywords(returned)
+    return names + [n for n in inner if n not in names], open_ended
+
+
+def _shapes(module: nn.Module) -> dict[str, torch.Size]:
+    return {name: t.shape for name, t in module.state_dict().items()}
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
