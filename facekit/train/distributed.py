@@ -89,6 +89,26 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def global_grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    """L2 norm of all gradients of ``module`` across processes.
+
+    DDP-synced gradients are identical on every rank; parameters DDP ignores (e.g. Partial FC's
+    per-rank class centres) hold a different shard on each rank, so their squared norms are summed over
+    ranks. Every rank gets the same norm, hence the same clipping factor, and the replicas stay in sync.
+    """
+    ignored = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
+    shared, sharded = [], []
+    for name, p in module.named_parameters():
+        if p.grad is not None:
+            (sharded if name in ignored else shared).append(p.grad)
+    device = (shared or sharded or [torch.zeros(1)])[0].device
+    square = torch.nn.utils.get_total_norm(shared) ** 2 if shared else torch.zeros((), device=device)
+    if sharded or ignored:
+        local = torch.nn.utils.get_total_norm(sharded) ** 2 if sharded else torch.zeros((), device=device)
+        square = square + all_reduce_sum(local)
+    return square.sqrt()
+
+
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """``t: [B, ...]`` from every rank, concatenated in rank order: ``[world * B, ...]``; no gradient.
 

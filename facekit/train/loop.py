@@ -159,7 +159,7 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
             group["lr"], group["weight_decay"] = hp.lr * group["lr_scale"], hp.weight_decay * group["wd_scale"]
         optimizer.zero_grad(set_to_none=True)
         scalars = _forward_backward(model, micro_batches, hp, cfg.accum_steps, device, use_amp)
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        grad_norm = distributed.global_grad_norm(method)
         scalars["grad_norm"] = grad_norm.float()
         bad = distributed.all_reduce_sum((~torch.isfinite(scalars["loss"]) | ~torch.isfinite(grad_norm)).float())
         if bad.item() > 0:  # the one host sync per step
