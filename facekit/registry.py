@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    """The ``Registry.create`` call that built an object: registry, name and keyword arguments."""
+
+    registry: Registry[Any]
+    name: str
+    kwargs: dict[str, Any]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RegistrySpec:
+        return self  # immutable, and the registry must stay the module-level one (EMA copies deep-copy modules)
 
 
 class Registry(Generic[T]):
@@ -33,7 +47,11 @@ class Registry(Generic[T]):
         return self._factories[name]
 
     def create(self, name: str, **kwargs: Any) -> T:
-        return self.get(name)(**kwargs)
+        """Build ``name``; the object remembers how (``registry_spec``), so it can be rebuilt later."""
+        built = self.get(name)(**kwargs)
+        with contextlib.suppress(AttributeError):  # objects that take no attributes are returned as they are
+            built.registry_spec = RegistrySpec(self, name, dict(kwargs))  # type: ignore[attr-defined]
+        return built
 
     def names(self) -> list[str]:
         return sorted(self._factories)

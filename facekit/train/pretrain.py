@@ -23,8 +23,6 @@ import json
 import shutil
 import sys
 import typing
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +34,7 @@ from torch import nn
 from facekit.config import Params, PretrainParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME
-from facekit.registry import Registry
+from facekit.registry import Registry, RegistrySpec
 from facekit.train import distributed
 from facekit.train.metrics_log import LOG_NAME
 
@@ -50,7 +48,6 @@ if TYPE_CHECKING:
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_SPEC = "backbone.json"
 _SET_BY_STAGE = ("out_dir", "progress")  # TrainConfig fields the stage sets itself
-_Build = tuple[nn.Module, Registry, str, dict[str, Any]]  # (module, registry, name, kwargs) of a create() call
 
 
 @dataclass(frozen=True)
@@ -107,10 +104,8 @@ def build_method(run: PretrainRun) -> tuple[Method, dict[str, Any]]:
     """``METHODS.create(run.method, **run.method_kwargs)`` and the spec of its exported backbone.
 
     The spec ``{"backbone": name, "kwargs": {...}, "registry": "module:NAME"}`` is the ``Registry.create``
-    call (``BACKBONES``, ``RESNETS`` ...) that built the module ``export_backbone()`` returns, recorded while
-    the method is built (so presets and the method's own overrides are included); an EMA copy of it
-    matches by structure. A bad keyword is a ValueError naming
-    the run and the method's parameters.
+    call (``BACKBONES``, ``RESNETS`` ...) that built the module ``export_backbone()`` returns. A bad keyword
+    is a ValueError naming the run and the method's parameters.
     """
     import facekit.methods  # noqa: F401  (registers the built-in methods)
     from facekit.methods.base import METHODS
@@ -126,14 +121,13 @@ def build_method(run: PretrainRun) -> tuple[Method, dict[str, Any]]:
             f"pretrain.runs.{run.name}: method {run.method!r} does not take {hints}; "
             f"its parameters: {', '.join(valid)} (plus 'method' and 'train')"
         )
-    with _recorded_builds() as calls:
-        try:
-            method = factory(**run.method_kwargs)
-        except TypeError as e:  # e.g. an unknown key inside backbone_kwargs
-            if "argument" not in str(e):
-                raise
-            raise ValueError(f"pretrain.runs.{run.name} (method {run.method!r}): {e}") from None
-    return method, _backbone_spec(method, calls, run)
+    try:
+        method = factory(**run.method_kwargs)
+    except TypeError as e:  # e.g. an unknown key inside backbone_kwargs
+        if "argument" not in str(e):
+            raise
+        raise ValueError(f"pretrain.runs.{run.name} (method {run.method!r}): {e}") from None
+    return method, _backbone_spec(method, run)
 
 
 def run_pretrain(params: Params, run: str, *, progress: bool = True, report: Path | None = None) -> TrainResult:
@@ -200,26 +194,6 @@ def torchrun_command(run: str, params_path: Path, nproc_per_node: int, quiet: bo
     return command + (["--quiet"] if quiet else [])
 
 
-@contextmanager
-def _recorded_builds() -> Iterator[list[_Build]]:
-    """Record ``(module, registry, name, kwargs)`` of every ``Registry.create`` call made inside the block
-    (``BACKBONES``, ``RESNETS`` ...); ``Registry.create`` is wrapped for the block's duration."""
-    calls: list[_Build] = []
-    create = Registry.create
-
-    def recording_create(registry: Registry, name: str, **kwargs: Any) -> Any:
-        built = create(registry, name, **kwargs)
-        if isinstance(built, nn.Module):
-            calls.append((built, registry, name, dict(kwargs)))
-        return built
-
-    Registry.create = recording_create  # type: ignore[method-assign]
-    try:
-        yield calls
-    finally:
-        Registry.create = create  # type: ignore[method-assign]
-
-
 def _registry_path(registry: Registry, name: str) -> str:
     """``"module:ATTRIBUTE"`` of ``registry``, found in the module that defines the ``name`` factory."""
     module = sys.modules[registry.get(name).__module__]
@@ -229,22 +203,19 @@ def _registry_path(registry: Registry, name: str) -> str:
     return f"{module.__name__}:{attr}"
 
 
-def _backbone_spec(
-    method: Method, calls: list[tuple[nn.Module, Registry, str, dict[str, Any]]], run: PretrainRun
-) -> dict:
+def _backbone_spec(method: Method, run: PretrainRun) -> dict:
+    """``{"backbone", "kwargs", "registry"}`` of the exported backbone, from the ``Registry.create`` call
+    that built it (presets and the method's own overrides included; EMA copies carry it too)."""
     exported = method.export_backbone()
-    found = next((c for c in calls if c[0] is exported), None) or next(
-        (c for c in calls if type(c[0]) is type(exported) and _shapes(c[0]) == _shapes(exported)), None
-    )
-    if found is None:
+    spec: RegistrySpec | None = getattr(exported, "registry_spec", None)
+    if spec is None:
         raise ValueError(
             f"pretrain.runs.{run.name}: {run.method}.export_backbone() returns a {type(exported).__name__} not built "
             "by a facekit Registry (BACKBONES.create ...), so fine-tuning could not rebuild it"
         )
-    _, registry, name, kwargs = found
-    spec = {"backbone": name, "kwargs": kwargs, "registry": _registry_path(registry, name)}
+    out = {"backbone": spec.name, "kwargs": spec.kwargs, "registry": _registry_path(spec.registry, spec.name)}
     try:
-        return json.loads(json.dumps(spec))  # tuples become lists, as they will be read back
+        return json.loads(json.dumps(out))  # tuples become lists, as they will be read back
     except TypeError as e:
         raise ValueError(f"pretrain.runs.{run.name}: backbone arguments are not JSON-serialisable: {e}") from None
 
@@ -265,10 +236,6 @@ def _keywords(factory: Any) -> tuple[list[str], bool]:
         return names, True
     inner, open_ended = _keywords(returned)
     return names + [n for n in inner if n not in names], open_ended
-
-
-def _shapes(module: nn.Module) -> dict[str, torch.Size]:
-    return {name: t.shape for name, t in module.state_dict().items()}
 
 
 def _suggest(key: str, valid: list[str]) -> str:
