@@ -15,7 +15,6 @@ when ``on_failure="keep"``. Every record read is either written or rejected.
 
 from __future__ import annotations
 
-import shutil
 import traceback
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +29,7 @@ from facekit.data.record import FaceRecord
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardReader, ShardWriter
 from facekit.data.stages.detect_align import resolve_model
-from facekit.data.stages.fanout import ShardMap, process_map
+from facekit.data.stages.fanout import ShardMap, process_map, shard_to_shard_ids
 from facekit.data.stages.sharding import shard_name
 
 #: The ``FaceRecord.extra`` key the stage writes.
@@ -128,15 +127,7 @@ def run_landmarks(
 ) -> StageReport:
     """All shards of ``in_dir`` (in ``params.sharding.workers`` processes unless ``shard_map`` says
     otherwise); the merged report's ``median_agreement`` is the median over every face of every shard."""
-    shards = sorted(in_dir.glob("shard-*.lmdb"))
-    if not shards:
-        raise FileNotFoundError(f"no aligned shards in {in_dir}: run detect_align first")
-    if out_dir.resolve() == in_dir.resolve():
-        raise ValueError(f"the landmarks stage cannot write into its input folder {in_dir}")
-    ids = [int(path.stem.split("-")[1]) for path in shards]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.tmp"), *out_dir.glob("shard-*.lmdb")]:
-        shutil.rmtree(stale)
+    ids = shard_to_shard_ids("landmarks", in_dir, out_dir, "run detect_align first")
     run = shard_map or process_map(params.sharding.workers)
     total = StageReport("landmarks", extra={"kept_without_landmarks": 0})
     scores: list[float] = []

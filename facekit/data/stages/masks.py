@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import shutil
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +32,7 @@ from facekit.data.record import FaceRecord
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardReader, ShardWriter, read_index
 from facekit.data.stages.detect_align import resolve_model
-from facekit.data.stages.fanout import ShardMap, process_map
+from facekit.data.stages.fanout import ShardMap, process_map, shard_to_shard_ids
 from facekit.data.stages.sharding import shard_name
 from facekit.eval.embedder import OnnxEmbedder
 from facekit.eval.verification import verify
@@ -138,16 +137,8 @@ def run_masks(
     shard_map: ShardMap | None = None,
 ) -> StageReport:
     """All shards of ``in_dir`` (in ``params.sharding.workers`` processes unless ``shard_map`` says otherwise)."""
-    shards = sorted(in_dir.glob("shard-*.lmdb"))
-    if not shards:
-        raise FileNotFoundError(f"no shards in {in_dir}: run the landmarks stage first")
-    if out_dir.resolve() == in_dir.resolve():
-        raise ValueError(f"the masks stage cannot write into its input folder {in_dir}")
     _templates(mparams.masks_dir)  # a missing or broken template folder fails here, before any work
-    ids = [int(path.stem.split("-")[1]) for path in shards]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.tmp"), *out_dir.glob("shard-*.lmdb")]:
-        shutil.rmtree(stale)
+    ids = shard_to_shard_ids("masks", in_dir, out_dir, "run the landmarks stage first")
     run = shard_map or process_map(params.sharding.workers)
     total = StageReport("masks", extra=_counts(mparams))
     with tqdm(total=len(ids), desc="masks", unit="shard", disable=not progress) as bar:
