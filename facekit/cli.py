@@ -228,6 +228,39 @@ def _cmd_push_dataset(args: argparse.Namespace) -> int | str:
     return f"push dataset: {dataset.num_rows} faces, {len(plan)} file(s) -> {url}"
 
 
+def _cmd_push_model(args: argparse.Namespace) -> int | str:
+    import tempfile
+
+    from facekit.hub.models import model_files, push_model, save_model_folder
+    from facekit.hub.tokens import HubError, check_repo_id
+
+    check_repo_id(args.repo_id)
+    with tempfile.TemporaryDirectory(prefix="facekit-model-") as tmp:
+        folder = save_model_folder(
+            args.run_dir,
+            args.out or Path(tmp) / "model",
+            args.metrics,
+            args.dvc_lock,
+            args.params,
+            license=args.license,
+            repo_id=args.repo_id,
+        )
+        files = model_files(folder)
+        size = f"{sum(n for _, n in files) / 1e6:.2f} MB"
+        visibility = "public" if args.public else "private"
+        if args.dry_run:
+            for name, n in files:
+                print(f"would upload {name} ({n / 1e6:.2f} MB)")
+            kept = f"in {folder}" if args.out else "(pass --out DIR to keep the folder)"
+            return f"push model: dry run, {len(files)} files, {size} {kept} -> {args.repo_id} ({visibility})"
+        try:
+            url = push_model(folder, args.repo_id, private=not args.public)
+        except HubError as e:
+            print(f"facekit: error: {e}", file=sys.stderr)
+            return 2
+    return f"push model: {args.run_dir} -> {url} ({len(files)} files, {size}, {visibility})"
+
+
 def _push_commands(sub: argparse._SubParsersAction) -> None:
     push = sub.add_parser("push", help="publish to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
     psub = push.add_subparsers(dest="push_command", required=True, metavar="WHAT")
@@ -242,6 +275,18 @@ def _push_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     p.add_argument("--dry-run", action="store_true", help="build the folder and card, print what would be uploaded")
     p.set_defaults(func=_cmd_push_dataset)
+
+    p = psub.add_parser("model", help="publish a trained backbone: weights, config and a model card with lineage")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="trained run folder (backbone.json + weights)")
+    p.add_argument("--repo-id", required=True, help="Hub model repo, owner/name")
+    p.add_argument("--metrics", type=Path, nargs="+", action="extend", default=[], help="verification metrics JSON")
+    p.add_argument("--dvc-lock", type=Path, default=Path("dvc.lock"), help="lineage recorded by DVC")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file shown on the card")
+    p.add_argument("--license", default="other", help="Hub licence id for the card (default: other)")
+    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    p.add_argument("--out", type=Path, default=None, help="build the uploaded folder here and keep it")
+    p.add_argument("--dry-run", action="store_true", help="build the folder and card, print what would be uploaded")
+    p.set_defaults(func=_cmd_push_model)
 
 
 def _cmd_eval(args: argparse.Namespace) -> str:
@@ -270,7 +315,7 @@ def _eval_detector_options(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_commands(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="verification benchmarks: .bin sets, image pairs, IJB-B/C")
+    ev = sub.add_parser("eval", help="benchmarks: .bin sets, image pairs, IJB-B/C, kNN check of pretrain runs")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
 
     p = esub.add_parser("bin", help="10-fold verification on insightface .bin sets (lfw.bin, cfp_fp.bin, ...)")
@@ -297,12 +342,23 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
     _eval_detector_options(p)
     p.set_defaults(func=_cmd_eval)
 
+    p = esub.add_parser("sets", help="the holistic and masked .bin sets of verify.pairs over the packed shards")
+    _add_params_option(p)
+    p.set_defaults(func=_cmd_eval_sets)
+
     p = esub.add_parser("ijb", help="IJB-B/C 1:1 template verification (insightface meta layout)")
     p.add_argument("meta_dir", type=Path, help="folder with <t>_face_tid_mid.txt, <t>_template_pair_label.txt, ...")
     p.add_argument("images_dir", type=Path, help="the loose crops")
     p.add_argument("--target", default=None, help="ijbb or ijbc (default: the one in META_DIR)")
     p.add_argument("--no-detector-score", action="store_true", help="do not weight faces by detector score")
     _eval_model_options(p, "ijb")
+    p.set_defaults(func=_cmd_eval)
+
+    p = esub.add_parser("knn", help="leave-one-out kNN identity accuracy of a pretrain run, learned vs random init")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="pretrain run folder (backbone.json + weights)")
+    p.add_argument("--shards", type=Path, default=Path("data/shards"), help="packed faces with identities")
+    p.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
+    p.add_argument("--metrics", type=Path, default=None, help="write the result as a DVC metrics JSON")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -340,11 +396,69 @@ def _cmd_pretrain(args: argparse.Namespace) -> int | str:
     )
 
 
-def _pretrain_command(sub: argparse._SubParsersAction) -> None:
+def _cmd_finetune(args: argparse.Namespace) -> int | str:
+    import os
+    import subprocess
+
+    from facekit.config import load_params
+    from facekit.train import distributed
+    from facekit.train.finetune import run_finetune
+    from facekit.train.pretrain import torchrun_command
+
+    params = load_params(args.params)
+    nproc = params.finetune.nproc_per_node
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch under torchrun, one process per GPU
+        command = torchrun_command(args.run, args.params, nproc, args.quiet, stage="finetune")
+        return subprocess.run(command, check=False).returncode
+    result = run_finetune(params, args.run, progress=not args.quiet)
+    if not distributed.is_main():
+        return 0
+    return (
+        f"finetune {args.run}: loss {result.final_loss:.4f} after {result.steps} steps, "
+        f"{result.images_per_s:.1f} img/s -> {result.out_dir}"
+    )
+
+
+def _cmd_eval_sets(args: argparse.Namespace) -> str:
+    from facekit.config import load_params
+    from facekit.eval.chain import make_sets
+
+    return make_sets(load_params(args.params))
+
+
+def _cmd_verify(args: argparse.Namespace) -> str:
+    from facekit.config import load_params
+    from facekit.eval.chain import verify_run
+
+    return verify_run(load_params(args.params), args.run)
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> str:
+    from facekit.config import load_params
+    from facekit.eval.leaderboard import write_leaderboard
+
+    return write_leaderboard(load_params(args.params))
+
+
+def _train_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pre-training: one run of params.yaml's pretrain.runs")
     p.add_argument("run", metavar="RUN", help="run name under pretrain.runs (e.g. mae, mcf, camd)")
     _add_params_option(p)
     p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="face-recognition fine-tuning of the pre-trained backbone pretrain.out/RUN")
+    p.add_argument("run", metavar="RUN", help="run name under finetune.runs (a pre-training run, e.g. mae)")
+    _add_params_option(p)
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("verify", help="score finetune.out/RUN on the verification sets of `facekit eval sets`")
+    p.add_argument("run", metavar="RUN", help="a run under finetune.runs, or 'reference' (verify.reference)")
+    _add_params_option(p)
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("leaderboard", help="one row per method: verification, masked verification, images/s")
+    _add_params_option(p)
+    p.set_defaults(func=_cmd_leaderboard)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _data_commands(sub)
-    _pretrain_command(sub)
+    _train_commands(sub)
     _push_commands(sub)
     _eval_commands(sub)
     _export_commands(sub)

@@ -157,15 +157,62 @@ class PretrainParams:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.train, dict):
-            raise ValueError(f"pretrain.train must be a mapping of TrainConfig fields, got {self.train!r}")
-        if not isinstance(self.runs, dict):
-            raise ValueError(f"pretrain.runs must map run names to settings, got {self.runs!r}")
-        for name, run in self.runs.items():
-            if not isinstance(run, dict) or not isinstance(run.get("train", {}), dict):
-                raise ValueError(f"pretrain.runs.{name} must be a mapping (with an optional 'train' mapping)")
-        if self.nproc_per_node < 1:
-            raise ValueError(f"pretrain.nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        _check_runs(self, "pretrain")
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """``finetune:`` in params.yaml: face-recognition fine-tuning of pre-trained backbones (``facekit finetune RUN``).
+
+    Run ``R`` starts from the pre-training export ``pretrained/R`` and trains
+    :class:`facekit.methods.finetune.FineTune` with the keyword arguments ``method`` updated by the run's own
+    keys (a run's ``backbone_kwargs`` replaces ``method``'s) and ``num_classes`` from the shards' identity
+    table; its TrainConfig is ``train`` updated by the run's ``train``. Outputs: ``out/R``.
+    """
+
+    shards: str = "data/shards"
+    pretrained: str = "data/runs/pretrain"
+    out: str = "data/runs/finetune"
+    nproc_per_node: int = 1
+    method: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_runs(self, "finetune")
+        if not isinstance(self.method, dict):
+            raise ValueError(f"finetune.method must be a mapping of FineTune arguments, got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class VerifyParams:
+    """``verify:`` verification sets built from the packed shards and the models they score.
+
+    ``pairs`` (a ``file_x,file_y,same`` CSV or LFW ``pairs.txt``; relative to the assets root when not found
+    as given) names faces of the shards; ``facekit eval sets`` writes ``sets/<name>.bin`` (holistic) and
+    ``sets/<name>_masked.bin`` (the second face of each pair replaced by its synthetic masked twin; pairs
+    without a twin are dropped). ``facekit verify RUN`` scores ``finetune.out/RUN`` on every ``.bin`` there.
+    """
+
+    pairs: str = "faces/deepface/pairs.csv"
+    name: str = "sample"
+    sets: str = "data/eval"
+    flip: bool = True
+    folds: int = 10
+    reference: str = "models/mobilefacenet_128d.onnx"  # an external ONNX model scored for the leaderboard; "" = none
+
+
+def _check_runs(section: Any, name: str) -> None:
+    """The shared checks of a section with ``train`` and ``runs`` mappings and ``nproc_per_node``."""
+    if not isinstance(section.train, dict):
+        raise ValueError(f"{name}.train must be a mapping of TrainConfig fields, got {section.train!r}")
+    if not isinstance(section.runs, dict):
+        raise ValueError(f"{name}.runs must map run names to settings, got {section.runs!r}")
+    for run_name, run in section.runs.items():
+        if not isinstance(run, dict) or not isinstance(run.get("train", {}), dict):
+            raise ValueError(f"{name}.runs.{run_name} must be a mapping (with an optional 'train' mapping)")
+    if section.nproc_per_node < 1:
+        raise ValueError(f"{name}.nproc_per_node must be >= 1, got {section.nproc_per_node}")
 
 
 @dataclass(frozen=True)
@@ -180,6 +227,8 @@ class Params:
     pack: PackParams = field(default_factory=PackParams)
     download: DownloadParams = field(default_factory=DownloadParams)
     pretrain: PretrainParams = field(default_factory=PretrainParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    verify: VerifyParams = field(default_factory=VerifyParams)
 
 
 def _check_keys(values: dict[str, Any], known: list[str], where: str) -> None:

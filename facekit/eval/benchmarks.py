@@ -258,6 +258,9 @@ def _run_ijb(args: argparse.Namespace) -> str:
 
 
 def run_command(args: argparse.Namespace) -> str:
-    """Run a parsed ``facekit eval <bin | pairs | make-bin | ijb>`` command (parser in :mod:`facekit.cli`)."""
+    """Run a parsed ``facekit eval <bin | pairs | make-bin | ijb | knn>`` command (parser in :mod:`facekit.cli`)."""
+    from facekit.eval import knn  # knn imports this module
+
     commands = {"bin": _run_bin, "pairs": _run_pairs, "make-bin": _run_make_bin, "ijb": _run_ijb}
+    commands["knn"] = knn.run_command
     return commands[args.eval_command](args)

@@ -7,7 +7,8 @@ dependency and output of the DVC stages that made the shards, read from ``dvc.lo
 
 The card is checked against its inputs rather than trusted: a lineage stage missing from ``dvc.lock``, or
 a ``params.yaml`` section that differs from what ``dvc.lock`` recorded (the shards were made with other
-parameters), is an error.
+parameters), is an error. The lineage readers and tables are shared with the model card
+(:mod:`facekit.hub.models`).
 """
 
 from __future__ import annotations
@@ -80,9 +81,12 @@ def size_category(rows: int) -> str:
     return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>1B")
 
 
-def read_lineage(dvc_lock: Path, stages: tuple[str, ...] = LINEAGE_STAGES) -> dict[str, dict[str, Any]]:
+def read_lineage(
+    dvc_lock: Path, stages: tuple[str, ...] = LINEAGE_STAGES, optional: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
     """``{stage: {"cmd", "deps": [(path, md5)], "outs": [(path, md5)], "params": {section: values}}}``.
 
+    ``stages`` must all be recorded; ``optional`` stages are added when recorded (e.g. ``pretrain@mae``).
     Raises FileNotFoundError / ValueError naming ``dvc_lock`` when it is missing, malformed, or lacks a stage.
     """
     dvc_lock = Path(dvc_lock)
@@ -95,7 +99,7 @@ def read_lineage(dvc_lock: Path, stages: tuple[str, ...] = LINEAGE_STAGES) -> di
     if not isinstance(recorded, dict):
         raise ValueError(f"{dvc_lock}: not a dvc.lock file (no 'stages' mapping)")
     lineage = {}
-    for stage in stages:
+    for stage in (*stages, *(s for s in optional if s in recorded)):
         entry = recorded.get(stage)
         if not isinstance(entry, dict):
             raise ValueError(f"{dvc_lock}: stage {stage!r} is not recorded; run `dvc repro {stage}` first")
@@ -112,7 +116,8 @@ def read_lineage(dvc_lock: Path, stages: tuple[str, ...] = LINEAGE_STAGES) -> di
 
 
 def read_param_sections(params_path: Path, lineage: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The lineage's sections of ``params_path`` as written there; checked against ``lineage``'s record.
+    """The data sections of ``params_path`` as written there, plus every parameter ``lineage``'s stages
+    recorded (DVC's dotted names too, e.g. ``pretrain.runs.mae``), checked against that record.
 
     Raises ValueError when a section differs from what ``dvc.lock`` recorded for a stage.
     """
@@ -128,12 +133,23 @@ def read_param_sections(params_path: Path, lineage: dict[str, dict[str, Any]] | 
     sections = {name: values[name] for name in PARAM_SECTIONS if name in values}
     for stage, entry in (lineage or {}).items():
         for name, recorded in entry["params"].items():
-            if sections.get(name) != recorded:
+            current = _param_value(values, name)
+            if current != recorded:
                 raise ValueError(
                     f"{params_path}: section {name!r} differs from what dvc.lock recorded for stage {stage!r}; "
-                    "the shards were made with other parameters (run `dvc repro` first)"
+                    "its outputs were made with other parameters (run `dvc repro` first)"
                 )
+            sections.setdefault(name, current)
     return sections
+
+
+def _param_value(values: dict[str, Any], name: str) -> Any:
+    """``values[a][b]`` for DVC's parameter name ``a.b``; None when it is not there."""
+    for part in name.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return None
+        values = values[part]
+    return values
 
 
 def _counts(dataset: datasets.Dataset) -> dict[str, int]:
@@ -149,7 +165,8 @@ def _counts(dataset: datasets.Dataset) -> dict[str, int]:
     }
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+def markdown_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    """A Markdown table: one header row, then one row per tuple."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -192,17 +209,17 @@ def build_dataset_card(
         f"facekit {__version__} from packed LMDB shards (schema version "
         f"{index['schema_version']}). Images are the JPEG bytes of the shards, embedded in Parquet.",
         "## Counts",
-        _table(("what", "count"), [*counts.items(), ("identity names", len(names))]),
+        markdown_table(("what", "count"), [*counts.items(), ("identity names", len(names))]),
         "## Sources",
-        _table(("source", "what", "licence"), source_rows),
+        markdown_table(("source", "what", "licence"), source_rows),
         "## Fields",
-        _table(("column", "type", "meaning"), list(FIELDS)),
+        markdown_table(("column", "type", "meaning"), list(FIELDS)),
         "## Parameters",
         f"Shards `params_hash` **{index['params_hash']}**, shard-set `content_hash` `{index['content_hash']}`. "
         "The `params.yaml` sections of the stages that made them:",
         "```yaml\n" + yaml.safe_dump(param_sections, sort_keys=False).rstrip() + "\n```",
         "## Lineage",
-        _lineage_text(lineage),
+        lineage_text(lineage),
         "## Usage",
         "```python\nfrom datasets import load_dataset\n\n"
         f'ds = load_dataset("{repo_id or "<repo_id>"}", split="{SPLIT}")\n'
@@ -211,9 +228,10 @@ def build_dataset_card(
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
 
 
-def _lineage_text(lineage: dict[str, dict[str, Any]] | None) -> str:
+def lineage_text(lineage: dict[str, dict[str, Any]] | None) -> str:
+    """Markdown: each stage's command and a table of the md5 of every dependency and output."""
     if not lineage:
-        return "Not recorded: the shards were built without DVC."
+        return "Not recorded: built without DVC."
     rows = [
         (stage, kind[:-1], f"`{path}`", f"`{md5}`")
         for stage, entry in lineage.items()
@@ -221,7 +239,7 @@ def _lineage_text(lineage: dict[str, dict[str, Any]] | None) -> str:
         for path, md5 in entry[kind]
     ]
     commands = ", ".join(f"`{stage}`: `{entry['cmd']}`" for stage, entry in lineage.items())
-    return f"DVC stages (from `dvc.lock`) {commands}. md5 of every dependency and output:\n\n" + _table(
+    return f"DVC stages (from `dvc.lock`) {commands}. md5 of every dependency and output:\n\n" + markdown_table(
         ("stage", "kind", "path", "md5"), rows
     )
 

@@ -34,6 +34,7 @@ from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.margins import MARGINS
 from facekit.nn.partial_fc import PartialFC
 from facekit.nn.vit import BACKBONES, ViT
+from facekit.registry import Registry
 from facekit.train import distributed
 from facekit.train.checkpoint import LoadReport, load_backbone_weights
 
@@ -90,10 +91,11 @@ def build_backbone(
     checkpoint folder readable by :func:`~facekit.train.checkpoint.load_backbone_weights` (then ``name``
     is required). ``prefix_map`` renames keys by prefix (``{"encoder.": ""}``); loading is non-strict.
     """
-    from facekit.train.pretrain import BACKBONE_SPEC, BACKBONE_WEIGHTS  # here: pretrain imports the methods
+    from facekit.train.pretrain import BACKBONE_SPEC, BACKBONE_WEIGHTS, spec_registry  # pretrain imports methods
 
     kwargs = dict(kwargs or {})
     weights = None
+    registry: Registry = BACKBONES
     if init_from is not None:
         init_from = Path(init_from)
         if not init_from.exists():
@@ -109,9 +111,10 @@ def build_backbone(
                 raise ValueError(f"backbone {name!r} differs from {exported!r} exported in {spec_path}")
             name, kwargs = exported, {**spec.get("kwargs", {}), **kwargs}
             weights = init_from / spec.get("weights", BACKBONE_WEIGHTS)
+            registry = spec_registry(spec)
     if name is None:
         raise ValueError("give a backbone name (or init_from a pre-training export folder with backbone.json)")
-    backbone = BACKBONES.create(name, **kwargs)
+    backbone = registry.create(name, **kwargs)
     if weights is None:
         return backbone, None
     report = load_backbone_weights(weights, backbone, prefix_map)
@@ -134,8 +137,9 @@ class FineTune(Method):
     backbone's ``img_size``. crop_scale, masked_faces: see :class:`FaceRecognitionView`. FaceT-B's prompts
     follow each sample's ``ismask``; IR nets ignore it.
 
-    Under DDP the Partial FC shard is hidden from DDP's gradient averaging; note that the loop's gradient
-    clipping and rank-0 checkpoints then see one rank's shard only.
+    Under DDP the Partial FC shard is hidden from DDP's gradient averaging; the loop clips by the gradient
+    norm over every rank's shard, and each rank checkpoints its own shard (``rank<r>.pt``; resuming needs
+    the same world size, :func:`~facekit.train.checkpoint.full_state_dict` joins the shards).
     """
 
     def __init__(
@@ -185,10 +189,9 @@ class FineTune(Method):
 
 #: FaceT's fine-tuning recipes as pretrain-style runs: ``{"method": "finetune", <FineTune kwargs>, "train":
 #: <TrainConfig kwargs>}``; add ``num_classes`` (and ``init_from``). ``blr`` is FaceT's lr per 256 images
-#: (WebFace42M used 0.00075 for FaceT-B). IR-100: FaceT steps the lr ×0.1 at epochs 8, 12 and 16, which
-#: the loop's warm-up + cosine schedule cannot express yet; the preset runs cosine to 0 meanwhile. FaceT
-#: names no margin for IR-100; MagFace (as FaceT-B) is our choice. ``batch_size`` is per process: FaceT
-#: used 256 per GPU for FaceT-B and a batch of 768 for IR-100.
+#: (WebFace42M used 0.00075 for FaceT-B). IR-100: FaceT's step decay, lr ×0.1 at epochs 8, 12 and 16
+#: (``lr_schedule: step``). FaceT names no margin for IR-100; MagFace (as FaceT-B) is our choice.
+#: ``batch_size`` is per process: FaceT used 256 per GPU for FaceT-B and a batch of 768 for IR-100.
 FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
     "facet_base": {
         "method": "finetune",
@@ -221,6 +224,9 @@ FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
             "batch_size": 768,
             "optimizer": "sgd",  # timm's "sgd" is Nesterov
             "blr": 0.025,
+            "lr_schedule": "step",
+            "lr_milestones": (8, 12, 16),
+            "lr_gamma": 0.1,
             "momentum": 0.9,
             "weight_decay": 5e-4,
         },

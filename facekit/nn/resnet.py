@@ -26,7 +26,8 @@ class ResNetTrunk(nn.Module):
     """A timm ResNet up to ``layer4``: ``forward_features`` gives the feature map, ``forward`` its mean.
 
     name: a timm ResNet (``"resnet18"``, ``"resnet50"`` ...); kwargs: timm ``ResNet`` overrides.
-    ``num_features``: the output channel count (2048 for ResNet-50); the map is ``H / 32 × W / 32``.
+    ``num_features`` (= ``out_dim``, the embedding size): the output channels (2048 for ResNet-50); the map
+    is ``H / 32 × W / 32``.
     """
 
     def __init__(self, name: str, **kwargs: Any) -> None:
@@ -36,6 +37,7 @@ class ResNetTrunk(nn.Module):
         self.conv1, self.bn1, self.act1, self.maxpool = net.conv1, net.bn1, net.act1, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.num_features: int = net.num_features
+        self.out_dim = self.num_features  # the embedding size of ``forward``
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``[B, 3, H, W]`` -> ``[B, C, H/32, W/32]`` (``[B, 2048, 7, 7]`` for ResNet-50 at 224)."""

@@ -89,6 +89,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def rank_local_names(module: torch.nn.Module) -> set[str]:
+    """Names of the parameters and buffers of ``module`` that DDP ignores: each rank holds its own
+    (e.g. Partial FC's shard of the class centres); set with
+    ``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``."""
+    return set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
+
+
 def global_grad_norm(module: torch.nn.Module) -> torch.Tensor:
     """L2 norm of all gradients of ``module`` across processes.
 
@@ -96,7 +103,7 @@ def global_grad_norm(module: torch.nn.Module) -> torch.Tensor:
     per-rank class centres) hold a different shard on each rank, so their squared norms are summed over
     ranks. Every rank gets the same norm, hence the same clipping factor, and the replicas stay in sync.
     """
-    ignored = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
+    ignored = rank_local_names(module)
     shared, sharded = [], []
     for name, p in module.named_parameters():
         if p.grad is not None:

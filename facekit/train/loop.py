@@ -5,7 +5,8 @@ schedules, precomputed per iteration) → ``accum_steps`` micro-batches of forwa
 backward (DDP syncs on the last one only) → a NaN/Inf guard → gradient clipping →
 ``method.before_optimizer_step(hp)`` → optimizer step → ``method.after_step(hp)``. Logs go to
 ``out_dir/train_log.csv`` / ``metrics.json``, checkpoints to ``out_dir/checkpoints/last``; a rerun with the
-same ``out_dir`` resumes from there.
+same ``out_dir`` resumes from there. Per-rank parameters (those DDP ignores: Partial FC's shard of the
+class centres) are checkpointed by every rank, with their optimizer state, and restored on resume.
 
 Resuming gives bit-identical steps: the sampler's order is a function of (seed, epoch), each sample's
 augmentation RNGs are seeded from (seed, epoch, index) (so neither the worker count nor the resume point
@@ -23,6 +24,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,9 @@ from facekit.train.checkpoint import (
 )
 from facekit.train.distributed import EpochSampler, SeededSamples
 from facekit.train.metrics_log import MetricsLogger
-from facekit.train.schedules import cosine_schedule
+from facekit.train.schedules import cosine_schedule, step_schedule
+
+LR_SCHEDULES = ("cosine", "step")
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,11 @@ class TrainConfig:
     """Everything the loop needs; ``batch_size`` is per process and per micro-batch.
 
     Exactly one of ``lr`` (absolute) and ``blr`` (lr = blr × global batch / 256, global batch =
-    batch_size × accum_steps × world size) is set. lr: linear warm-up over ``warmup_epochs`` then cosine to
-    ``min_lr``; weight decay: cosine to ``weight_decay_end`` (None: constant); EMA momentum (``hp.momentum``):
-    cosine from ``ema_momentum`` to ``ema_momentum_end``. ``amp``: bf16 autocast; None = on CUDA only.
+    batch_size × accum_steps × world size) is set. lr: linear warm-up over ``warmup_epochs``, then
+    ``lr_schedule`` ``"cosine"`` (to ``min_lr``) or ``"step"`` (×``lr_gamma`` at each of ``lr_milestones``:
+    increasing epochs counted from the start, fractions allowed, past the warm-up; no milestones: constant);
+    weight decay: cosine to ``weight_decay_end`` (None: constant); EMA momentum (``hp.momentum``): cosine
+    from ``ema_momentum`` to ``ema_momentum_end``. ``amp``: bf16 autocast; None = on CUDA only.
     ``max_steps`` stops early (smoke runs) without changing the schedules. ``max_nonfinite_steps``
     consecutive NaN/Inf steps abort the run.
     """
@@ -70,6 +76,9 @@ class TrainConfig:
     blr: float | None = None
     min_lr: float = 0.0
     warmup_epochs: float = 0.0
+    lr_schedule: str = "cosine"
+    lr_milestones: tuple[float, ...] = ()
+    lr_gamma: float = 0.1
     weight_decay: float = 0.05
     weight_decay_end: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
@@ -96,6 +105,30 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._check_lr_schedule()
+
+    def _check_lr_schedule(self) -> None:
+        if not isinstance(self.lr_milestones, list | tuple):
+            raise ValueError(f"lr_milestones must be a list of epochs, got {self.lr_milestones!r}")
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))  # YAML and JSON give lists
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_schedule != "step":
+            if self.lr_milestones:
+                raise ValueError(f"lr_milestones {self.lr_milestones} need lr_schedule 'step' (got 'cosine')")
+            return
+        if self.min_lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is the cosine schedule's floor; lr_schedule 'step' has none")
+        if not self.lr_gamma > 0:
+            raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}")
+        if any(b <= a for a, b in pairwise(self.lr_milestones)):
+            raise ValueError(f"lr_milestones must be strictly increasing, got {self.lr_milestones}")
+        outside = [m for m in self.lr_milestones if not (0 < m < self.epochs and m >= self.warmup_epochs)]
+        if outside:
+            raise ValueError(
+                f"lr_milestones {outside} outside (0, epochs={self.epochs}) or inside the warm-up "
+                f"(warmup_epochs={self.warmup_epochs})"
+            )
 
 
 @dataclass(frozen=True)
@@ -305,8 +338,13 @@ def _schedules(
     """Per-iteration arrays: lr, weight_decay, momentum and ``extra/<name>`` from ``method.schedules``."""
     warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
     wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
+    if cfg.lr_schedule == "step":
+        milestones = [round(m * steps_per_epoch) for m in cfg.lr_milestones]
+        lr = step_schedule(base_lr, milestones, cfg.lr_gamma, total, warmup_steps=warmup)
+    else:
+        lr = cosine_schedule(base_lr, cfg.min_lr, total, warmup_steps=warmup)
     out = {
-        "lr": cosine_schedule(base_lr, cfg.min_lr, total, warmup_steps=warmup),
+        "lr": lr,
         "weight_decay": cosine_schedule(cfg.weight_decay, wd_end, total),
         "momentum": cosine_schedule(cfg.ema_momentum, cfg.ema_momentum_end, total),
     }
@@ -347,7 +385,7 @@ def _steps(
 
 def _resume(root: Path, method: Method, optimizer: torch.optim.Optimizer, run: dict[str, int]) -> int:
     """Load the checkpoint under ``root``; check it belongs to this schedule; return the next step."""
-    state = load_checkpoint(root, method, optimizer)
+    state = load_checkpoint(root, method, optimizer, sharded=distributed.rank_local_names(method))
     for key in ("steps_per_epoch", "global_batch"):
         if state.extra.get(key) != run[key]:
             raise ValueError(f"{state.path}: saved with {key}={state.extra.get(key)}, this run has {run[key]}")
@@ -372,9 +410,10 @@ def _save(
     if distributed.world_size() > 1:  # every rank's RNG, so each resumes its own stream
         rng_states = [None] * distributed.world_size()
         dist.all_gather_object(rng_states, capture_rng_state())
-    if distributed.is_main():
-        epoch = step // steps_per_epoch
-        save_checkpoint(root, method, optimizer, step, epoch, dict(run), rng_states=rng_states, keep_step=keep)
+    epoch, sharded = step // steps_per_epoch, distributed.rank_local_names(method)  # sharded: every rank writes
+    save_checkpoint(
+        root, method, optimizer, step, epoch, dict(run), rng_states=rng_states, keep_step=keep, sharded=sharded
+    )
 
 
 def _window_means(window: dict[str, torch.Tensor], steps: int) -> dict[str, float]:

@@ -34,6 +34,7 @@ from torch import nn
 from facekit.config import Params, PretrainParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME
+from facekit.nn.vit import BACKBONES
 from facekit.registry import Registry, RegistrySpec
 from facekit.train import distributed
 from facekit.train.metrics_log import LOG_NAME
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 # them) are imported inside the functions that need them, never while this module loads.
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
+RANDOM_INIT = "random_init"  # the method name of a run that exports its backbone untrained
 BACKBONE_SPEC = "backbone.json"
 _SET_BY_STAGE = ("out_dir", "progress")  # TrainConfig fields the stage sets itself
 
@@ -59,25 +61,33 @@ class PretrainRun:
     method: str
     method_kwargs: dict[str, Any]
     train: dict[str, Any]
+    section: str = "pretrain"  # the params.yaml section the run comes from (in error messages)
+
+    @property
+    def where(self) -> str:
+        return f"{self.section}.runs.{self.name}"
 
 
-def resolve_run(params: PretrainParams, name: str) -> PretrainRun:
-    """Look ``name`` up in ``params.runs`` and merge its TrainConfig; unknown names and keys are ValueErrors."""
+def resolve_run(params: PretrainParams, name: str, section: str = "pretrain") -> PretrainRun:
+    """Look ``name`` up in ``params.runs`` and merge its TrainConfig; unknown names and keys are ValueErrors.
+
+    ``section`` names the params.yaml section in messages (fine-tuning runs use the same format).
+    """
     from facekit.train.loop import TrainConfig
 
     if name not in params.runs:
         close = difflib.get_close_matches(name, params.runs, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         defined = ", ".join(params.runs) or "none"
-        raise ValueError(f"unknown pretrain run {name!r}{hint}; params.yaml defines: {defined}")
+        raise ValueError(f"unknown {section} run {name!r}{hint}; params.yaml defines: {defined}")
     settings = dict(params.runs[name])
     method = settings.pop("method", name)
     overrides = settings.pop("train", None) or {}
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for where, values in (("pretrain.train", params.train), (f"pretrain.runs.{name}.train", overrides)):
+    for where, values in ((f"{section}.train", params.train), (f"{section}.runs.{name}.train", overrides)):
         for key in values:
             if key in _SET_BY_STAGE:
-                raise ValueError(f"{where}.{key} is set by the stage (out_dir = pretrain.out/<run>); remove it")
+                raise ValueError(f"{where}.{key} is set by the stage (out_dir = {section}.out/<run>); remove it")
             if key not in fields:
                 valid = sorted(set(fields) - set(_SET_BY_STAGE))
                 raise ValueError(f"{where}: unknown TrainConfig key {key!r}{_suggest(key, valid)}; valid: {valid}")
@@ -85,7 +95,7 @@ def resolve_run(params: PretrainParams, name: str) -> PretrainRun:
     for key, value in merged.items():  # YAML gives lists where TrainConfig takes tuples (betas)
         if isinstance(fields[key].default, tuple) and isinstance(value, list):
             merged[key] = tuple(value)
-    return PretrainRun(name, method, settings, merged)
+    return PretrainRun(name, method, settings, merged, section)
 
 
 def train_config(run: PretrainRun, out_dir: Path, progress: bool = True) -> TrainConfig:
@@ -95,9 +105,9 @@ def train_config(run: PretrainRun, out_dir: Path, progress: bool = True) -> Trai
     try:
         return TrainConfig(**run.train, out_dir=out_dir, progress=progress)
     except TypeError as e:  # a required field (epochs, batch_size) missing
-        raise ValueError(f"pretrain.runs.{run.name}: TrainConfig {e}") from None
+        raise ValueError(f"{run.where}: TrainConfig {e}") from None
     except ValueError as e:
-        raise ValueError(f"pretrain.runs.{run.name}: {e}") from None
+        raise ValueError(f"{run.where}: {e}") from None
 
 
 def build_method(run: PretrainRun) -> tuple[Method, dict[str, Any]]:
@@ -111,14 +121,14 @@ def build_method(run: PretrainRun) -> tuple[Method, dict[str, Any]]:
     from facekit.methods.base import METHODS
 
     if run.method not in METHODS:
-        raise ValueError(f"pretrain.runs.{run.name}: unknown method {run.method!r}; registered: {METHODS.names()}")
+        raise ValueError(f"{run.where}: unknown method {run.method!r}; registered: {METHODS.names()}")
     factory = METHODS.get(run.method)
     valid, open_ended = _keywords(factory)
     unknown = [k for k in run.method_kwargs if k not in valid]
     if unknown and not open_ended:
         hints = ", ".join(f"{k!r}{_suggest(k, valid)}" for k in unknown)
         raise ValueError(
-            f"pretrain.runs.{run.name}: method {run.method!r} does not take {hints}; "
+            f"{run.where}: method {run.method!r} does not take {hints}; "
             f"its parameters: {', '.join(valid)} (plus 'method' and 'train')"
         )
     try:
@@ -126,7 +136,7 @@ def build_method(run: PretrainRun) -> tuple[Method, dict[str, Any]]:
     except TypeError as e:  # e.g. an unknown key inside backbone_kwargs
         if "argument" not in str(e):
             raise
-        raise ValueError(f"pretrain.runs.{run.name} (method {run.method!r}): {e}") from None
+        raise ValueError(f"{run.where} (method {run.method!r}): {e}") from None
     return method, _backbone_spec(method, run)
 
 
@@ -134,30 +144,72 @@ def run_pretrain(params: Params, run: str, *, progress: bool = True, report: Pat
     """Train run ``run`` of ``params.pretrain`` and export its backbone (see the module docstring).
 
     ``report`` defaults to ``metrics/pretrain_<run>.json``; its loss curve goes next to it as ``.csv``.
+    A run with ``method: random_init`` trains nothing: it exports its backbone at random init (the
+    "no pre-training" baseline that fine-tuning and the leaderboard compare against).
     """
-    from facekit.train.loop import train
-
     resolved = resolve_run(params.pretrain, run)
     out_dir = Path(params.pretrain.out) / run
-    cfg = train_config(resolved, out_dir, progress)
-    shards = Path(params.pretrain.shards)
+    if resolved.method == RANDOM_INIT:
+        return export_random_init(resolved, out_dir, report or Path("metrics") / f"pretrain_{run}.json")
+    return train_and_export(resolved, Path(params.pretrain.shards), out_dir, progress=progress, report=report)
+
+
+def train_and_export(
+    run: PretrainRun, shards: Path, out_dir: Path, *, progress: bool = True, report: Path | None = None
+) -> TrainResult:
+    """Train ``run`` on ``FaceShardDataset(shards, transform=method.views())`` into ``out_dir`` and export
+    its backbone there; rank 0 writes ``report`` (default ``metrics/<section>_<run>.json``) and its loss
+    curve next to it as ``.csv``."""
+    from facekit.train.loop import train
+
+    cfg = train_config(run, out_dir, progress)
     if not (shards / INDEX_NAME).is_file():
-        raise FileNotFoundError(f"pretrain.shards: no {INDEX_NAME} in {shards}; run `facekit data pack` first")
+        raise FileNotFoundError(f"{run.section}.shards: no {INDEX_NAME} in {shards}; run `facekit data pack` first")
     torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every rank)
-    method, spec = build_method(resolved)
+    method, spec = build_method(run)
     dataset = FaceShardDataset(shards, transform=method.views())
     result = train(method, dataset, cfg)
     if distributed.is_main():
-        export_backbone(method.export_backbone(), spec, out_dir, {"run": run, "method": resolved.method})
-        report = Path(report or Path("metrics") / f"pretrain_{run}.json")
-        report.parent.mkdir(parents=True, exist_ok=True)
+        backbone = method.export_backbone()
+        export_backbone(backbone, spec, out_dir, {"run": run.name, "method": run.method})
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
-        params_count = sum(p.numel() for p in method.export_backbone().parameters())
-        summary |= {"run": run, "method": resolved.method, "backbone": spec["backbone"]}
-        summary["backbone_params"] = params_count
-        report.write_text(json.dumps(summary, indent=2) + "\n")
+        summary |= {"run": run.name, "method": run.method, "backbone": spec["backbone"]}
+        load_report = getattr(method, "load_report", None)  # fine-tuning: how the initialisation loaded
+        if load_report is not None:
+            summary["init_load"] = {"loaded": len(load_report.loaded), "missing": load_report.missing}
+            summary["init_load"] |= {"unexpected": load_report.unexpected, "mismatched": load_report.mismatched}
+        report = _write_report(report or Path("metrics") / f"{run.section}_{run.name}.json", summary, backbone)
         shutil.copyfile(out_dir / LOG_NAME, report.with_suffix(".csv"))
     return result
+
+
+def export_random_init(run: PretrainRun, out_dir: Path, report: Path) -> TrainResult:
+    """``BACKBONES.create(backbone, **backbone_kwargs)`` at random init (seed ``train.seed``), exported to
+    ``out_dir`` like a trained run; ``report`` says 0 steps and gets a loss curve with no rows."""
+    import facekit.methods  # noqa: F401  (registers the backbones that methods bring, e.g. ir50)
+    from facekit.train.loop import TrainResult
+
+    settings = dict(run.method_kwargs)
+    name, kwargs = settings.pop("backbone", None), settings.pop("backbone_kwargs", None) or {}
+    if name is None or settings:
+        raise ValueError(f"{run.where}: method {RANDOM_INIT!r} takes backbone and backbone_kwargs only, got {settings}")
+    torch.manual_seed(int(run.train.get("seed", 0)))
+    backbone = BACKBONES.create(name, **kwargs)
+    spec = {"backbone": name, "kwargs": json.loads(json.dumps(kwargs)), "registry": _registry_path(BACKBONES, name)}
+    export_backbone(backbone, spec, out_dir, {"run": run.name, "method": RANDOM_INIT})
+    summary = {"steps": 0, "run": run.name, "method": RANDOM_INIT, "backbone": name}
+    report = _write_report(report, summary, backbone)
+    report.with_suffix(".csv").write_text("step,loss\n")
+    return TrainResult(
+        out_dir, steps=0, steps_run=0, skipped_steps=0, final_loss=float("nan"), images_per_s=0.0, wall_time_s=0.0
+    )
+
+
+def _write_report(path: Path, summary: dict[str, Any], backbone: nn.Module) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "backbone_params": sum(p.numel() for p in backbone.parameters())}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
 
 
 def export_backbone(backbone: nn.Module, spec: dict[str, Any], out_dir: Path, extra: dict[str, Any]) -> Path:
@@ -178,8 +230,7 @@ def load_backbone(run_dir: Path | str) -> nn.Module:
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path} not found: not a pretrain run folder")
     spec = json.loads(spec_path.read_text())
-    module, attr = spec.get("registry", "facekit.nn.vit:BACKBONES").split(":")
-    backbone = getattr(importlib.import_module(module), attr).create(spec["backbone"], **spec["kwargs"])
+    backbone = spec_registry(spec).create(spec["backbone"], **spec["kwargs"])
     missing, unexpected = load_model(backbone, str(run_dir / spec["weights"]), strict=False)
     if missing or unexpected:
         weights = run_dir / spec["weights"]
@@ -187,10 +238,18 @@ def load_backbone(run_dir: Path | str) -> nn.Module:
     return backbone
 
 
-def torchrun_command(run: str, params_path: Path, nproc_per_node: int, quiet: bool = False) -> list[str]:
-    """``python -m torch.distributed.run --nproc_per_node N -m facekit.cli pretrain RUN ...`` (one node)."""
+def spec_registry(spec: dict[str, Any]) -> Registry:
+    """The registry a ``backbone.json`` spec names (``"module:ATTRIBUTE"``; default ``BACKBONES``)."""
+    module, attr = spec.get("registry", "facekit.nn.vit:BACKBONES").split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def torchrun_command(
+    run: str, params_path: Path, nproc_per_node: int, quiet: bool = False, stage: str = "pretrain"
+) -> list[str]:
+    """``python -m torch.distributed.run --nproc_per_node N -m facekit.cli <stage> RUN ...`` (one node)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}"]
-    command += ["-m", "facekit.cli", "pretrain", run, "--params", str(params_path)]
+    command += ["-m", "facekit.cli", stage, run, "--params", str(params_path)]
     return command + (["--quiet"] if quiet else [])
 
 
@@ -210,14 +269,14 @@ def _backbone_spec(method: Method, run: PretrainRun) -> dict:
     spec: RegistrySpec | None = getattr(exported, "registry_spec", None)
     if spec is None:
         raise ValueError(
-            f"pretrain.runs.{run.name}: {run.method}.export_backbone() returns a {type(exported).__name__} not built "
+            f"{run.where}: {run.method}.export_backbone() returns a {type(exported).__name__} not built "
             "by a facekit Registry (BACKBONES.create ...), so fine-tuning could not rebuild it"
         )
     out = {"backbone": spec.name, "kwargs": spec.kwargs, "registry": _registry_path(spec.registry, spec.name)}
     try:
         return json.loads(json.dumps(out))  # tuples become lists, as they will be read back
     except TypeError as e:
-        raise ValueError(f"pretrain.runs.{run.name}: backbone arguments are not JSON-serialisable: {e}") from None
+        raise ValueError(f"{run.where}: backbone arguments are not JSON-serialisable: {e}") from None
 
 
 def _keywords(factory: Any) -> tuple[list[str], bool]:

@@ -8,9 +8,12 @@ shape of the schedule runs from ``base`` at step ``warmup_steps`` to ``final`` a
     lr = cosine_schedule(1.5e-4, 1e-6, total, warmup_steps=5 * steps_per_epoch)
     ema_momentum = cosine_schedule(0.996, 1.0, total)
     teacher_temp = constant(0.04, total, warmup_steps=30 * steps_per_epoch, warmup_start=0.07)
+    lr = step_schedule(0.1, [8 * steps_per_epoch, 12 * steps_per_epoch], 0.1, total)  # no ``final``
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,3 +58,30 @@ def constant(value: float, total_steps: int, warmup_steps: int = 0, warmup_start
     """Linear warm-up, then ``value``; ``[total_steps]`` float64."""
     head = _warmup(value, total_steps, warmup_steps, warmup_start)
     return np.concatenate([head, np.full(total_steps - warmup_steps, value, dtype=np.float64)])
+
+
+def step_schedule(
+    base: float,
+    milestones_steps: Sequence[int],
+    gamma: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    warmup_start: float = 0.0,
+) -> np.ndarray:
+    """Linear warm-up, then ``base`` times ``gamma`` per milestone passed; ``[total_steps]`` float64.
+
+    After the warm-up, step ``i`` takes ``base * gamma ** k`` with ``k`` the number of milestones ``<= i``
+    (torch's ``MultiStepLR``, per optimizer step). Milestones are step indices, sorted, in
+    ``[warmup_steps, total_steps]`` (one at ``total_steps`` never applies; a repeated one counts twice).
+    """
+    head = _warmup(base, total_steps, warmup_steps, warmup_start)
+    milestones = np.asarray(milestones_steps, dtype=np.int64)
+    if milestones.ndim != 1 or np.any(np.diff(milestones) < 0):
+        raise ValueError(f"milestones_steps must be a sorted list of steps, got {list(milestones_steps)}")
+    if milestones.size and (milestones[0] < warmup_steps or milestones[-1] > total_steps):
+        raise ValueError(
+            f"milestones_steps must lie in [warmup_steps={warmup_steps}, total_steps={total_steps}], "
+            f"got {milestones.tolist()}"
+        )
+    passed = np.searchsorted(milestones, np.arange(warmup_steps, total_steps), side="right")
+    return np.concatenate([head, base * float(gamma) ** passed])

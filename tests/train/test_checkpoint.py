@@ -2,12 +2,15 @@ import os
 import random
 
 import numpy as np
+import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from facekit.train.checkpoint import (
     capture_rng_state,
     find_checkpoint,
+    full_state_dict,
     load_backbone_weights,
     load_checkpoint,
     restore_rng_state,
@@ -58,6 +61,35 @@ def test_save_and_load_restore_weights_optimizer_and_state(tmp_path) -> None:
     assert fresh.out.weight is fresh.embed.weight
     assert torch.equal(fresh.embed.weight, model.embed.weight) and torch.equal(fresh.center, torch.full((3,), 7.0))
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_sharded_tensors_go_to_the_rank_file_with_their_optimizer_state(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"body": Tied(), "centres": nn.Linear(3, 4, bias=False)})  # "centres": per rank
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model["centres"](model["body"].embed(torch.tensor([1, 2]))).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, model, opt, step=1, epoch=0, sharded=["centres.weight"])
+    last = tmp_path / "last"
+    assert sorted(p.name for p in last.iterdir()) == ["model.safetensors", "rank0.pt", "train_state.pt"]
+    assert "centres.weight" not in load_file(last / "model.safetensors")
+    shard = torch.load(last / "rank0.pt")
+    assert torch.equal(shard["tensors"]["centres.weight"], model["centres"].weight)
+    assert list(shard["optimizer"]) == [1] and list(torch.load(last / "train_state.pt")["optimizer"]["state"]) == [0]
+
+    torch.manual_seed(1)
+    fresh = nn.ModuleDict({"body": Tied(), "centres": nn.Linear(3, 4, bias=False)})
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    load_checkpoint(tmp_path, fresh, fresh_opt, sharded=["centres.weight"])
+    for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for i in (0, 1):
+        assert torch.equal(fresh_opt.state_dict()["state"][i]["exp_avg"], opt.state_dict()["state"][i]["exp_avg"])
+    assert torch.equal(full_state_dict(tmp_path)["centres.weight"], model["centres"].weight)
+    with pytest.raises(ValueError, match=r"per-rank tensors \['centres.weight'\]; this run has 1 process\(es\) with "):
+        load_checkpoint(tmp_path, fresh)
+    with pytest.raises(ValueError, match=r"sharded names \['head'\] are not in ModuleDict's state"):
+        save_checkpoint(tmp_path, model, opt, step=2, epoch=0, sharded=["head"])
 
 
 def test_find_checkpoint_survives_a_kill_between_the_two_renames(tmp_path) -> None:

@@ -4,9 +4,12 @@ import json
 import pytest
 import timm
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from train_toy import ToyMethod, ToySamples, toy_config
 
+from facekit.config import PretrainParams
 from facekit.train.loop import TrainConfig, param_groups, train
+from facekit.train.pretrain import resolve_run, train_config
 from facekit.train.schedules import cosine_schedule
 
 
@@ -38,6 +41,45 @@ def test_lr_follows_the_schedule_with_blr_and_accumulation(tmp_path) -> None:
     train(ToyMethod(), ToySamples(), cfg)  # global batch 8 -> lr 0.008; 8 steps per epoch, 16 in all
     expected = cosine_schedule(0.256 * 8 / 256, 1e-4, 16, warmup_steps=8)
     assert [float(r["lr"]) for r in _rows(tmp_path)] == pytest.approx(expected.tolist(), rel=1e-12)
+
+
+def test_step_schedule_sets_the_optimizer_lr_of_every_step(tmp_path) -> None:
+    seen: list[list[float]] = []
+    hook = register_optimizer_step_pre_hook(lambda opt, *_: seen.append([g["lr"] for g in opt.param_groups]))
+    try:  # global batch 8 -> lr 0.008; 8 steps per epoch: warm-up over 4 steps, ×0.1 at steps 8 and 12
+        cfg = toy_config(tmp_path, lr=None, blr=0.256, lr_schedule="step", lr_milestones=(1, 1.5))
+        train(ToyMethod(), ToySamples(), cfg)
+    finally:
+        hook.remove()
+    expected = [0.0, 0.002, 0.004, 0.006] + [0.008] * 4 + [0.0008] * 4 + [0.00008] * 4
+    assert len(seen) == 16 and all(len(set(lrs)) == 1 for lrs in seen)  # the same lr in every group
+    assert [lrs[0] for lrs in seen] == pytest.approx(expected, rel=1e-12, abs=0)
+    assert [float(r["lr"]) for r in _rows(tmp_path)] == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr_schedule": "linear"}, r"lr_schedule must be one of \('cosine', 'step'\), got 'linear'"),
+        ({"lr_milestones": (8,)}, r"lr_milestones \(8,\) need lr_schedule 'step'"),
+        ({"lr_schedule": "step", "lr_milestones": (12, 8)}, "strictly increasing, got \\(12, 8\\)"),
+        ({"lr_schedule": "step", "lr_milestones": (8, 20)}, r"lr_milestones \[20\] outside \(0, epochs=20\)"),
+        ({"lr_schedule": "step", "lr_milestones": (1, 8), "warmup_epochs": 2}, r"\[1\] .* inside the warm-up"),
+        ({"lr_schedule": "step", "min_lr": 1e-5}, "min_lr .* cosine schedule's floor"),
+        ({"lr_schedule": "step", "lr_gamma": 0.0}, "lr_gamma must be > 0"),
+        ({"lr_schedule": "step", "lr_milestones": 8}, "lr_milestones must be a list of epochs, got 8"),
+    ],
+)
+def test_config_rejects_bad_lr_schedules(tmp_path, overrides, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(epochs=20, batch_size=2, out_dir=tmp_path, lr=0.1, **overrides)
+
+
+def test_yaml_milestone_lists_become_tuples(tmp_path) -> None:
+    train = {"epochs": 20, "batch_size": 8, "lr": 0.1, "lr_schedule": "step", "lr_milestones": [8, 12, 16]}
+    run = resolve_run(PretrainParams(train=train, runs={"ir100": {"method": "finetune"}}), "ir100")
+    cfg = train_config(run, tmp_path)
+    assert cfg.lr_milestones == (8, 12, 16) and isinstance(cfg.lr_milestones, tuple)
 
 
 def test_clean_stop_and_resume_match_an_uninterrupted_run_with_any_worker_count(tmp_path) -> None:

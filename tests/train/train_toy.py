@@ -4,6 +4,7 @@
 RNGs (as real views do). ``ToyMethod``: a 2-layer MLP regressing a fixed random function, with optional
 dropout drawn from torch's global RNG, an optional cross-batch term over gathered features, injected NaN
 losses, an EMA target updated in ``after_step``, and a per-step delay (to be killed mid-run).
+``ToyPartialFC``: an MLP embedding trained with Partial FC on ``index % CLASSES`` (sharded centres under DDP).
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from facekit.methods.base import Method, StepValues
+from facekit.nn.margins import ArcFace
+from facekit.nn.partial_fc import PartialFC
 from facekit.train import distributed
 from facekit.train.loop import TrainConfig, train
 
 DIM, HIDDEN, OUT = 8, 16, 4
+EMB, CLASSES = 6, 23  # Partial FC: 23 classes split 12 / 11 over two ranks
 
 
 class ToySamples(Dataset):
@@ -87,6 +92,30 @@ class ToyMethod(Method):
         with torch.no_grad():
             for t, s in zip(self.target.parameters(), self.net.parameters(), strict=True):
                 t.mul_(hp.momentum).add_(s, alpha=1 - hp.momentum)
+
+    def export_backbone(self) -> nn.Module:
+        return self.net
+
+
+class ToyPartialFC(Method):
+    """An MLP embedding ``[B, EMB]`` with a Partial FC ArcFace head (sample rate 0.5) over ``CLASSES`` classes,
+    label ``index % CLASSES``; under DDP each rank's centres are hidden from DDP, as in ``FineTune``.
+    ``first_centres``: this rank's centres at the first forward (after a resume: as restored)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(DIM, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, EMB))
+        self.head = PartialFC(ArcFace(), CLASSES, EMB, sample_rate=0.5)
+        ignored = [f"head.{n}" for n in self.head.local_parameter_names()]
+        if ignored:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ignored)
+        self.first_centres: torch.Tensor | None = None
+
+    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
+        if self.first_centres is None:
+            self.first_centres = self.head.weight.detach().clone()
+        return self.head(self.net(batch["x"]), batch["index"] % CLASSES)
 
     def export_backbone(self) -> nn.Module:
         return self.net

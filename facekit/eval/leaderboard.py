@@ -1,0 +1,121 @@
+"""The leaderboard (``facekit leaderboard``, DVC stage ``leaderboard``): one row per pre-training method.
+
+For each run of ``finetune.runs`` (and the external ``reference`` model when ``verify.reference`` is set)
+it gathers what the chain measured:
+
+- ``metrics/verify/<run>.json``: holistic and masked verification accuracy (± std over folds), TAR at
+  FAR 1e-2 on the holistic set;
+- ``<pretrain.out>/<run>/`` and ``<finetune.out>/<run>/``: the method (``backbone.json``) and the training
+  throughput in images/s (``metrics.json`` of the loop; none for an untrained ``random_init`` run).
+
+and writes ``metrics/leaderboard.json`` (``{run: {rank, method, ...}}``, DVC metrics) and
+``metrics/leaderboard.md`` (a Markdown table, best holistic accuracy first).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from facekit.config import Params
+from facekit.eval.benchmarks import far_key
+from facekit.eval.chain import MASKED_SUFFIX, REFERENCE
+from facekit.train.pretrain import BACKBONE_SPEC
+
+TRAIN_METRICS = "metrics.json"  # written by the training loop into its out_dir
+TAR_FAR = 1e-2
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def leaderboard_row(params: Params, run: str, metrics_dir: Path = Path("metrics")) -> dict[str, Any]:
+    """The leaderboard entry of ``run`` (see the module docstring); missing verification is an error."""
+    verify_path = metrics_dir / "verify" / f"{run}.json"
+    scores = _read_json(verify_path)
+    if scores is None:
+        raise FileNotFoundError(f"{verify_path} not found; run `facekit verify {run}` first")
+    holistic_name, masked_name = params.verify.name, params.verify.name + MASKED_SUFFIX
+    missing = [n for n in (holistic_name, masked_name) if n not in scores]
+    if missing:
+        raise ValueError(f"{verify_path}: no results for {missing}; it has {sorted(scores)}")
+    holistic, masked = scores[holistic_name], scores[masked_name]
+    row: dict[str, Any] = {
+        "holistic_accuracy": holistic["accuracy"],
+        "holistic_accuracy_std": holistic["accuracy_std"],
+        "masked_accuracy": masked["accuracy"],
+        "masked_accuracy_std": masked["accuracy_std"],
+        "holistic_tar_at_far_1e-2": holistic.get(far_key(TAR_FAR)),
+        "pairs": int(holistic["pairs"]),
+        "masked_pairs": int(masked["pairs"]),
+    }
+    if run == REFERENCE:
+        return {"method": f"external: {Path(params.verify.reference).name}", **row}
+    spec = _read_json(Path(params.pretrain.out) / run / BACKBONE_SPEC) or {}
+    pretrain = _read_json(Path(params.pretrain.out) / run / TRAIN_METRICS) or {}
+    finetune = _read_json(Path(params.finetune.out) / run / TRAIN_METRICS) or {}
+    return {
+        "method": spec.get("method", "?"),
+        "backbone": spec.get("backbone", "?"),
+        **row,
+        "pretrain_images_per_s": pretrain.get("images_per_s"),
+        "pretrain_steps": pretrain.get("steps", 0),
+        "finetune_images_per_s": finetune.get("images_per_s"),
+        "finetune_steps": finetune.get("steps", 0),
+    }
+
+
+def build_leaderboard(params: Params, metrics_dir: Path = Path("metrics")) -> dict[str, dict[str, Any]]:
+    """``{run: row}`` for every fine-tuning run (+ ``reference``), ranked by holistic then masked accuracy."""
+    runs = list(params.finetune.runs) + ([REFERENCE] if params.verify.reference else [])
+    if not runs:
+        raise ValueError("finetune.runs is empty: nothing to rank")
+    rows = {run: leaderboard_row(params, run, metrics_dir) for run in runs}
+    order = sorted(rows, key=lambda r: (-rows[r]["holistic_accuracy"], -rows[r]["masked_accuracy"], r))
+    return {run: {"rank": i + 1, **rows[run]} for i, run in enumerate(order)}
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(board: dict[str, dict[str, Any]], set_name: str) -> str:
+    """The leaderboard as a Markdown table (rows in rank order)."""
+    header = (
+        f"| # | run | method | {set_name} accuracy | {set_name} masked accuracy | TAR@FAR=1e-2 "
+        "| pre-train img/s | fine-tune img/s |"
+    )
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    for run, r in board.items():
+        lines.append(
+            f"| {r['rank']} | {run} | {r['method']} "
+            f"| {_fmt(r['holistic_accuracy'])} ± {_fmt(r['holistic_accuracy_std'])} "
+            f"| {_fmt(r['masked_accuracy'])} ± {_fmt(r['masked_accuracy_std'])} "
+            f"| {_fmt(r['holistic_tar_at_far_1e-2'])} "
+            f"| {_fmt(r.get('pretrain_images_per_s'), 1)} | {_fmt(r.get('finetune_images_per_s'), 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(params: Params, metrics_dir: Path = Path("metrics")) -> str:
+    """Write ``metrics/leaderboard.json`` and ``metrics/leaderboard.md``; returns a one-line summary."""
+    board = build_leaderboard(params, metrics_dir)
+    (metrics_dir / "leaderboard.json").write_text(json.dumps(board, indent=2) + "\n")
+    first = next(iter(board.values()))
+    pairs = f"{first['pairs']} pairs, {first['masked_pairs']} masked pairs"
+    text = f"# Leaderboard: verification on `{params.verify.name}` ({pairs})\n\n"
+    text += markdown_table(board, params.verify.name)
+    text += (
+        f"\nThe `{params.verify.name}` sets pair faces of the fine-tuning shards (`verify.pairs` over "
+        "`finetune.shards`): the models were trained on these faces. Score held-out sets (lfw.bin, "
+        "cfp_fp.bin ...) with `facekit eval bin`.\n"
+    )
+    (metrics_dir / "leaderboard.md").write_text(text)
+    best, row = next(iter(board.items()))
+    accuracy = row["holistic_accuracy"]
+    return f"leaderboard: {len(board)} runs; best {best} ({accuracy:.4f} holistic) -> {metrics_dir / 'leaderboard.md'}"

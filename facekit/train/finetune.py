@@ -1,0 +1,75 @@
+"""The ``finetune`` stage: one run of ``params.yaml``'s ``finetune.runs`` → a face-recognition backbone.
+
+Run ``R`` fine-tunes the pre-training export ``finetune.pretrained/R`` (``backbone.json`` +
+``backbone.safetensors``, written by ``facekit pretrain R``) with
+:class:`~facekit.methods.finetune.FineTune`: a margin head over (Partial) FC on the shards' identities.
+Its keyword arguments are ``finetune.method`` updated by the run's own keys, plus ``init_from`` and
+``num_classes`` (the shards' identity table), which the stage sets. It writes, like pre-training,
+
+- ``finetune.out/R/backbone.safetensors`` + ``backbone.json``: the embedding network
+  (:func:`~facekit.train.pretrain.load_backbone` rebuilds it; ``facekit verify R`` scores it);
+- ``metrics/finetune_R.json`` (DVC metrics, with the load report of the initialisation) and
+  ``metrics/finetune_R.csv`` (the loss curve).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from facekit.config import Params, PretrainParams
+from facekit.data.shards import INDEX_NAME, read_index
+from facekit.train import distributed
+from facekit.train.pretrain import BACKBONE_SPEC, PretrainRun, resolve_run, train_and_export
+
+if TYPE_CHECKING:
+    from facekit.train.loop import TrainResult
+
+_SET_BY_STAGE = ("init_from", "num_classes", "method")
+
+
+def num_identities(shards: Path) -> int:
+    """Identities in the shards' identity table (the classes of the margin head)."""
+    if not (shards / INDEX_NAME).is_file():
+        raise FileNotFoundError(f"finetune.shards: no {INDEX_NAME} in {shards}; run `facekit data pack` first")
+    identities = read_index(shards).get("identities")
+    if not identities:
+        raise ValueError(f"{shards / INDEX_NAME}: no identity table; fine-tuning needs identity labels")
+    return len(identities)
+
+
+def resolve_finetune_run(params: Params, name: str) -> PretrainRun:
+    """The ``FineTune`` run ``name``: ``finetune.method`` + the run's keys + ``init_from`` + ``num_classes``."""
+    section = params.finetune
+    if name in section.runs:
+        for key in _SET_BY_STAGE:
+            if key in section.runs[name] or key in section.method:
+                raise ValueError(f"finetune: {key!r} is set by the stage; remove it from params.yaml")
+    init_from = Path(section.pretrained) / name
+    if name in section.runs and not (init_from / BACKBONE_SPEC).is_file():
+        raise FileNotFoundError(
+            f"finetune.runs.{name}: no pre-trained backbone at {init_from}; run `facekit pretrain {name}`"
+        )
+    runs = {
+        run: {**section.method, **settings, "method": "finetune", "init_from": str(Path(section.pretrained) / run)}
+        for run, settings in section.runs.items()
+    }
+    resolved = resolve_run(
+        PretrainParams(section.shards, section.out, section.nproc_per_node, section.train, runs), name, "finetune"
+    )
+    resolved.method_kwargs["num_classes"] = num_identities(Path(section.shards))
+    return resolved
+
+
+def run_finetune(params: Params, run: str, *, progress: bool = True, report: Path | None = None) -> TrainResult:
+    """Fine-tune run ``run`` of ``params.finetune`` (see the module docstring); returns the loop's result."""
+    resolved = resolve_finetune_run(params, run)
+    out_dir = Path(params.finetune.out) / run
+    report = Path(report or Path("metrics") / f"finetune_{run}.json")
+    result = train_and_export(resolved, Path(params.finetune.shards), out_dir, progress=progress, report=report)
+    if distributed.is_main():
+        summary = json.loads(report.read_text())
+        summary |= {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")}
+        report.write_text(json.dumps(summary, indent=2) + "\n")
+    return result
