@@ -192,6 +192,8 @@ class VerifyParams:
     as given) names faces of the shards; ``facekit eval sets`` writes ``sets/<name>.bin`` (holistic) and
     ``sets/<name>_masked.bin`` (the second face of each pair replaced by its synthetic masked twin; pairs
     without a twin are dropped). ``facekit verify RUN`` scores ``finetune.out/RUN`` on every ``.bin`` there.
+    ``holdout_identities``: identity names (the shards' identity table) kept out of fine-tuning; the sets
+    then hold only pairs of two such identities, so models are scored on people they were not trained on.
     """
 
     pairs: str = "faces/deepface/pairs.csv"
@@ -200,6 +202,7 @@ class VerifyParams:
     flip: bool = True
     folds: int = 10
     reference: str = "models/mobilefacenet_128d.onnx"  # an external ONNX model scored for the leaderboard; "" = none
+    holdout_identities: list[str] = field(default_factory=list)
 
 
 def _check_runs(section: Any, name: str) -> None:

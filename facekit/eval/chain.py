@@ -2,7 +2,8 @@
 
 - :func:`make_sets` (``facekit eval sets``, DVC stage ``eval_sets``): ``verify.pairs`` over the packed faces
   → ``verify.sets/<name>.bin`` (holistic pairs) and ``<name>_masked.bin`` (the second face of each pair is
-  its synthetic masked twin), with ``metrics/eval_sets.json`` counting the pairs kept and dropped.
+  its synthetic masked twin), with ``metrics/eval_sets.json`` counting the pairs kept and dropped; with
+  ``verify.holdout_identities`` only pairs of those identities, which fine-tuning leaves out.
 - :func:`verify_run` (``facekit verify RUN``, stage ``verify@RUN``): the fine-tuned ``finetune.out/RUN``
   scored on every ``.bin`` of ``verify.sets`` (flip test, 10 folds) → ``metrics/verify/RUN.json`` and ROC
   curves under ``plots/verify/RUN/``. Run ``reference`` scores ``verify.reference`` (an external ONNX model).
@@ -15,10 +16,11 @@ import json
 from pathlib import Path
 
 from facekit.config import Params
+from facekit.data.shards import ShardReader, read_index
 from facekit.data.stages.detect_align import resolve_model
 from facekit.eval.benchmarks import BenchmarkResult, evaluate_bin, write_reports
 from facekit.eval.embedding_model import EmbeddingModel, TorchEmbedder, load_embedding_model
-from facekit.eval.make_bin import AlignedFaces, build_bin, read_pairs
+from facekit.eval.make_bin import AlignedFaces, PairList, build_bin, read_pairs
 
 #: The run name of the external model of ``verify.reference``.
 REFERENCE = "reference"
@@ -34,18 +36,55 @@ def set_paths(params: Params) -> dict[str, Path]:
 def make_sets(params: Params, report: Path = Path("metrics/eval_sets.json")) -> str:
     """Write the holistic and masked ``.bin`` sets of ``verify.pairs`` over ``finetune.shards``.
 
-    A pair whose face is not in the shards (rejected upstream) or has no masked twin is dropped and
-    counted; ``report`` holds ``{set: {pairs, same, dropped}}`` and the pair list's size.
+    With ``verify.holdout_identities``, only pairs whose two faces belong to those identities are kept
+    (the others are counted as ``other_identities``). A pair whose face is not in the shards (rejected
+    upstream) or has no masked twin is dropped and counted; ``report`` holds ``{set: {pairs, same,
+    dropped}}``, the pair list's size and ``other_identities``: pairs = list - other - dropped.
     """
     pairs = read_pairs(resolve_model(params.verify.pairs))
-    faces = AlignedFaces.from_shards(Path(params.finetune.shards))
+    shards = Path(params.finetune.shards)
+    faces = AlignedFaces.from_shards(shards)
+    other = 0
+    if params.verify.holdout_identities:
+        faces, pairs, other = _holdout(faces, pairs, _identity_by_key(shards), params.verify.holdout_identities)
     counts: dict[str, dict[str, int]] = {}
     for (name, path), masked in zip(set_paths(params).items(), ("none", "second"), strict=True):
         built = build_bin(pairs, faces, path, masked=masked, strict=False)
         counts[name] = {"pairs": built.pairs, "same": built.same, "dropped": len(built.dropped)}
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps({"pair_list": len(pairs), **counts}, indent=2, sort_keys=True) + "\n")
+    summary = {"pair_list": len(pairs) + other, "other_identities": other, **counts}
+    report.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return "eval sets: " + ", ".join(f"{n} {c['pairs']} pairs ({c['dropped']} dropped)" for n, c in counts.items())
+
+
+def _identity_by_key(shards: Path) -> dict[str, str]:
+    """Record key -> identity name, over the shards of ``shards/index.json``."""
+    index = read_index(shards)
+    names = index.get("identities") or []
+    return {r.key: names[r.identity] for e in index["shards"] for r in ShardReader(shards / e["name"])}
+
+
+def _holdout(
+    faces: AlignedFaces, pairs: PairList, identity: dict[str, str], holdout: list[str]
+) -> tuple[AlignedFaces, PairList, int]:
+    """(faces of the ``holdout`` identities, the pairs with no face of another identity, pairs left out)."""
+    unknown = sorted(set(holdout) - set(identity.values()))
+    if unknown:
+        raise ValueError(f"verify.holdout_identities: {unknown} have no face in the shards")
+    held = set(holdout)
+    kept = AlignedFaces(
+        images={k: v for k, v in faces.images.items() if identity[k] in held},
+        masked={k: v for k, v in faces.masked.items() if identity[k] in held},
+    )
+
+    def inside(name: str) -> bool:  # a face of a held-out identity, or one the shards lack (dropped later)
+        return kept.get(name) is not None or faces.get(name) is None
+
+    rows = [i for i, (a, b) in enumerate(zip(pairs.first, pairs.second, strict=True)) if inside(a) and inside(b)]
+    selected = PairList([pairs.first[i] for i in rows], [pairs.second[i] for i in rows], pairs.issame[rows])
+    if not rows:
+        raise ValueError(f"no pair of {len(pairs)} has both faces in verify.holdout_identities {holdout}")
+    return kept, selected, len(pairs) - len(rows)
 
 
 def run_model(params: Params, run: str) -> EmbeddingModel:

@@ -10,15 +10,22 @@ Its keyword arguments are ``finetune.method`` updated by the run's own keys, plu
   (:func:`~facekit.train.pretrain.load_backbone` rebuilds it; ``facekit verify R`` scores it);
 - ``metrics/finetune_R.json`` (DVC metrics, with the load report of the initialisation) and
   ``metrics/finetune_R.csv`` (the loss curve).
+
+The identities of ``verify.holdout_identities`` are left out of the training set (their labels stay
+unused classes), so verification can score people the model never saw.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torch.utils.data import Subset
+
 from facekit.config import Params, PretrainParams
+from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME, read_index
 from facekit.train import distributed
 from facekit.train.pretrain import BACKBONE_SPEC, PretrainRun, resolve_run, train_and_export
@@ -62,14 +69,32 @@ def resolve_finetune_run(params: Params, name: str) -> PretrainRun:
     return resolved
 
 
+def without_identities(dataset: FaceShardDataset, names: Sequence[str]) -> Subset:
+    """The records of ``dataset`` whose identity is not in ``names`` (labels keep their numbers)."""
+    unknown = sorted(set(names) - set(dataset.identities))
+    if unknown:
+        raise ValueError(f"verify.holdout_identities: {unknown} are not in the shards' identity table")
+    excluded = {dataset.identities.index(n) for n in names}
+    labels = [record.identity for reader in dataset.readers for record in reader]
+    keep = [i for i, label in enumerate(labels) if label not in excluded]
+    if not keep:
+        raise ValueError("verify.holdout_identities holds out every identity: nothing left to fine-tune on")
+    return Subset(dataset, keep)
+
+
 def run_finetune(params: Params, run: str, *, progress: bool = True, report: Path | None = None) -> TrainResult:
-    """Fine-tune run ``run`` of ``params.finetune`` (see the module docstring); returns the loop's result."""
+    """Fine-tune run ``run`` of ``params.finetune`` (see the module docstring) on every identity but
+    ``verify.holdout_identities``; returns the loop's result."""
     resolved = resolve_finetune_run(params, run)
     out_dir = Path(params.finetune.out) / run
     report = Path(report or Path("metrics") / f"finetune_{run}.json")
-    result = train_and_export(resolved, Path(params.finetune.shards), out_dir, progress=progress, report=report)
+    holdout = params.verify.holdout_identities
+    select = (lambda dataset: without_identities(dataset, holdout)) if holdout else None
+    shards = Path(params.finetune.shards)
+    result = train_and_export(resolved, shards, out_dir, progress=progress, report=report, select=select)
     if distributed.is_main():
         summary = json.loads(report.read_text())
         summary |= {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")}
+        summary["holdout_identities"] = list(holdout)
         report.write_text(json.dumps(summary, indent=2) + "\n")
     return result

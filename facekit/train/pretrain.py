@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_model, save_file
 from torch import nn
+from torch.utils.data import Dataset
 
 from facekit.config import Params, PretrainParams
 from facekit.data.dataset import FaceShardDataset
@@ -155,11 +157,17 @@ def run_pretrain(params: Params, run: str, *, progress: bool = True, report: Pat
 
 
 def train_and_export(
-    run: PretrainRun, shards: Path, out_dir: Path, *, progress: bool = True, report: Path | None = None
+    run: PretrainRun,
+    shards: Path,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    report: Path | None = None,
+    select: Callable[[FaceShardDataset], Dataset] | None = None,
 ) -> TrainResult:
-    """Train ``run`` on ``FaceShardDataset(shards, transform=method.views())`` into ``out_dir`` and export
-    its backbone there; rank 0 writes ``report`` (default ``metrics/<section>_<run>.json``) and its loss
-    curve next to it as ``.csv``."""
+    """Train ``run`` on ``FaceShardDataset(shards, transform=method.views())`` (or the part ``select``
+    returns) into ``out_dir`` and export its backbone there; rank 0 writes ``report`` (default
+    ``metrics/<section>_<run>.json``) and its loss curve next to it as ``.csv``."""
     from facekit.train.loop import train
 
     cfg = train_config(run, out_dir, progress)
@@ -168,7 +176,7 @@ def train_and_export(
     torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every rank)
     method, spec = build_method(run)
     dataset = FaceShardDataset(shards, transform=method.views())
-    result = train(method, dataset, cfg)
+    result = train(method, select(dataset) if select else dataset, cfg)
     if distributed.is_main():
         backbone = method.export_backbone()
         export_backbone(backbone, spec, out_dir, {"run": run.name, "method": run.method})
