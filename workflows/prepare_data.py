@@ -17,25 +17,20 @@ need that directory at the same path (a shared file system).
 # Prefect validates the parameters against the real annotation objects
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import Task, flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from facekit.config import load_params
 from facekit.data.shards import read_index
 from facekit.data.stages.steps import SHARDS, detect_align_step, landmarks_step, masks_step, pack_step, sample_step
+from workflows.dvc_tasks import dvc_repro
 
 STAGES = ("sample", "detect_align", "landmarks", "masks", "pack")
-LOCK_ERROR = "Unable to acquire lock"
 RunnerName = Literal["thread", "process", "dask"]
 
 
@@ -69,34 +64,6 @@ def prefect_shard_map(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) 
     futures = shard_task.map(*(list(column) for column in zip(*calls, strict=True)))
     for future in futures:
         yield future.result()
-
-
-def _is_lock_error(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
-    """Retry condition: only DVC's lock contention is worth retrying, a failing stage fails again."""
-    try:
-        state.result()
-    except Exception as e:
-        return LOCK_ERROR in str(e)
-    return False
-
-
-@task(retries=6, retry_delay_seconds=[1, 2, 4, 8, 16, 30], retry_condition_fn=_is_lock_error, cache_policy=NO_CACHE)
-def dvc_repro(stage: str) -> None:
-    """``dvc repro <stage>`` in the working directory (a stage that is up to date is skipped by DVC).
-
-    The interpreter's folder goes first on ``PATH`` so that the stage commands (``facekit data ...``)
-    are this environment's.
-    """
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro", stage], capture_output=True, text=True, env=env, check=False
-    )
-    logger = get_run_logger()
-    for line in (proc.stdout + proc.stderr).splitlines():
-        logger.info(line)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc repro {stage} exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}")
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

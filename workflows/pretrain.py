@@ -4,7 +4,7 @@ Two ways to run it, chosen by the ``lineage`` parameter:
 
 - ``"dvc"`` (default): a task runs ``dvc repro pretrain@<run>`` in the working directory, so DVC decides
   whether the run is stale and ``dvc.lock`` records it; DVC's lock contention is retried
-  (:func:`workflows.prepare_data.dvc_repro`).
+  (:func:`workflows.dvc_tasks.dvc_repro`).
 - ``"none"``: a task calls :func:`facekit.train.pretrain.run_pretrain` directly (or, with
   ``pretrain.nproc_per_node > 1``, ``facekit pretrain`` under torchrun); a retry resumes from the run's
   last checkpoint. Nothing is recorded in ``dvc.lock``.
@@ -28,7 +28,7 @@ from prefect.types.entrypoint import EntrypointType
 
 from facekit.config import load_params
 from facekit.train.pretrain import run_pretrain, torchrun_command
-from workflows.prepare_data import dvc_repro
+from workflows.dvc_tasks import dvc_repro
 
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)

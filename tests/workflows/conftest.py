@@ -1,4 +1,5 @@
-"""Fixtures for the Prefect workflows: a real local Prefect server, small project copies, a serial baseline.
+"""Fixtures for the Prefect workflows: a real local Prefect server, a process work pool with a worker,
+small project copies, a serial baseline.
 
 The server is Prefect's own test harness (a real API server on a temporary database). Prefect's home and
 result storage go to a temporary folder, set in the environment as well so that subprocesses (process
@@ -7,15 +8,20 @@ pool, Dask workers, ``flow.serve``) see the same settings.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.settings import (
     PREFECT_API_URL,
     PREFECT_HOME,
@@ -52,6 +58,42 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield api
 
 
+@dataclass(frozen=True)
+class WorkerPool:
+    """A work pool served by a worker subprocess, and that worker's log."""
+
+    name: str
+    log: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the worker's log (flow run output included), for failure messages."""
+        return self.log.read_text()[-chars:]
+
+
+@pytest.fixture(scope="session")
+def gpu_pool(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerPool]:
+    """The process work pool ``gpu``, created through the API from the repo's job template, with a
+    ``prefect worker start --pool gpu`` subprocess (not waited for: it starts while a test prepares its
+    data; a run waits in the pool until the worker picks it up)."""
+    template = json.loads((PROJECT / "workflows" / "gpu-pool-template.json").read_text())
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="gpu", type="process", base_job_template=template))
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1"}
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gpu"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield WorkerPool("gpu", log_path)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
 def make_project(root: Path) -> Path:
     """``root`` as a small facekit project: the repo's dvc.yaml and params.yaml with fewer shards."""
     root.mkdir(parents=True, exist_ok=True)
@@ -74,11 +116,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assets: Path) -> Pa
 def dvc_repo(project: Path) -> Path:
     """The small project as a fresh git + DVC repository holding the stage code dvc.yaml depends on."""
     for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
-        for dep in stage.get("deps", []):
-            if dep.startswith("facekit/"):
-                (project / dep).parent.mkdir(parents=True, exist_ok=True)
-                copy = shutil.copytree if (PROJECT / dep).is_dir() else shutil.copy
-                copy(PROJECT / dep, project / dep)
+        for dep in stage.get("do", stage).get("deps", []):  # a foreach stage's deps are in its body
+            if not dep.startswith("facekit/"):
+                continue
+            (project / dep).parent.mkdir(parents=True, exist_ok=True)
+            if (PROJECT / dep).is_dir():  # folders may overlap files named by other stages
+                shutil.copytree(PROJECT / dep, project / dep, dirs_exist_ok=True)
+            else:
+                shutil.copy(PROJECT / dep, project / dep)
     subprocess.run(["git", "init", "-q"], check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
     return project

@@ -1,0 +1,110 @@
+"""The ``full-chain`` Prefect flow: every stage of ``dvc.yaml`` in dependency order, GPU stages on a GPU work pool.
+
+DVC owns the DAG and decides what is stale; Prefect places the work. The flow reads the pipeline from DVC
+(:func:`read_dag`: ``sample → detect_align → landmarks → masks → pack → pretrain@<run> → finetune@<run> ...``),
+asks DVC once which stages are stale, and submits each stage that is stale, or downstream of one that
+runs, as soon as its upstream stages have finished:
+
+- CPU stages run here, as tasks running ``dvc repro --single-item <stage>``
+  (:func:`workflows.dvc_tasks.dvc_repro`, which retries DVC's lock contention);
+- GPU stages (the part of the name before ``@`` in ``gpu_stages``: ``pretrain@mae``, ``finetune@mae`` ...) run
+  as flow runs of the deployment ``dvc-stage/dvc-stage-gpu`` (:func:`dvc_stage`, the same command) on the
+  GPU work pool, created from ``workflows/gpu-pool-template.json``.
+
+Independent stages run concurrently: DVC holds its repository lock only while it checks and records a stage
+(contention is retried), not while the stage's command runs, so two GPU stages can train at once;
+``prefect work-pool set-concurrency-limit gpu 1`` makes the pool run them one at a time (then run
+``full-chain`` itself elsewhere: served, or on a CPU pool). The GPU worker must see the project folder at
+the same path (the same machine or a shared file system).
+"""
+
+# no ``from __future__ import annotations``: a served flow is pickled into its run process by value and
+# Prefect validates the parameters against the real annotation objects
+
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.futures import PrefectFuture
+from prefect.states import Completed, State
+
+from workflows.dvc_tasks import dvc_repro
+
+GPU_DEPLOYMENT = "dvc-stage/dvc-stage-gpu"
+GPU_STAGES = ("pretrain", "finetune")
+UP_TO_DATE = "Up to date"  # the dvc-stage flow run's final state name when DVC skipped the stage
+
+
+def read_dag(root: Path | str = ".") -> tuple[list[str], dict[str, list[str]], set[str]]:
+    """The pipeline stages of ``root``'s DVC project in a topological order (``dvc.yaml`` order among
+    independent stages), each stage's direct upstream stages, and the stages DVC reports as stale."""
+    from dvc.repo import Repo  # only the orchestrating process needs DVC's Python API
+    from dvc.stage import PipelineStage
+
+    with Repo(str(root)) as repo:
+        stages = [s for s in repo.index.stages if isinstance(s, PipelineStage)]
+        graph = repo.index.graph  # an edge goes from a stage to a stage it depends on
+        upstream = {s.addressing: [u.addressing for u in graph.successors(s) if u in stages] for s in stages}
+        stale = set(repo.status())
+    position = {name: i for i, name in enumerate(upstream)}
+    dag = nx.DiGraph()
+    dag.add_nodes_from(upstream)
+    dag.add_edges_from((u, name) for name, ups in upstream.items() for u in ups)
+    return list(nx.lexicographical_topological_sort(dag, key=position.__getitem__)), upstream, stale
+
+
+def is_gpu_stage(stage: str, gpu_stages: tuple[str, ...]) -> bool:
+    """Whether ``stage`` (``pretrain@mae``, ``pack``, ``sub/dvc.yaml:pretrain@mae``) belongs on the GPU pool:
+    its name before ``@`` is listed."""
+    return stage.rsplit(":", 1)[-1].split("@", 1)[0] in gpu_stages
+
+
+@flow(name="dvc-stage", log_prints=True)
+def dvc_stage(stage: str) -> State:
+    """``dvc repro --single-item <stage>`` in the working directory (the project root); the run ends
+    Completed when DVC ran the stage, in a Completed state named ``Up to date`` when DVC skipped it."""
+    if dvc_repro(stage, single_item=True):
+        return Completed(message=f"dvc ran {stage}")
+    return Completed(name=UP_TO_DATE, message=f"{stage} is up to date")
+
+
+@task(task_run_name="{stage}", cache_policy=NO_CACHE)
+def gpu_stage(stage: str, deployment: str, poll_seconds: float) -> bool:
+    """Run ``stage`` as a flow run of ``deployment`` (on its work pool) and wait for it; returns whether
+    DVC ran the stage."""
+    run = run_deployment(
+        deployment, parameters={"stage": stage}, flow_run_name=stage, timeout=None, poll_interval=poll_seconds
+    )
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state else "no state"
+        raise RuntimeError(f"{stage} on {deployment}: flow run {run.name} ended {state}")
+    return run.state.name != UP_TO_DATE
+
+
+@flow(name="full-chain", log_prints=True)
+def full_chain(
+    gpu_stages: tuple[str, ...] = GPU_STAGES,
+    gpu_deployment: str = GPU_DEPLOYMENT,
+    poll_seconds: float = 10.0,
+) -> dict[str, str]:
+    """Bring every stage of the working directory's ``dvc.yaml`` up to date, GPU stages through
+    ``gpu_deployment`` (polled every ``poll_seconds``). Returns ``{stage: "ran" | "up to date"}`` in
+    topological order; any failing stage fails the flow (stages downstream of it do not run)."""
+    order, upstream, stale = read_dag()
+    cpu_stage = dvc_repro.with_options(task_run_name="{stage}")
+    futures: dict[str, PrefectFuture[Any]] = {}
+    for stage in order:
+        if stage not in stale and not any(u in futures for u in upstream[stage]):
+            continue  # DVC would skip it: nothing upstream of it runs
+        wait_for = [futures[u] for u in upstream[stage] if u in futures]
+        if is_gpu_stage(stage, gpu_stages):
+            futures[stage] = gpu_stage.submit(stage, gpu_deployment, poll_seconds, wait_for=wait_for)
+        else:
+            futures[stage] = cpu_stage.submit(stage, single_item=True, wait_for=wait_for)
+    summary = {stage: "ran" if stage in futures and futures[stage].result() else "up to date" for stage in order}
+    ran = [stage for stage, what in summary.items() if what == "ran"]
+    print(f"full-chain: {len(ran)} of {len(order)} stages ran: {', '.join(ran) or 'none'}")
+    return summary
