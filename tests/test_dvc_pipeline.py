@@ -62,6 +62,7 @@ def test_repro_runs_the_sample_end_to_end_then_does_nothing(repo: Path) -> None:
     assert metrics["read"] == metrics["written"] + metrics["rejected"] >= 60
     board = json.loads((repo / "metrics/leaderboard.json").read_text())
     assert set(board) == {"mae", "reference"} and board["reference"]["holistic_accuracy"] >= 0.97
+    assert 0 < board["mae"]["knn_accuracy"] <= 1 and 0 < board["mae"]["knn_accuracy_random_init"] <= 1
     assert "| mae | mae |" in (repo / "metrics/leaderboard.md").read_text()
     assert _dvc(repo, "status", "-q").returncode == 0
 

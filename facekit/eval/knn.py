@@ -16,6 +16,7 @@ shards' 196 mesh landmarks (the tokens LAFS trains on), not at a regular grid.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ from facekit.data.dataset import FaceShardDataset
 from facekit.data.record import FaceRecord
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, VGGFACE2_MEAN, VGGFACE2_STD
 from facekit.eval.benchmarks import write_metrics
+from facekit.methods.dino import encode_tokens
+from facekit.methods.lafs import mesh_196
+from facekit.nn.landmark_patches import landmark_patches
+from facekit.train.pretrain import BACKBONE_SPEC, load_backbone
 
 Stats = tuple[float, float, float]
 _HALF: tuple[Stats, Stats] = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -96,8 +101,6 @@ class _ImageAndMesh:
     takes_record = True
 
     def __call__(self, rgb: np.ndarray, record: FaceRecord) -> dict[str, torch.Tensor]:
-        from facekit.methods.lafs import mesh_196
-
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
         return {"image": image, "mesh": torch.from_numpy(mesh_196(record))}
 
@@ -117,8 +120,6 @@ def load_faces(shards: Path | str, *, mesh: bool = False) -> ShardFaces:
 
 def run_spec(run_dir: Path | str) -> dict:
     """``backbone.json`` of a pre-training run, plus ``seed`` from its ``train_config.json``."""
-    from facekit.train.pretrain import BACKBONE_SPEC
-
     run_dir = Path(run_dir)
     spec_path, config_path = run_dir / BACKBONE_SPEC, run_dir / "train_config.json"
     for path in (spec_path, config_path):
@@ -130,11 +131,7 @@ def run_spec(run_dir: Path | str) -> dict:
 def random_init_backbone(run_dir: Path | str) -> nn.Module:
     """The run's backbone as it was before training: built from its spec right after ``manual_seed(seed)``,
     as :func:`facekit.train.pretrain.run_pretrain` builds the method (whose backbone is built first)."""
-    import importlib
-
-    import facekit.methods  # noqa: F401  (registers the backbones that methods bring)
-
-    spec = run_spec(run_dir)
+    spec = run_spec(run_dir)  # importing facekit.methods (above) registered the methods' own backbones too
     module, attr = spec.get("registry", "facekit.nn.vit:BACKBONES").split(":")
     registry = getattr(importlib.import_module(module), attr)
     with torch.random.fork_rng(devices=[]):
@@ -156,9 +153,6 @@ def embed_faces(
     Inputs are normalised with :data:`METHOD_NORMALIZATION`; the backbone runs in eval mode (BatchNorm running
     statistics, no drop-path); LAFS embeds landmark tokens (see the module docstring).
     """
-    from facekit.methods.dino import encode_tokens
-    from facekit.nn.landmark_patches import landmark_patches
-
     if method not in METHOD_NORMALIZATION:
         raise ValueError(f"no input normalisation known for method {method!r}; known: {sorted(METHOD_NORMALIZATION)}")
     if method == "lafs" and faces.mesh is None:
@@ -189,8 +183,6 @@ def representation_check(
     Returns ``{"knn_accuracy", "knn_accuracy_random_init", "chance" (majority baseline), "n" (faces),
     "identities", "k"}``.
     """
-    from facekit.train.pretrain import load_backbone
-
     method = run_spec(run_dir)["method"]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     faces = load_faces(shards, mesh=method == "lafs")

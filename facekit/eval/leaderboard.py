@@ -6,7 +6,10 @@ it gathers what the chain measured:
 - ``metrics/verify/<run>.json``: holistic and masked verification accuracy (± std over folds), AUC and TAR at
   the smallest FAR the holistic set measures (1e-4 … 1e-1: it needs 1 / FAR different-person pairs);
 - ``<pretrain.out>/<run>/`` and ``<finetune.out>/<run>/``: the method (``backbone.json``) and the training
-  throughput in images/s (``metrics.json`` of the loop; none for an untrained ``random_init`` run).
+  throughput in images/s (``metrics.json`` of the loop; none for an untrained ``random_init`` run);
+- the representation check of the pre-trained backbone before any fine-tuning
+  (:func:`facekit.eval.knn.representation_check`: leave-one-out 1-NN identity accuracy on the shards'
+  faces, learned vs the same backbone at random init);
 
 and writes ``metrics/leaderboard.json`` (``{run: {rank, method, ...}}``, DVC metrics) and
 ``metrics/leaderboard.md`` (a Markdown table, best holistic accuracy first).
@@ -21,7 +24,8 @@ from typing import Any
 
 from facekit.config import Params
 from facekit.eval.chain import MASKED_SUFFIX, REFERENCE
-from facekit.train.pretrain import BACKBONE_SPEC
+from facekit.eval.knn import representation_check
+from facekit.train.pretrain import BACKBONE_SPEC, RANDOM_INIT
 
 TRAIN_METRICS = "metrics.json"  # written by the training loop into its out_dir
 TAR_PREFIX = "tar_at_far_"
@@ -54,9 +58,13 @@ def leaderboard_row(params: Params, run: str, metrics_dir: Path = Path("metrics"
     }
     if run == REFERENCE:
         return {"method": f"external: {Path(params.verify.reference).name}", **row}
-    spec = _read_json(Path(params.pretrain.out) / run / BACKBONE_SPEC) or {}
-    pretrain = _read_json(Path(params.pretrain.out) / run / TRAIN_METRICS) or {}
+    pretrained = Path(params.pretrain.out) / run
+    spec = _read_json(pretrained / BACKBONE_SPEC) or {}
+    pretrain = _read_json(pretrained / TRAIN_METRICS) or {}
     finetune = _read_json(Path(params.finetune.out) / run / TRAIN_METRICS) or {}
+    if spec.get("method") not in (None, RANDOM_INIT):
+        check = representation_check(pretrained, Path(params.finetune.shards))
+        row |= {k: check[k] for k in ("knn_accuracy", "knn_accuracy_random_init")}
     return {
         "method": spec.get("method", "?"),
         "backbone": spec.get("backbone", "?"),
@@ -100,7 +108,7 @@ def markdown_table(board: dict[str, dict[str, Any]], set_name: str) -> str:
     tar_title = f"TAR@FAR={tar_key.rsplit('_', 1)[1]}" if tar_key else "TAR"
     header = (
         f"| # | run | method | {set_name} accuracy | {set_name} masked accuracy | AUC | {tar_title} "
-        "| pre-train img/s | fine-tune img/s |"
+        "| kNN pre-trained / random init | pre-train img/s | fine-tune img/s |"
     )
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     for run, r in board.items():
@@ -109,6 +117,7 @@ def markdown_table(board: dict[str, dict[str, Any]], set_name: str) -> str:
             f"| {_fmt(r['holistic_accuracy'])} ± {_fmt(r['holistic_accuracy_std'])} "
             f"| {_fmt(r['masked_accuracy'])} ± {_fmt(r['masked_accuracy_std'])} "
             f"| {_fmt(r['holistic_auc'])} | {_fmt(r.get(tar_key) if tar_key else None)} "
+            f"| {_fmt(r.get('knn_accuracy'), 3)} / {_fmt(r.get('knn_accuracy_random_init'), 3)} "
             f"| {_fmt(r.get('pretrain_images_per_s'), 1)} | {_fmt(r.get('finetune_images_per_s'), 1)} |"
         )
     return "\n".join(lines) + "\n"
@@ -122,10 +131,15 @@ def write_leaderboard(params: Params, metrics_dir: Path = Path("metrics")) -> st
     pairs = f"{first['pairs']} pairs, {first['masked_pairs']} masked pairs"
     text = f"# Leaderboard: verification on `{params.verify.name}` ({pairs})\n\n"
     text += markdown_table(board, params.verify.name)
+    held = params.verify.holdout_identities
+    source = f"`verify.pairs` over `finetune.shards`, {len(held)} identities left out of fine-tuning"
+    text += f"\nThe `{params.verify.name}` sets pair faces of the shards ({source}). " + (
+        "The models were trained on these people. " if not held else ""
+    )
     text += (
-        f"\nThe `{params.verify.name}` sets pair faces of the fine-tuning shards (`verify.pairs` over "
-        "`finetune.shards`): the models were trained on these faces. Score held-out sets (lfw.bin, "
-        "cfp_fp.bin ...) with `facekit eval bin`.\n"
+        "Score held-out benchmarks (lfw.bin, cfp_fp.bin ...) with `facekit eval bin`. kNN: leave-one-out 1-NN "
+        "identity accuracy of the pre-trained backbone (before fine-tuning) on every face of the shards, and of "
+        "the same backbone at random init.\n"
     )
     (metrics_dir / "leaderboard.md").write_text(text)
     best, row = next(iter(board.items()))

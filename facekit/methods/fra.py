@@ -20,6 +20,16 @@ Evaluation heatmaps (:meth:`FRA.heatmaps`) use ``proto``, an EMA (0.9) of the ba
 instead of the batch's own. The target is updated after every optimizer step with
 ``m = 1 - (1 - 0.996) (cos(pi k / K) + 1) / 2`` (parameters only; buffers keep their own values).
 
+Why the heatmaps start (and in short runs stay) flat at ``1 / K``, as in the released code: the K mask
+embeddings leave the decoder nearly equal (cosine ~0.99 at init: the targets start at zero, so the queries
+differ only through cross-attention weights over a small map); with equal embeddings every region gets
+``1 / K`` everywhere, and the instance and region losses give the dots no gradient there (a softmax over
+regions of a loss symmetric in the regions), so only the cluster loss (weight 0.1; teacher 0.04 sharper
+than student 0.1) pulls the regions apart, slowly. ``proto`` follows the embeddings. :meth:`FRA.forward`
+logs ``region_cos``, the mean cosine between the K batch-mean embeddings (1 = one region), to show when
+they separate. Even for orthogonal embeddings a region's weight reaches only ``e / (e + K - 1)`` at scale 1
+(0.28 for K = 8), so :func:`save_heatmap_figure` colours the maps over their own range.
+
 Released recipe (:attr:`FRA.recipe`; the loop owns these): ResNet-50 at 224 on VGGFace2, batch 512,
 LARS (momentum 0.9, trust coefficient 0.001, no adaptation and no weight decay on biases and BN), lr 0.9
 (not batch-scaled), weight decay 1e-6, 50 epochs, cosine with 10 warm-up epochs, AMP, SyncBN. With
@@ -125,6 +135,14 @@ def cluster_loss(
     cross_entropy = -(assignment * log_p).sum(-1).mean()
     p_bar = global_mean(log_p.exp())
     return cross_entropy + (p_bar * p_bar.log()).sum() + math.log(p_bar.shape[0])
+
+
+def region_cosine(mask_embed: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between the K batch-mean region embeddings of ``mask_embed [B, K, D]`` over the K·(K − 1)
+    ordered pairs: 1 when the regions have collapsed into one (every heatmap ``1 / K``), near 0 when apart."""
+    e = F.normalize(mask_embed.detach().float().mean(0), dim=-1)
+    k = e.shape[0]
+    return ((e @ e.T).sum() - k) / (k * (k - 1))
 
 
 def ema_momentum(progress: float, base: float = 0.996) -> float:
@@ -376,7 +394,7 @@ class FRA(Method):
         obj = (1 - self.inst_weight) * (obj1 + obj2)
         cluster = 0.5 * (self._cluster(online1, target1) + self._cluster(online2, target2))
         loss = inst + obj + self.cluster_weight * cluster
-        parts = {"inst": inst, "obj": obj, "cluster": cluster}
+        parts = {"inst": inst, "obj": obj, "cluster": cluster, "region_cos": region_cosine(online1.mask_embed)}
         momentum = torch.tensor(ema_momentum(hp.progress, self.base_momentum), device=loss.device)
         return {"loss": loss, **{k: v.detach() for k, v in parts.items()}, "momentum": momentum}
 
@@ -416,7 +434,9 @@ class FRA(Method):
 
 def save_heatmap_figure(image_rgb: np.ndarray, heatmaps: torch.Tensor | np.ndarray, path: str | Path) -> Path:
     """Write a PNG of the face, its partition into regions (per-pixel argmax, tab10 colours) and each region's
-    heatmap over it (bilinearly upsampled, jet on a fixed 0-1 scale, alpha 0.5). Returns the path.
+    heatmap over it (bilinearly upsampled, alpha 0.5, jet over the maps' common range, which the partition's
+    title gives: FRA's softmax at scale 1 keeps weights far below 1, so a fixed 0-1 scale looks flat). Returns
+    the path.
 
     image_rgb: uint8 ``[H, W, 3]``; heatmaps: ``[K, h, w]`` (one image's :meth:`FRA.heatmaps`), K ≤ 10.
     """
@@ -436,9 +456,10 @@ def save_heatmap_figure(image_rgb: np.ndarray, heatmaps: torch.Tensor | np.ndarr
         ax.imshow(image_rgb)
     axes[0].set_title("face", fontsize=9)
     axes[1].imshow(up.argmax(0), cmap="tab10", vmin=0, vmax=9, alpha=0.5, interpolation="nearest")
-    axes[1].set_title("regions (argmax)", fontsize=9)
+    low, high = float(up.min()), float(up.max())
+    axes[1].set_title(f"regions (argmax)\nweights {low:.3f}-{high:.3f}", fontsize=9)
     for k, heat in enumerate(up):
-        axes[k + 2].imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        axes[k + 2].imshow(heat, cmap="jet", alpha=0.5, vmin=low, vmax=max(high, low + 1e-6))
         axes[k + 2].set_title(f"region {k} (max {heat.max():.2f})", fontsize=9)
     for ax in axes:
         ax.axis("off")

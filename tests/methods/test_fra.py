@@ -20,6 +20,7 @@ from facekit.methods.fra import (
     byol_loss,
     cluster_loss,
     ema_momentum,
+    region_cosine,
     region_heatmaps,
     region_loss,
     save_heatmap_figure,
@@ -144,6 +145,36 @@ def test_heatmaps_are_a_softmax_over_regions_plus_eps() -> None:
     assert torch.allclose(maps - 1e-7, (dots / 0.5).softmax(1))
 
 
+def test_region_cosine_by_hand() -> None:
+    # batch means (1, 0), (0, 1), (1, 1): pairwise cosines 0, 1/√2, 1/√2 → mean over ordered pairs √2 / 3
+    embed = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    assert region_cosine(embed).item() == pytest.approx(math.sqrt(2) / 3, rel=1e-6)
+    assert region_cosine(torch.ones(2, 8, 4)).item() == pytest.approx(1.0)
+
+
+def test_equal_region_embeddings_get_no_gradient_so_the_heatmaps_stay_flat() -> None:
+    """With the K mask embeddings equal (nearly so at init), every heatmap is 1/K and no loss term moves them."""
+    torch.manual_seed(0)
+    method = FRA(**TINY)
+    batch = _batch(method)
+    leaves = []
+
+    def equal_rows(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        leaf = out[:, :1].detach().expand_as(out).clone().requires_grad_()  # [B, K, D], K equal rows
+        leaves.append(leaf)
+        return leaf
+
+    for neck in (method.neck, method.target_neck):
+        neck.proj_attn.register_forward_hook(equal_rows)
+    out = method(batch, _hp())
+    assert out["region_cos"].item() == pytest.approx(1.0)
+    online = leaves[:2]  # view 1, view 2 (the target's come next, without gradient)
+    for grad in torch.autograd.grad(out["loss"], online):
+        assert grad.abs().max() < 1e-6
+    heatmaps = method.neck(method.backbone.forward_features(method._input(batch["view1"]))).heatmaps
+    assert torch.allclose(heatmaps, torch.full_like(heatmaps, 1 / 8), atol=1e-6)
+
+
 def test_sine_positions_match_detr_formula() -> None:
     pos = sine_positions(2, 3, 8)  # [6, 8]: rows in channels 0-3, columns in 4-7
     assert pos.shape == (6, 8)
@@ -216,7 +247,8 @@ def test_forward_backward_finite_and_no_gradient_on_the_target() -> None:
     method = METHODS.create("fra", **TINY)
     batch = _batch(method)
     out = method(batch, _hp())
-    assert set(out) == {"loss", "inst", "obj", "cluster", "momentum"}
+    assert set(out) == {"loss", "inst", "obj", "cluster", "region_cos", "momentum"}
+    assert 0.9 < out["region_cos"].item() <= 1.0  # the K region embeddings start out nearly equal
     assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
     parts = out["inst"] + out["obj"] + 0.1 * out["cluster"]
     assert out["loss"].item() == pytest.approx(parts.item(), rel=1e-5)
@@ -324,3 +356,13 @@ def test_heatmap_figure_over_a_real_face(assets: Path, tmp_path: Path) -> None:
     assert png.std() > 10
     with pytest.raises(ValueError, match="heatmaps"):
         save_heatmap_figure(face, np.zeros((8, 2)), tmp_path / "bad.png")
+
+
+def test_heatmap_figure_shows_weights_far_below_one(tmp_path: Path) -> None:
+    """FRA's maps live near 1/K (scale 1): region 0 at 0.14 on the left, 0.12 on the right must show as red vs blue."""
+    maps = np.full((8, 2, 2), 0.87 / 7, np.float32)
+    maps[0, :, 0], maps[0, :, 1], maps[1:, :, 1] = 0.14, 0.12, 0.88 / 7
+    png = cv2.imread(str(save_heatmap_figure(np.full((64, 64, 3), 128, np.uint8), maps, tmp_path / "h.png")))
+    row, col = png.shape[0] // 6, png.shape[1] * 5 // 8  # the centre of region 0's panel (row 0, column 2 of 4)
+    left, right = png[row, col - 40].astype(int), png[row, col + 40].astype(int)  # BGR
+    assert left[2] - left[0] > 60 and right[0] - right[2] > 60, (left, right)
