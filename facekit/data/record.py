@@ -83,7 +83,7 @@ class FaceRecord:
         return msgpack.packb(d, use_bin_type=True)
 
     @classmethod
-    def from_bytes(cls, buf: bytes) -> FaceRecord:
+    def from_bytes(cls, buf: bytes | memoryview) -> FaceRecord:
         d = msgpack.unpackb(buf, raw=False)
         d["landmarks"] = _unpack_array(d["landmarks"])
         d["bbox"] = _unpack_array(d["bbox"])
@@ -91,10 +91,10 @@ class FaceRecord:
         return cls(**d)
 
     @staticmethod
-    def read_fields(buf: bytes, *names: str) -> tuple[Any, ...]:
+    def read_fields(buf: bytes | memoryview, *names: str) -> tuple[Any, ...]:
         """Selected fields of a serialised record without building it (the loaders' fast path).
 
-        ``landmarks`` / ``bbox`` come back as read-only array views of ``buf``'s decoded bytes.
+        ``landmarks`` / ``bbox`` come back as read-only arrays; nothing of ``buf`` is kept.
         """
         d = msgpack.unpackb(buf, raw=False)
         return tuple(_view_array(d[n]) if n in _ARRAY_FIELDS else d[n] for n in names)

@@ -1,4 +1,5 @@
-"""The whole-batch loader: same pixels as per-sample decoding, flips with their landmarks, each face once."""
+"""The whole-batch loader: same pixels as per-sample decoding, flips with their landmarks, each face once,
+batches the trainer keeps never overwritten by later ones."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import simplejpeg
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.loader import FaceBatches, face_loader
 from facekit.data.record import FaceRecord
-from facekit.data.shards import ShardSetWriter, write_index
+from facekit.data.shards import ShardError, ShardSetWriter, ShardWriter, write_index
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,39 @@ def test_an_epoch_with_two_workers_yields_every_face_once(shards: Path) -> None:
     assert seen != list(range(40))  # shuffled
     again = [i for batch in face_loader(shards, batch_size=8, num_workers=0, seed=3) for i in batch["index"].tolist()]
     assert again == seen[: len(again)]  # the order depends on the seed only
+
+
+def test_batches_kept_or_dropped_by_the_trainer_hold_their_own_faces(shards: Path) -> None:
+    """20 batches through 6 shared buffers: the kept ones must not be reused, the dropped ones must be."""
+    want = {i: item["image"] for i, item in enumerate(FaceShardDataset(shards, transform=lambda rgb: rgb))}
+    loader = face_loader(shards, batch_size=2, num_workers=2, prefetch_batches=1, flip_p=0.0, drop_last=False)
+    ring = loader.dataset._ring
+    ring_memory = (ring.images.ctypes.data, ring.images.ctypes.data + ring.images.nbytes)
+
+    def check(batch: dict) -> bool:
+        """Every face's pixels; returns whether the batch lies in the shared buffers."""
+        for image, i in zip(batch["image"], batch["index"].tolist(), strict=True):
+            np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), want[i])
+        return ring_memory[0] <= batch["image"].data_ptr() < ring_memory[1]
+
+    kept = list(loader)  # more batches than buffers: the rest travel in fresh shared memory
+    assert sorted(i for batch in kept for i in batch["index"].tolist()) == list(range(40))
+    in_ring = [check(batch) for batch in kept]
+    assert 0 < sum(in_ring) <= len(ring.taken) < len(kept)
+    del kept
+    assert all(check(batch) for batch in loader)  # dropped at once: every batch reuses a buffer
+
+
+def test_a_face_of_another_size_than_its_batch_is_refused(tmp_path: Path) -> None:
+    def record(i: int, size: int) -> FaceRecord:
+        jpeg = simplejpeg.encode_jpeg(np.full((size, size, 3), 128, np.uint8), quality=90, colorspace="RGB")
+        lm = np.zeros((5, 2), np.float32)
+        return FaceRecord(f"t/{i}", jpeg, 0, lm, np.zeros(4, np.float32), 1.0, 1, "t", f"{i:064x}")
+
+    with ShardWriter(tmp_path / "mixed.lmdb") as writer:
+        for i, size in enumerate((112, 112, 96)):
+            writer.put(record(i, size))
+    batches = FaceBatches(FaceShardDataset(tmp_path / "mixed.lmdb"))
+    assert batches[[0, 1]]["image"].shape == (2, 3, 112, 112)
+    with pytest.raises(ShardError, match="record 2: a 96x96 face in a batch of 112x112"):
+        batches[[0, 2]]

@@ -118,9 +118,14 @@ def test_round_trip_every_field_and_metadata(crops, tmp_path):
     for got, want in zip(reader, records, strict=True):
         assert_same_record(got, want)
     assert_same_record(reader[-1], records[-1])
-    assert reader.raw(7) == records[7].to_bytes()
+    assert reader.raw(7) == records[7].to_bytes() and type(reader.raw(7)) is bytes
+    image, landmarks, extra = reader.read_fields(-4, "image", "landmarks", "extra")
+    assert image == records[36].image and np.array_equal(landmarks, records[36].landmarks)
+    assert extra.keys() == records[36].extra.keys() == {"dense_landmarks"}
     with pytest.raises(IndexError):
         reader[40]
+    with pytest.raises(IndexError):
+        reader.read_fields(40, "image")
     values = [r.to_bytes() for r in records]
     assert info.nbytes == sum(map(len, values))
     assert info.content_hash == content_hash(values)
