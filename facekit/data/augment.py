@@ -1,17 +1,20 @@
 """Low-level image augmentations on uint8 RGB arrays ``[H, W, 3]``, built on OpenCV and numpy.
 
-Each op reproduces the torchvision (v2, tensor) operation of the same name on the same parameters,
-within a grey level or two where OpenCV rounds and torchvision truncates, and runs several times faster
-(no PIL, no float round trips between ops). Randomness comes only from the global ``np.random`` state,
-so a training loop that seeds each sample gets reproducible views.
+Each op reproduces the torchvision operation of the same name on the same parameters within a grey level and
+runs several times faster: no PIL, no float images between ops, one OpenCV pass per op. Brightness and contrast are
+each one ``cv2.addWeighted``, saturation one ``cv2.transform`` (a 3 x 4 colour matrix); OpenCV rounds, an
+offset of ``-0.5 + 2^-10`` turns that into torchvision's and PIL's truncation. Randomness comes only from the global
+``np.random`` state, so a training loop that seeds each sample gets reproducible views.
 
 ``normalize_to_tensor`` is bit-exact with ``ToTensor`` + ``Normalize``: it looks each byte up in a
 float32 table computed with the same float32 arithmetic, one pass per channel.
+:mod:`facekit.data.augment_gpu` has the same photometric ops on batches of tensors, for any device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Literal
 
@@ -21,22 +24,41 @@ import torch
 
 Box = tuple[int, int, int, int]
 Interpolation = Literal["bilinear", "bicubic", "area"]
+#: ColorJitter's random state: the op order (a permutation of 0 brightness, 1 contrast, 2 saturation,
+#: 3 hue) and the factors ``(brightness, contrast, saturation, hue)``; identity factors (1, 1, 1, 0) skip.
+JitterParams = tuple[Sequence[int], tuple[float, float, float, float]]
 
+#: Shrink factor (in both directions) from which :func:`resized_crop` antialiases.
+ANTIALIAS_FROM = 1.5
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
+#: ITU-R 601 luma weights (torchvision's, PIL's and OpenCV's grayscale).
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+_TRUNCATE = -0.5 + 2**-10
+#: Gaussian blurs this narrow (3 taps, centre weight > 0.9993) change no uint8 pixel.
+_IDENTITY_SIGMA = 0.25
+IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
 
 
-def sample_resized_crop(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
+def sample_resized_crop(
+    h: int,
+    w: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    first_try: Sequence[float] | None = None,
+) -> Box:
     """Draw a RandomResizedCrop box ``(top, left, height, width)`` in an ``h x w`` image.
 
     torchvision's rule: up to 10 tries of an area fraction uniform in ``scale`` and an aspect ratio
     (width / height) log-uniform in ``ratio``, keeping the first that fits, placed uniformly; otherwise the
-    largest centred crop whose aspect is clamped to ``ratio``. Each try takes one ``np.random.random(4)``
-    draw (area, aspect, top, left): scalar maths, as the first try almost always fits.
+    largest centred crop whose aspect is clamped to ``ratio``. A try takes four uniforms (area, aspect, top,
+    left): ``first_try``'s if given (the caller drew them with its other numbers), else one
+    ``np.random.random(4)`` per try; scalar maths, as the first try almost always fits.
     """
     area = h * w
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        u_area, u_aspect, u_top, u_left = np.random.random(4).tolist()
+    for attempt in range(10):
+        u = first_try if attempt == 0 and first_try is not None else np.random.random(4).tolist()
+        u_area, u_aspect, u_top, u_left = u
         target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
         aspect = math.exp(log_lo + (log_hi - log_lo) * u_aspect)
         cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
@@ -57,19 +79,25 @@ def resized_crop(
 ) -> np.ndarray:
     """Crop ``box = (top, left, height, width)`` from ``img [H, W, 3]`` and resize it to ``[S, S, 3]``.
 
-    ``size`` is ``S`` or ``(height, width)``. The crop is a view, resized by one ``cv2.resize`` (pixel
-    centres aligned like torchvision's). A crop shrunk in both directions uses ``INTER_AREA`` whatever
-    ``interpolation`` says: OpenCV's bilinear/bicubic do not antialias, torchvision (``antialias=True``)
-    does, and area averaging is the closest antialiased OpenCV filter.
+    ``size`` is ``S`` or ``(height, width)``. The crop is a view, resized by ``cv2.resize`` (pixel centres
+    aligned like torchvision's). OpenCV's bilinear/bicubic do not antialias, torchvision (``antialias=True``)
+    and PIL do: a crop shrunk by ``ANTIALIAS_FROM`` or more in both directions is resized with
+    ``interpolation`` to the smallest integer multiple ``(ky·S_h, kx·S_w)`` of the output not below it, then
+    area-averaged ``ky x kx`` down (OpenCV's fast integer-factor path; closer to PIL's antialiased bicubic
+    than plain ``INTER_AREA``, and faster). Milder shrinks (all of DINO's local crops) are resized directly,
+    at half the cost: within 2 grey levels on average of PIL's antialiased bicubic (slightly sharper).
     """
     top, left, height, width = box
     out_h, out_w = (size, size) if isinstance(size, int) else size
     crop = img[top : top + height, left : left + width]
     flag = _INTERPOLATION[interpolation]
-    if height > out_h and width > out_w:
-        flag = cv2.INTER_AREA
     if (height, width) == (out_h, out_w):
         return np.ascontiguousarray(crop)
+    if height >= ANTIALIAS_FROM * out_h and width >= ANTIALIAS_FROM * out_w:
+        mid_h, mid_w = -(-height // out_h) * out_h, -(-width // out_w) * out_w
+        if (mid_h, mid_w) != (height, width):
+            crop = cv2.resize(crop, (mid_w, mid_h), interpolation=flag)
+        flag = cv2.INTER_AREA
     return cv2.resize(crop, (out_w, out_h), interpolation=flag)
 
 
@@ -80,64 +108,123 @@ def hflip(img: np.ndarray) -> np.ndarray:
 
 def adjust_brightness(img: np.ndarray, factor: float) -> np.ndarray:
     """``img * factor``, clipped and truncated to uint8 like torchvision's."""
-    return cv2.LUT(img, _blend_table(factor, 0.0))
+    return cv2.addWeighted(img, factor, img, 0.0, _TRUNCATE)
 
 
 def adjust_contrast(img: np.ndarray, factor: float) -> np.ndarray:
     """Blend ``img`` with the mean of its grayscale image (torchvision's ``adjust_contrast``)."""
-    mean = float(cv2.mean(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))[0])
-    return cv2.LUT(img, _blend_table(factor, mean))
+    r, g, b, _ = cv2.mean(img)
+    mean = GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
+    return cv2.addWeighted(img, factor, img, 0.0, (1.0 - factor) * mean + _TRUNCATE)
 
 
 def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
-    """Blend ``img`` with its grayscale image (torchvision's ``adjust_saturation``)."""
-    gray = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-    return cv2.addWeighted(img, factor, gray, 1.0 - factor, 0.0)
+    """Blend ``img`` with its grayscale image (torchvision's ``adjust_saturation``): one 3 x 4 colour matrix."""
+    mix, t = 1.0 - factor, _TRUNCATE
+    r, g, b = GRAY_WEIGHTS[0] * mix, GRAY_WEIGHTS[1] * mix, GRAY_WEIGHTS[2] * mix
+    matrix = np.array([[factor + r, g, b, t], [r, factor + g, b, t], [r, g, factor + b, t]], np.float32)
+    return cv2.transform(img, matrix)
 
 
 def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
     """Rotate the hue by ``factor`` turns, ``factor`` in [-0.5, 0.5] (torchvision's ``adjust_hue``).
 
-    In float32 HSV like torchvision (8-bit HSV would lose up to ~9 grey levels on a round trip), with its
-    float -> uint8 rule ``trunc(x * 255.999)``.
+    In float32 HSV like torchvision (8-bit HSV would lose up to ~9 grey levels on a round trip): OpenCV's
+    float HSV needs no scaling to [0, 1] (hue and saturation do not depend on it), the rotation is one
+    ``cv2.transform`` (OpenCV wraps hues up to 720°) and the way back to uint8 is torchvision's
+    ``trunc(x * 255.999 / 255)``.
     """
     if not -0.5 <= factor <= 0.5:
         raise ValueError(f"hue factor must be in [-0.5, 0.5], got {factor}")
-    hsv = cv2.cvtColor(img.astype(np.float32) * np.float32(1 / 255), cv2.COLOR_RGB2HSV)  # hue in [0, 360)
-    hue = hsv[..., 0]
-    hue += np.float32((factor * 360) % 360)
-    hue[hue >= 360] -= 360
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return (rgb * np.float32(255.999)).astype(np.uint8)
+    hsv = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_RGB2HSV)  # hue in [0, 360)
+    shift = np.array([[1, 0, 0, (factor * 360) % 360], [0, 1, 0, 0], [0, 0, 1, 0]], np.float32)
+    rgb = cv2.cvtColor(cv2.transform(hsv, shift), cv2.COLOR_HSV2RGB)
+    return cv2.convertScaleAbs(rgb, alpha=255.999 / 255, beta=_TRUNCATE)
+
+
+def color_jitter_params(
+    brightness: float, contrast: float, saturation: float, hue: float, u: Sequence[float] | None = None
+) -> JitterParams:
+    """Draw torchvision's ``ColorJitter`` state: a uniformly random op order and the factors.
+
+    Brightness, contrast and saturation factors are uniform in ``[max(0, 1 - x), 1 + x]``, the hue shift
+    uniform in ``[-hue, hue]``; an op whose strength is 0 gets the identity factor. Eight uniforms: ``u``
+    if given, else one ``np.random`` draw (four sort keys for the order, four for the factors).
+    """
+    if u is None:
+        u = np.random.random(8).tolist()
+    order = sorted(range(4), key=u.__getitem__)
+    return order, (
+        _jitter_factor(brightness, u[4]),
+        _jitter_factor(contrast, u[5]),
+        _jitter_factor(saturation, u[6]),
+        hue * (2 * u[7] - 1) if hue > 0 else 0.0,
+    )
+
+
+def _jitter_factor(strength: float, u: float) -> float:
+    """Uniform in ``[max(0, 1 - strength), 1 + strength]`` at ``u`` in [0, 1); 1 for strength 0."""
+    if strength <= 0:
+        return 1.0
+    low = max(0.0, 1 - strength)
+    return low + (1 + strength - low) * u
+
+
+def apply_color_jitter(img: np.ndarray, params: JitterParams) -> np.ndarray:
+    """Apply a :func:`color_jitter_params` state: the four adjustments in its order, identity factors skipped."""
+    order, factors = params
+    for op in order:
+        factor = factors[op]
+        if factor == IDENTITY_JITTER[op]:
+            continue
+        if op == 0:
+            img = adjust_brightness(img, factor)
+        elif op == 1:
+            img = adjust_contrast(img, factor)
+        elif op == 2:
+            img = adjust_saturation(img, factor)
+        else:
+            img = adjust_hue(img, factor)
+    return img
 
 
 def color_jitter(img: np.ndarray, brightness: float, contrast: float, saturation: float, hue: float) -> np.ndarray:
-    """torchvision's ``ColorJitter``: the four adjustments in a random order with random factors.
-
-    Brightness, contrast and saturation factors are uniform in ``[max(0, 1 - x), 1 + x]``, the hue shift
-    uniform in ``[-hue, hue]``; an op whose strength is 0 is skipped.
-    """
-    for op in np.random.permutation(4):
-        if op == 0 and brightness > 0:
-            img = adjust_brightness(img, np.random.uniform(max(0.0, 1 - brightness), 1 + brightness))
-        elif op == 1 and contrast > 0:
-            img = adjust_contrast(img, np.random.uniform(max(0.0, 1 - contrast), 1 + contrast))
-        elif op == 2 and saturation > 0:
-            img = adjust_saturation(img, np.random.uniform(max(0.0, 1 - saturation), 1 + saturation))
-        elif op == 3 and hue > 0:
-            img = adjust_hue(img, np.random.uniform(-hue, hue))
-    return img
+    """torchvision's ``ColorJitter``: the four adjustments in a random order with random factors."""
+    return apply_color_jitter(img, color_jitter_params(brightness, contrast, saturation, hue))
 
 
 def to_grayscale(img: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B, rounded) repeated on 3 channels: ``[H, W, 3]``."""
-    return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(luma(img), cv2.COLOR_GRAY2RGB)
 
 
-def gaussian_blur(img: np.ndarray, sigma: float, kernel_size: int | None = None) -> np.ndarray:
-    """Gaussian blur with reflected borders (torchvision's padding); ``kernel_size`` odd, default ``2⌈3σ⌉+1``."""
-    k = kernel_size if kernel_size is not None else 2 * math.ceil(3 * sigma) + 1
-    return cv2.GaussianBlur(img, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+def luma(img: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of ``img [H, W, 3]``, rounded: ``[H, W]`` uint8 (OpenCV's 15-bit fixed point)."""
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+def gaussian_kernel_size(sigma: float) -> int:
+    """The default (odd) kernel side for ``sigma``: ``2⌈3σ⌉ + 1``."""
+    return 2 * math.ceil(3 * sigma) + 1
+
+
+def gaussian_blur(img: np.ndarray, sigma: float | tuple[float, float], kernel_size: int | None = None) -> np.ndarray:
+    """Gaussian blur with reflected borders (torchvision's padding) of ``img [H, W(, C)]``.
+
+    sigma: one value or ``(sigma_x, sigma_y)``; ``kernel_size`` odd, default ``2⌈3σ⌉+1`` per axis. One
+    separable float filter (``cv2.sepFilter2D``), rounded to uint8: for the wide kernels DINO draws it is
+    2-3x faster than ``cv2.GaussianBlur``'s bit-exact fixed-point path. With the default kernel and both
+    sigmas at most 0.25 the image comes back as is: the off-centre weights sum to under 0.5 / 255, so every
+    pixel would round back to itself.
+    """
+    sigma_x, sigma_y = (sigma, sigma) if isinstance(sigma, int | float) else sigma
+    if kernel_size is None and max(sigma_x, sigma_y) <= _IDENTITY_SIGMA:
+        return img
+    kx = kernel_size if kernel_size is not None else gaussian_kernel_size(sigma_x)
+    ky = kernel_size if kernel_size is not None else gaussian_kernel_size(sigma_y)
+    kernel_x = cv2.getGaussianKernel(kx, sigma_x, cv2.CV_32F)
+    kernel_y = kernel_x if (ky, sigma_y) == (kx, sigma_x) else cv2.getGaussianKernel(ky, sigma_y, cv2.CV_32F)
+    return cv2.sepFilter2D(img, -1, kernel_x, kernel_y, borderType=cv2.BORDER_REFLECT_101)
 
 
 def solarize(img: np.ndarray, threshold: int = 128) -> np.ndarray:
@@ -145,13 +232,16 @@ def solarize(img: np.ndarray, threshold: int = 128) -> np.ndarray:
     return cv2.LUT(img, _solarize_table(threshold))
 
 
-def normalize_to_tensor(img: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def normalize_to_tensor(
+    img: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``img [H, W, 3]`` uint8 -> float32 tensor ``[3, H, W]`` of ``(img / 255 - mean) / std``.
 
-    One table look-up per channel straight into the tensor's memory; bit-exact with torchvision's
-    ``Normalize(mean, std)(ToTensor()(img))``.
+    One table look-up per channel straight into the tensor's memory (``out``, a contiguous float32
+    ``[3, H, W]``, if given); bit-exact with torchvision's ``Normalize(mean, std)(ToTensor()(img))``.
     """
-    out = torch.empty((3, img.shape[0], img.shape[1]), dtype=torch.float32)
+    if out is None:
+        out = torch.empty((3, img.shape[0], img.shape[1]), dtype=torch.float32)
     planes, tables = out.numpy(), _normalize_tables(tuple(mean), tuple(std))
     for c, channel in enumerate(cv2.split(img)):
         cv2.LUT(channel, tables[c], dst=planes[c])
@@ -160,7 +250,41 @@ def normalize_to_tensor(img: np.ndarray, mean: tuple[float, ...], std: tuple[flo
 
 def to_uint8_tensor(img: np.ndarray) -> torch.Tensor:
     """``img [H, W, 3]`` uint8 -> uint8 tensor ``[3, H, W]``, to be normalised on the accelerator."""
-    return torch.from_numpy(np.stack(cv2.split(img)))
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+class ViewStack:
+    """``n`` uint8 ``[H, W, 3]`` views written one by one into one ``[n, 3, H, W]`` tensor, as they are made.
+
+    uint8 (``normalize=False``): each image is split straight into its three planes (``cv2.split``, no
+    transposing copy); float32: looked up into its slot by :func:`normalize_to_tensor`. Writing each view
+    as soon as it exists keeps the working set small (faster than stacking a list at the end).
+    """
+
+    def __init__(
+        self, n: int, height: int, width: int, normalize: bool, mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> None:
+        self.normalize, self.mean, self.std = normalize, mean, std
+        self.tensor = torch.empty((n, 3, height, width), dtype=torch.float32 if normalize else torch.uint8)
+        self._planes = self.tensor.numpy()
+
+    def put(self, i: int, img: np.ndarray) -> None:
+        """Write view ``i`` (uint8 ``[H, W, 3]``)."""
+        if self.normalize:
+            normalize_to_tensor(img, self.mean, self.std, out=self.tensor[i])
+        else:
+            cv2.split(img, self._planes[i])  # a [3, H, W] array: OpenCV writes one plane per channel into it
+
+
+def stack_to_tensor(
+    images: Sequence[np.ndarray], normalize: bool, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """N uint8 ``[S, S, 3]`` images -> one ``[N, 3, S, S]`` tensor (:class:`ViewStack`): float32 normalised or uint8."""
+    h, w = images[0].shape[:2]
+    stack = ViewStack(len(images), h, w, normalize, mean, std)
+    for i, img in enumerate(images):
+        stack.put(i, img)
+    return stack.tensor
 
 
 def normalize_batch(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -177,12 +301,6 @@ def normalize_batch(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
 def _normalize_tables(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, ...]:
     values = np.arange(256, dtype=np.float32) / np.float32(255)
     return tuple((values - np.float32(m)) / np.float32(s) for m, s in zip(mean, std, strict=True))
-
-
-def _blend_table(factor: float, other: float) -> np.ndarray:
-    """``clip(v * factor + other * (1 - factor))`` truncated to uint8, in float32 like torchvision."""
-    values = np.arange(256, dtype=np.float32) * np.float32(factor) + np.float32(other * (1.0 - factor))
-    return np.clip(values, 0, 255).astype(np.uint8)
 
 
 @lru_cache(maxsize=256)

@@ -16,28 +16,43 @@ Every view is a float32 ``[3, S, S]`` tensor normalised with the recipe's mean/s
 :func:`facekit.data.augment.normalize_batch` (4x less to copy to the device). A box is float32 ``[5]``:
 ``(top, left, height, width)`` of the crop as fractions of the (unflipped) source image, then ``flipped``
 (0/1): the view is that crop resized, mirrored when ``flipped`` is 1.
-Randomness comes only from the global ``np.random`` state.
+Randomness comes only from the global ``np.random`` state (one draw per view).
+
+Multi-crop speed (:func:`crop_views`): the views of one size are made into one ``[N, 3, S, S]`` tensor
+(each image split straight into its planes), a view's photometric steps run on whichever of crop and
+view has fewer pixels (see :meth:`ViewRecipe.augment`), and a grayscale view is blurred on one plane.
+Deliberate differences from the official PIL pipelines, each a grey level or two on average: OpenCV's
+resampling and Gaussian kernels instead of PIL's (PIL's blur is three box passes), float HSV for the hue
+(PIL: 8-bit), photometry before an upscale. ``benchmarks/augment.py`` measures the result against DINO's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 import torch
 
 from facekit.data.augment import (
     Interpolation,
-    color_jitter,
+    ViewStack,
+    apply_color_jitter,
+    color_jitter_params,
     gaussian_blur,
     hflip,
+    luma,
     normalize_to_tensor,
     resized_crop,
     sample_resized_crop,
     solarize,
-    to_grayscale,
     to_uint8_tensor,
 )
+
+#: Uniforms per view, one ``np.random`` call: box (area, aspect, top, left) + flip; then jitter, gray, blur,
+#: sigma, solarize + 8 for ColorJitter.
+_BOX_DRAWS, _PHOTOMETRIC_DRAWS = 5, 13
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,6 +73,9 @@ class ViewRecipe:
     gray_p:        probability of grayscale; blur_p: of a Gaussian blur with sigma uniform in ``blur_sigma``;
     solarize_p:    of solarising at 128.
     mean, std:     normalisation; normalize=False returns uint8 and leaves it to the accelerator.
+
+    :meth:`geometric` (crop, flip) and :meth:`photometric` (the rest) split the recipe where
+    :mod:`facekit.data.augment_gpu` takes over when the photometric part runs on the device.
     """
 
     size: int
@@ -81,24 +99,98 @@ class ViewRecipe:
         tensor = normalize_to_tensor(img, self.mean, self.std) if self.normalize else to_uint8_tensor(img)
         return tensor, box
 
-    def augment(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The view before normalisation: (uint8 ``[S, S, 3]``, box float32 [5])."""
+    def augment(
+        self, rgb: np.ndarray, photometry: ViewRecipe | None = None, draws: list[float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The view before normalisation: (uint8 ``[S, S, 3]``, box float32 [5]).
+
+        This recipe's crop and flip, then the photometric steps of ``photometry`` (default: this recipe),
+        from ``draws`` (``_BOX_DRAWS + _PHOTOMETRIC_DRAWS`` uniforms; default: one ``np.random`` draw).
+        A crop with fewer pixels than the view (an upscale) gets its jitter, grayscale and blur before the
+        resize, the blur's sigma scaled by crop / view per axis: the same view to half a grey level on
+        average (less than bicubic vs bilinear), on fewer pixels. Solarize always runs on the view (its
+        threshold would turn interpolation into jumps); the flip commutes with every step.
+        """
+        p = self if photometry is None else photometry
         h, w = rgb.shape[:2]
-        top, left, height, width = sample_resized_crop(h, w, self.scale, self.ratio)
+        if draws is None:
+            draws = np.random.random(_BOX_DRAWS + _PHOTOMETRIC_DRAWS).tolist()
+        top, left, height, width, flipped, box = self._box(h, w, draws)
+        u = draws[_BOX_DRAWS:]
+        size = self.size
+        if height * width < size * size:
+            crop = p._colour(rgb[top : top + height, left : left + width], u, (width / size, height / size))
+            img = resized_crop(crop, (0, 0, height, width), size, self.interpolation)
+        else:
+            img = p._colour(resized_crop(rgb, (top, left, height, width), size, self.interpolation), u)
+        img = p._finish(img, u)
+        return (hflip(img) if flipped else img), box
+
+    def geometric(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """RandomResizedCrop + flip: (uint8 ``[S, S, 3]``, box float32 [5]). One ``np.random`` draw (box, flip)."""
+        top, left, height, width, flipped, box = self._box(*rgb.shape[:2], np.random.random(_BOX_DRAWS).tolist())
         img = resized_crop(rgb, (top, left, height, width), self.size, self.interpolation)
-        flipped = self.hflip_p > 0 and np.random.random() < self.hflip_p
-        if flipped:
-            img = hflip(img)
-        if self.jitter_p > 0 and np.random.random() < self.jitter_p:
-            img = color_jitter(img, *self.jitter)
-        if self.gray_p > 0 and np.random.random() < self.gray_p:
-            img = to_grayscale(img)
-        if self.blur_p > 0 and np.random.random() < self.blur_p:
-            img = gaussian_blur(img, np.random.uniform(*self.blur_sigma))
-        if self.solarize_p > 0 and np.random.random() < self.solarize_p:
-            img = solarize(img)
+        return (hflip(img) if flipped else img), box
+
+    def photometric(self, img: np.ndarray) -> np.ndarray:
+        """Jitter, grayscale, blur, solarize (each with its probability) of a uint8 ``[S, S, 3]`` crop."""
+        u = np.random.random(_PHOTOMETRIC_DRAWS).tolist()
+        return self._finish(self._colour(img, u), u)
+
+    def _box(self, h: int, w: int, u: list[float]) -> tuple[int, int, int, int, bool, np.ndarray]:
+        """The crop (top, left, height, width), the flip and the box array [5] from ``u[:_BOX_DRAWS]``."""
+        top, left, height, width = sample_resized_crop(h, w, self.scale, self.ratio, first_try=u[:4])
+        flipped = u[4] < self.hflip_p
         box = np.array([top / h, left / w, height / h, width / w, float(flipped)], dtype=np.float32)
-        return img, box
+        return top, left, height, width, flipped, box
+
+    def _colour(self, img: np.ndarray, u: list[float], blur_scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+        """Jitter, grayscale, blur (sigma times ``blur_scale`` (x, y)) as drawn in ``u`` (jitter, gray, blur,
+        sigma, solarize, then ColorJitter's 8 uniforms). A grayscale image comes back as its one luma plane
+        ``[H, W]`` (blurred and solarised there: the same pixels as on three equal channels, a third of the
+        work); :meth:`_finish` repeats it on 3 channels."""
+        if u[0] < self.jitter_p:
+            img = apply_color_jitter(img, color_jitter_params(*self.jitter, u=u[5:]))
+        if u[1] < self.gray_p:
+            img = luma(img)
+        if u[2] < self.blur_p:
+            sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[3]
+            img = gaussian_blur(img, (sigma * blur_scale[0], sigma * blur_scale[1]))
+        return img
+
+    def _finish(self, img: np.ndarray, u: list[float]) -> np.ndarray:
+        """Solarize as drawn in ``u[4]``; a luma plane back to ``[H, W, 3]``."""
+        if u[4] < self.solarize_p:
+            img = solarize(img)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else img
+
+    def geometric_only(self) -> ViewRecipe:
+        """This recipe without its photometric steps, returning uint8 (for photometry on the device)."""
+        return replace(self, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0, normalize=False)
+
+
+def crop_views(rgb: np.ndarray, recipes: Sequence[ViewRecipe]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view of ``rgb`` per recipe (all of one size and normalisation) -> (views, boxes).
+
+    views: ``[N, 3, S, S]`` float32 normalised (uint8 if the recipes don't normalise), one tensor for all N
+    (:class:`~facekit.data.augment.ViewStack`); boxes: float32 ``[N, 5]``. One ``np.random`` draw for all.
+    """
+    first = recipes[0]
+    if len({(r.size, r.normalize, r.mean, r.std) for r in recipes}) > 1:
+        raise ValueError("crop_views: the recipes must share size, normalize, mean and std")
+    stack = ViewStack(len(recipes), first.size, first.size, first.normalize, first.mean, first.std)
+    boxes = np.empty((len(recipes), 5), dtype=np.float32)
+    draws = np.random.random((len(recipes), _BOX_DRAWS + _PHOTOMETRIC_DRAWS)).tolist()
+    for i, recipe in enumerate(recipes):
+        img, boxes[i] = recipe.augment(rgb, draws=draws[i])
+        stack.put(i, img)
+    return stack.tensor, torch.from_numpy(boxes)
+
+
+def add_views(out: dict[str, torch.Tensor], kind: str, views: torch.Tensor, boxes: torch.Tensor) -> None:
+    """``out[f"{kind}_{i}"] = views[i]`` and ``out[f"{kind}_{i}_box"] = boxes[i]`` for every i."""
+    for i, (view, box) in enumerate(zip(views.unbind(), boxes.unbind(), strict=True)):
+        out[f"{kind}_{i}"], out[f"{kind}_{i}_box"] = view, box
 
 
 class MAEView:
@@ -175,9 +267,8 @@ class MultiCropView:
 
     def __call__(self, rgb: np.ndarray) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        crops = [("global", self.global_recipe, self.n_global), ("local", self.local_recipe, self.n_local)]
+        crops = (("global", self.global_recipe, self.n_global), ("local", self.local_recipe, self.n_local))
         for kind, recipe, count in crops:
-            for i in range(count):
-                view, box = recipe.apply(rgb)
-                out[f"{kind}_{i}"], out[f"{kind}_{i}_box"] = view, torch.from_numpy(box)
+            if count:
+                add_views(out, kind, *crop_views(rgb, [recipe] * count))
         return out

@@ -45,13 +45,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from facekit.data.augment import normalize_to_tensor
+from facekit.data.augment import ViewStack, normalize_batch, stack_to_tensor
 from facekit.data.ops.landmarks import MESH_196, NUM_MESH_POINTS
 from facekit.data.record import FaceRecord
 from facekit.data.stages.landmarks import DENSE_KEY
 from facekit.data.views import ViewRecipe
 from facekit.methods.base import METHODS
-from facekit.methods.dino import DINO
+from facekit.methods.dino import DINO, Photometric
 from facekit.nn.landmark_patches import (
     LandmarkCNN,
     inside_view,
@@ -86,11 +86,13 @@ class LAFSViews:
     """Per face: ``global_<i>`` (i < 2) and ``local_<i>`` (i < n_local) crops, each one RandomResizedCrop +
     flip (``crop``) followed by its photometric recipe on that crop.
 
-    Per view ``v``: ``v`` (augmented crop, float32 ``[3, S, S]``), ``v_box`` ([5]) and, with ``landmarks ==
-    "mesh"``, ``v_landmarks`` (float32 ``[196, 2]``, :data:`MESH_196` in the crop's pixels), else ``v_clean``
-    (the crop before photometric changes, for the landmark network). With mesh landmarks ``takes_record``
-    is true, so :class:`~facekit.data.dataset.FaceShardDataset` calls ``views(rgb, record)`` and the mesh
-    comes from ``record.extra["dense_landmarks"]`` ([468, 2] crop pixels).
+    Per view ``v``: ``v`` (augmented crop, ``[3, S, S]``, float32 or uint8 as the photometric recipes
+    normalise or not), ``v_box`` ([5]) and, with ``landmarks == "mesh"``, ``v_landmarks`` (float32
+    ``[196, 2]``, :data:`MESH_196` in the crop's pixels), else ``v_clean`` (the crop before photometric
+    changes, for the landmark network). ``photometric_on_device=True``: the photometric recipes are left to
+    the method (the views are the clean uint8 crops, no ``v_clean`` copies). With mesh landmarks
+    ``takes_record`` is true, so :class:`~facekit.data.dataset.FaceShardDataset` calls ``views(rgb, record)``
+    and the mesh comes from ``record.extra["dense_landmarks"]`` ([468, 2] crop pixels).
     """
 
     def __init__(
@@ -100,25 +102,43 @@ class LAFSViews:
         local_photometric: ViewRecipe,
         n_local: int,
         landmarks: LandmarkSource,
+        photometric_on_device: bool = False,
     ) -> None:
         self.crop, self.global_photometric, self.local_photometric = crop, tuple(global_photometric), local_photometric
-        self.n_local, self.landmarks = n_local, landmarks
+        self.n_local, self.landmarks, self.photometric_on_device = n_local, landmarks, photometric_on_device
         self.takes_record = landmarks == "mesh"
 
     def __call__(self, rgb: np.ndarray, record: FaceRecord | None = None) -> dict[str, torch.Tensor]:
         mesh = mesh_196(record) if self.takes_record else None
-        named = [(f"global_{i}", r) for i, r in enumerate(self.global_photometric)]
-        named += [(f"local_{i}", self.local_photometric) for i in range(self.n_local)]
+        recipes = [*self.global_photometric, *[self.local_photometric] * self.n_local]
+        names = [f"global_{i}" for i in range(len(self.global_photometric))]
+        names += [f"local_{i}" for i in range(self.n_local)]
+        normalize, mean, std = recipes[0].normalize, recipes[0].mean, recipes[0].std
+        if self.photometric_on_device:
+            clean, boxes = zip(*(self.crop.geometric(rgb) for _ in recipes), strict=True)
+            views = stack_to_tensor(clean, False, mean, std)
+        elif mesh is not None:  # no clean copies needed: crop and photometry in one pass
+            stack = ViewStack(len(recipes), self.crop.size, self.crop.size, normalize, mean, std)
+            boxes = []
+            for i, recipe in enumerate(recipes):
+                img, box = self.crop.augment(rgb, recipe)
+                stack.put(i, img)
+                boxes.append(box)
+            views = stack.tensor
+        else:
+            clean, boxes = zip(*(self.crop.geometric(rgb) for _ in recipes), strict=True)
+            augmented = [recipe.photometric(img) for recipe, img in zip(recipes, clean, strict=True)]
+            views = stack_to_tensor(augmented, normalize, mean, std)
         out: dict[str, torch.Tensor] = {}
-        for name, photometric in named:
-            clean, box = self.crop.augment(rgb)
-            augmented, _ = photometric.apply(clean)
-            out[name], out[f"{name}_box"] = augmented, torch.from_numpy(box)
-            if mesh is not None:
-                points = landmarks_in_view(mesh, box, rgb.shape[:2], self.crop.size)
-                out[f"{name}_landmarks"] = torch.from_numpy(points)
-            else:
-                out[f"{name}_clean"] = normalize_to_tensor(clean, photometric.mean, photometric.std)
+        box_array = np.stack(boxes)
+        for name, view, box in zip(names, views.unbind(), torch.from_numpy(box_array).unbind(), strict=True):
+            out[name], out[f"{name}_box"] = view, box
+        if mesh is not None:
+            points = torch.from_numpy(landmarks_in_view(mesh, box_array, rgb.shape[:2], self.crop.size)).unbind()
+            out.update({f"{name}_landmarks": p for name, p in zip(names, points, strict=True)})
+        elif not self.photometric_on_device:
+            cleans = stack_to_tensor(clean, normalize, mean, std).unbind()
+            out.update({f"{name}_clean": view for name, view in zip(names, cleans, strict=True)})
         return out
 
 
@@ -154,7 +174,9 @@ class LAFS(DINO):
     drawn with replacement (positions 1..36: for random subsets a position does not name a landmark, as
     released). ``backbone_kwargs`` are merged over :data:`LAFS_BACKBONE` (a Linear patch embedding of
     ``patch_size² · 3`` values and at least 196 positions are required). See the module docstring for the
-    two landmark sources and what differs from the released code.
+    two landmark sources and what differs from the released code. ``normalize`` and ``photometric`` are
+    :class:`~facekit.methods.dino.DINO`'s: with ``photometric="device"`` the workers only crop and flip, and
+    the landmark network (``"learned"``) sees the uint8 crops themselves as its clean views.
     """
 
     num_landmarks = len(MESH_196)
@@ -183,6 +205,8 @@ class LAFS(DINO):
         freeze_last_layer: int = 1,
         mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        normalize: bool = True,
+        photometric: Photometric = "workers",
     ) -> None:
         if landmarks not in ("mesh", "learned"):
             raise ValueError(f"landmarks must be 'mesh' or 'learned', got {landmarks!r}")
@@ -211,6 +235,8 @@ class LAFS(DINO):
             freeze_last_layer=freeze_last_layer,
             mean=mean,
             std=std,
+            normalize=normalize,
+            photometric=photometric,
         )
         vit = self.student.backbone
         if not isinstance(vit.patch_embed, LinearPatchEmbed) or vit.num_patches < self.num_landmarks:
@@ -236,20 +262,40 @@ class LAFS(DINO):
             self.landmark_head.eval()
         return self
 
+    def recipes(self) -> tuple[tuple[ViewRecipe, ...], ViewRecipe]:
+        """(global, local) photometric recipes: :func:`photometric_recipes` at the backbone's size."""
+        return photometric_recipes(self.student.backbone.img_size, self.mean, self.std)
+
     def views(self) -> Callable[..., dict[str, torch.Tensor]]:
         """:class:`LAFSViews`: RandomResizedCrop(S, ``crop_scale``, bicubic) + flip, then
-        :func:`photometric_recipes`; S is the backbone's size (112)."""
+        :func:`photometric_recipes` (in the workers, or on the device with ``photometric="device"``); S is
+        the backbone's size (112)."""
         size = self.student.backbone.img_size
-        crop = ViewRecipe(size, scale=self.global_scale, mean=self.mean, std=self.std)
-        global_photometric, local_photometric = photometric_recipes(size, self.mean, self.std)
-        return LAFSViews(crop, global_photometric, local_photometric, self.n_local, self.landmarks)
+        crop = ViewRecipe(size, scale=self.global_scale, mean=self.mean, std=self.std, normalize=False)
+        global_photometric, local_photometric = self.worker_recipes()
+        on_device = self.photometric == "device"
+        return LAFSViews(crop, global_photometric, local_photometric, self.n_local, self.landmarks, on_device)
+
+    def view_images(self, batch: dict[str, Any], names: Sequence[str], recipes: Sequence[ViewRecipe]) -> torch.Tensor:
+        """The named views ``[len(names)·B, 3, S, S]`` (view-major), ready for the network: consecutive views
+        of one recipe go through :meth:`network_input` together."""
+        groups: list[tuple[ViewRecipe, list[torch.Tensor]]] = []
+        for name, recipe in zip(names, recipes, strict=True):
+            if groups and groups[-1][0] == recipe:
+                groups[-1][1].append(batch[name])
+            else:
+                groups.append((recipe, [batch[name]]))
+        return torch.cat([self.network_input(torch.cat(views), recipe) for recipe, views in groups])
 
     def view_landmarks(self, batch: dict[str, Any], names: Sequence[str]) -> torch.Tensor:
         """Landmarks ``[len(names)·B, 196, 2]`` of the named views (view-major): the mesh's, or the landmark
-        network's on the clean crops."""
+        network's on the clean crops (the views themselves with ``photometric="device"``)."""
         if self.landmark_head is None:
             return torch.cat([batch[f"{name}_landmarks"] for name in names]).float()
-        clean = torch.cat([batch[f"{name}_clean"] for name in names])
+        suffix = "" if self.photometric == "device" else "_clean"
+        clean = torch.cat([batch[f"{name}{suffix}"] for name in names])
+        if clean.dtype == torch.uint8:
+            clean = normalize_batch(clean, self.mean, self.std)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_landmark_head):
             return self.landmark_head(clean).float()
 
@@ -267,11 +313,12 @@ class LAFS(DINO):
         """(student ``[G + L, B, K]``, teacher ``[G, B, K]``); the teacher sees the student's global tokens."""
         global_names = [f"global_{i}" for i in range(self.n_global)]
         local_names = [f"local_{i}" for i in range(self.n_local)]
-        images = torch.cat([batch[name] for name in global_names])
+        global_recipes, local_recipe = self.recipes()
+        images = self.view_images(batch, global_names, global_recipes)
         globals_ = self.view_patches(images, self.view_landmarks(batch, global_names))
         locals_ = None
         if local_names:
-            images = torch.cat([batch[name] for name in local_names])
+            images = self.view_images(batch, local_names, [local_recipe] * self.n_local)
             points = self.view_landmarks(batch, local_names)
             locals_ = self.view_patches(images, points, self.num_local_landmarks)
         return self.crop_logits(globals_, locals_)

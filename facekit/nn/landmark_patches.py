@@ -80,24 +80,26 @@ def inside_view(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (x > -0.5) & (x < width - 0.5) & (y > -0.5) & (y < height - 0.5)
 
 
-def landmarks_in_view(points: np.ndarray, box: Sequence[float], source_hw: tuple[int, int], size: int) -> np.ndarray:
-    """Map points of a source image into a RandomResizedCrop(+flip) view of it.
+def landmarks_in_view(
+    points: np.ndarray, box: Sequence[float] | np.ndarray, source_hw: tuple[int, int], size: int
+) -> np.ndarray:
+    """Map points of a source image into a RandomResizedCrop(+flip) view of it (or into N views at once).
 
     points: ``[n, 2]`` (x, y) source pixels; box: a :class:`facekit.data.views.ViewRecipe` box
-    ``(top, left, height, width, flipped)`` (fractions of the source, flipped 0/1); source_hw: the source's
-    ``(H, W)``; size: the view's side ``S``. The crop is resized with pixel centres aligned (OpenCV,
-    torchvision): ``x' = (x − left + ½)·S / width − ½``; a flip then maps ``x'`` to ``S − 1 − x'``.
-    Returns float32 ``[n, 2]`` view pixels (points outside the crop land outside ``[0, S)``).
+    ``(top, left, height, width, flipped)`` (fractions of the source, flipped 0/1), or ``[N, 5]`` boxes;
+    source_hw: the source's ``(H, W)``; size: the view's side ``S``. The crop is resized with pixel centres
+    aligned (OpenCV, torchvision): ``x' = (x − left + ½)·S / width − ½``; a flip then maps ``x'`` to
+    ``S − 1 − x'``. Returns float32 ``[n, 2]`` (``[N, n, 2]`` for N boxes) view pixels (points outside the
+    crop land outside ``[0, S)``).
     """
-    top, left, height, width, flipped = (float(v) for v in box)
+    boxes = np.asarray(box, dtype=np.float64)
+    top, left, height, width, flipped = (v[..., None] for v in np.moveaxis(boxes, -1, 0))
     src_h, src_w = source_hw
-    top_px, left_px, height_px, width_px = top * src_h, left * src_w, height * src_h, width * src_w
     xy = np.asarray(points, dtype=np.float32)
-    x = (xy[:, 0] - left_px + 0.5) * (size / width_px) - 0.5
-    y = (xy[:, 1] - top_px + 0.5) * (size / height_px) - 0.5
-    if flipped >= 0.5:
-        x = size - 1 - x
-    return np.stack([x, y], axis=1).astype(np.float32)
+    x = (xy[:, 0] - left * src_w + 0.5) * (size / (width * src_w)) - 0.5
+    y = (xy[:, 1] - top * src_h + 0.5) * (size / (height * src_h)) - 0.5
+    x = np.where(flipped >= 0.5, size - 1 - x, x)
+    return np.stack([x, y], axis=-1).astype(np.float32)
 
 
 class LandmarkCNN(nn.Module):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +17,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from facekit.data import augment as A
+from facekit.data.images import decode_jpeg_rgb
 from facekit.data.views import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,6 +28,7 @@ from facekit.data.views import (
     ResizeFlipView,
     TwoViews,
     ViewRecipe,
+    crop_views,
 )
 
 
@@ -111,6 +115,19 @@ def test_gaussian_blur_matches_torchvision(face: np.ndarray, sigma: float) -> No
     ours = A.gaussian_blur(face, sigma)
     assert diff(ours, hwc(F.gaussian_blur(chw(face), [k, k], [sigma, sigma]))).max() <= 1
     assert diff(A.gaussian_blur(face, sigma, 5), hwc(F.gaussian_blur(chw(face), [5, 5], [sigma, sigma]))).max() <= 1
+
+
+def test_narrow_and_anisotropic_blurs(face: np.ndarray) -> None:
+    edges = face.copy()
+    edges[::2] = 0  # the sharpest edges uint8 allows
+    edges[:, ::3] = 255
+    for sigma in (0.1, 0.25):  # skipped: the filter itself would give every pixel back
+        kernel = cv2.getGaussianKernel(3, sigma, cv2.CV_32F)
+        full = cv2.sepFilter2D(edges, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
+        assert np.array_equal(A.gaussian_blur(edges, sigma), full) and np.array_equal(full, edges)
+    assert not np.array_equal(A.gaussian_blur(edges, 0.3), edges)
+    ref = hwc(F.gaussian_blur(chw(face), [7, 13], [1.0, 2.0]))  # torchvision: kernel and sigma (x, y)
+    assert diff(A.gaussian_blur(face, (1.0, 2.0)), ref).max() <= 1
 
 
 def test_color_jitter_factors_stay_in_range() -> None:
@@ -235,3 +252,65 @@ def test_mae_view_matches_its_recipe(face: np.ndarray) -> None:
     np.random.seed(5)
     raw = MAEView(112, normalize=False)(face)["image"]
     assert torch.equal(A.normalize_batch(raw[None], IMAGENET_MEAN, IMAGENET_STD)[0], expected)
+
+
+# ---------------------------------------------------------------- the multi-crop fast path
+
+
+@pytest.fixture(scope="module")
+def photo(assets: Path) -> np.ndarray:
+    """A real photo, centre-cropped and resized to 112 x 112 RGB."""
+    rgb = decode_jpeg_rgb((assets / "faces/deepface/img1.jpg").read_bytes())
+    side = min(rgb.shape[:2])
+    top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
+    return cv2.resize(rgb[top : top + side, left : left + side], (112, 112), interpolation=cv2.INTER_AREA)
+
+
+def test_photometry_before_an_upscale_moves_the_view_by_under_a_grey_level(photo: np.ndarray) -> None:
+    """``augment`` jitters and blurs an upscaled crop before resizing it; the same draws applied after the
+    resize (``geometric`` then ``photometric``) give the same view to well under a grey level on average."""
+    recipe = full_recipe(112, (0.3, 0.8))
+    means, upscaled = [], 0
+    for seed in range(30):
+        np.random.seed(seed)
+        fast, box = recipe.augment(photo)
+        np.random.seed(seed)
+        crop, box2 = recipe.geometric(photo)
+        reference = recipe.photometric(crop)
+        assert np.array_equal(box, box2) and fast.shape == reference.shape == (112, 112, 3)
+        upscaled += int(box[2] * box[3] < 1)
+        means.append(diff(fast, reference).mean())
+    assert upscaled == 30 and np.mean(means) < 0.7 and max(means) < 2.0, (np.mean(means), max(means))
+
+
+def test_a_grayscale_view_is_blurred_and_solarised_on_one_plane_exactly(face: np.ndarray) -> None:
+    recipe = ViewRecipe(112, gray_p=1.0, blur_p=1.0, solarize_p=1.0)
+    np.random.seed(11)
+    out = recipe.photometric(face)
+    np.random.seed(11)
+    sigma = 0.1 + 1.9 * np.random.random(13)[3]  # the recipe's draw: jitter, gray, blur, sigma, ...
+    assert np.array_equal(out, A.solarize(A.gaussian_blur(A.to_grayscale(face), sigma)))
+
+
+def test_mild_shrinks_resize_directly_and_strong_ones_antialias(face: np.ndarray) -> None:
+    mild = A.resized_crop(face, (5, 5, 70, 70), 48, "bicubic")  # 1.46x
+    assert np.array_equal(mild, cv2.resize(face[5:75, 5:75], (48, 48), interpolation=cv2.INTER_CUBIC))
+    strong = A.resized_crop(face, (0, 0, 112, 112), 48, "bicubic")  # 2.33x: cubic to 144, then 3 x 3 area
+    two_step = cv2.resize(
+        cv2.resize(face, (144, 144), interpolation=cv2.INTER_CUBIC), (48, 48), interpolation=cv2.INTER_AREA
+    )
+    assert np.array_equal(strong, two_step)
+
+
+def test_stack_to_tensor_and_crop_views(face: np.ndarray) -> None:
+    images = [A.resized_crop(face, (i, 2 * i, 40, 40), 48, "bicubic") for i in range(5)]
+    u8 = A.stack_to_tensor(images, False, IMAGENET_MEAN, IMAGENET_STD)
+    assert u8.dtype == torch.uint8 and torch.equal(u8, torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+    f32 = A.stack_to_tensor(images, True, IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.equal(f32, torch.stack([A.normalize_to_tensor(img, IMAGENET_MEAN, IMAGENET_STD) for img in images]))
+    local = full_recipe(48, (0.05, 0.4))
+    views, boxes = crop_views(face, [replace(local, normalize=False)] * 4)
+    assert views.shape == (4, 3, 48, 48) and views.dtype == torch.uint8 and boxes.shape == (4, 5)
+    assert len({v.sum().item() for v in views}) == 4  # independent draws per view
+    with pytest.raises(ValueError, match="share size"):
+        crop_views(face, [local, replace(local, size=32)])
