@@ -90,8 +90,18 @@ def gpu_pool(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         yield WorkerPool("gpu", log_path)
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop(worker)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a Prefect server or worker: SIGTERM, then SIGKILL when it has not exited within ``timeout``
+    (a worker may still be cancelling its polling loop against a server that is going away)."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
 
 
 def make_project(root: Path) -> Path:
