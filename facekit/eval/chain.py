@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from facekit.config import Params
 from facekit.data.shards import ShardReader, read_index
 from facekit.data.stages.detect_align import resolve_model
@@ -36,7 +38,9 @@ def set_paths(params: Params) -> dict[str, Path]:
 def make_sets(params: Params, report: Path = Path("metrics/eval_sets.json")) -> str:
     """Write the holistic and masked ``.bin`` sets of ``verify.pairs`` over ``finetune.shards``.
 
-    With ``verify.holdout_identities``, only pairs whose two faces belong to those identities are kept
+    A CSV pair list has no folds of its own: its pairs are shuffled (seed 0) so that each of the 10
+    folds mixes same and different pairs. With ``verify.holdout_identities``, only pairs whose two faces
+    belong to those identities are kept
     (the others are counted as ``other_identities``). A pair whose face is not in the shards (rejected
     upstream) or has no masked twin is dropped and counted; ``report`` holds ``{set: {pairs, same,
     dropped}}``, the pair list's size and ``other_identities``: pairs = list - other - dropped.
@@ -47,6 +51,8 @@ def make_sets(params: Params, report: Path = Path("metrics/eval_sets.json")) -> 
     other = 0
     if params.verify.holdout_identities:
         faces, pairs, other = _holdout(faces, pairs, _identity_by_key(shards), params.verify.holdout_identities)
+    if pairs.n_folds is None:  # a CSV list has no protocol folds: mix same and different pairs in every fold
+        pairs = _select(pairs, np.random.default_rng(0).permutation(len(pairs)).tolist())
     counts: dict[str, dict[str, int]] = {}
     for (name, path), masked in zip(set_paths(params).items(), ("none", "second"), strict=True):
         built = build_bin(pairs, faces, path, masked=masked, strict=False)
@@ -81,10 +87,14 @@ def _holdout(
         return kept.get(name) is not None or faces.get(name) is None
 
     rows = [i for i, (a, b) in enumerate(zip(pairs.first, pairs.second, strict=True)) if inside(a) and inside(b)]
-    selected = PairList([pairs.first[i] for i in rows], [pairs.second[i] for i in rows], pairs.issame[rows])
     if not rows:
         raise ValueError(f"no pair of {len(pairs)} has both faces in verify.holdout_identities {holdout}")
-    return kept, selected, len(pairs) - len(rows)
+    return kept, _select(pairs, rows), len(pairs) - len(rows)
+
+
+def _select(pairs: PairList, rows: list[int]) -> PairList:
+    """The pairs at ``rows``, in that order (no protocol folds)."""
+    return PairList([pairs.first[i] for i in rows], [pairs.second[i] for i in rows], pairs.issame[rows])
 
 
 def run_model(params: Params, run: str) -> EmbeddingModel:

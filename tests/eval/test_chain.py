@@ -78,8 +78,14 @@ def test_sets_hold_the_pairs_of_the_shards_and_counts_reconcile(in_project: Path
         assert f"{name} {counts[name]['pairs']} pairs" in summary
     holistic, masked = (load_verification_bin(p) for p in set_paths(params).values())
     assert counts["sample"]["dropped"] <= 2  # every photo has a face; the mesh may reject one
-    first, second = pairs.first[0], pairs.second[0]  # img38 / img39: both in the shards
-    assert holistic.images[0] == faces.get(first) and holistic.images[1] == faces.get(second)
+    # the same pairs as the list (faces from the shards), shuffled so that every fold mixes same and different
+    listed = sorted(
+        (faces.get(a), faces.get(b), same) for a, b, same in zip(pairs.first, pairs.second, pairs.issame, strict=True)
+    )
+    built = list(zip(holistic.images[0::2], holistic.images[1::2], holistic.issame, strict=True))
+    assert sorted(built) == listed and built != [tuple(x) for x in listed]
+    folds = np.array_split(np.asarray(holistic.issame), 10)
+    assert all(0 < f.sum() < len(f) for f in folds)
     # the masked set: first faces holistic, second faces their masked twins, only pairs with a twin
     twins = {faces.get(n, masked=True) for n in pairs.names()} - {None}
     assert all(img in twins for img in masked.images[1::2])
