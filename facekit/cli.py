@@ -375,46 +375,28 @@ def _export_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-def _cmd_pretrain(args: argparse.Namespace) -> int | str:
-    import os
-    import subprocess
-
-    from facekit.config import load_params
-    from facekit.train import distributed
-    from facekit.train.pretrain import run_pretrain, torchrun_command
-
-    params = load_params(args.params)
-    nproc = params.pretrain.nproc_per_node
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch under torchrun, one process per GPU
-        return subprocess.run(torchrun_command(args.run, args.params, nproc, args.quiet), check=False).returncode
-    result = run_pretrain(params, args.run, progress=not args.quiet)
-    if not distributed.is_main():
-        return 0
-    return (
-        f"pretrain {args.run}: loss {result.final_loss:.4f} after {result.steps} steps, "
-        f"{result.images_per_s:.1f} img/s -> {result.out_dir}"
-    )
-
-
-def _cmd_finetune(args: argparse.Namespace) -> int | str:
+def _cmd_train(args: argparse.Namespace) -> int | str:
+    """``facekit pretrain RUN`` / ``facekit finetune RUN`` (``args.command``): in this process, or relaunched
+    under torchrun when the section's ``nproc_per_node > 1``."""
     import os
     import subprocess
 
     from facekit.config import load_params
     from facekit.train import distributed
     from facekit.train.finetune import run_finetune
-    from facekit.train.pretrain import torchrun_command
+    from facekit.train.pretrain import run_pretrain, torchrun_command
 
     params = load_params(args.params)
-    nproc = params.finetune.nproc_per_node
+    nproc = getattr(params, args.command).nproc_per_node
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch under torchrun, one process per GPU
-        command = torchrun_command(args.run, args.params, nproc, args.quiet, stage="finetune")
+        command = torchrun_command(args.run, args.params, nproc, args.quiet, stage=args.command)
         return subprocess.run(command, check=False).returncode
-    result = run_finetune(params, args.run, progress=not args.quiet)
+    run = run_pretrain if args.command == "pretrain" else run_finetune
+    result = run(params, args.run, progress=not args.quiet)
     if not distributed.is_main():
         return 0
     return (
-        f"finetune {args.run}: loss {result.final_loss:.4f} after {result.steps} steps, "
+        f"{args.command} {args.run}: loss {result.final_loss:.4f} after {result.steps} steps, "
         f"{result.images_per_s:.1f} img/s -> {result.out_dir}"
     )
 
@@ -444,12 +426,12 @@ def _train_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pre-training: one run of params.yaml's pretrain.runs")
     p.add_argument("run", metavar="RUN", help="run name under pretrain.runs (e.g. mae, mcf, camd)")
     _add_params_option(p)
-    p.set_defaults(func=_cmd_pretrain)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("finetune", help="face-recognition fine-tuning of the pre-trained backbone pretrain.out/RUN")
     p.add_argument("run", metavar="RUN", help="run name under finetune.runs (a pre-training run, e.g. mae)")
     _add_params_option(p)
-    p.set_defaults(func=_cmd_finetune)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("verify", help="score finetune.out/RUN on the verification sets of `facekit eval sets`")
     p.add_argument("run", metavar="RUN", help="a run under finetune.runs, or 'reference' (verify.reference)")

@@ -27,3 +27,25 @@ def assets() -> Path:
             f"FACEKIT_ASSETS must point at the shared assets folder (faces/, models/, masks/, protocols/); got {root!r}"
         )
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def sample_shards(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
+    """sample → detect_align → pack on the 61 shared photos of 13 people (one shard), once per session."""
+    from facekit.config import Params, SampleParams, ShardingParams, SourceParams
+    from facekit.data.shards import read_index
+    from facekit.data.stages.steps import detect_align_step, pack_step, sample_step
+
+    root = tmp_path_factory.mktemp("sample")
+    os.environ["FACEKIT_ASSETS"] = str(assets)
+    raw = root / "raw"
+    params = Params(
+        sample=SampleParams(out=str(raw)),
+        source=SourceParams(path=str(raw), name="t"),
+        sharding=ShardingParams(num_shards=1, workers=1),
+    )
+    sample_step(params, report=root / "m/sample.json")
+    detect_align_step(params, out=root / "aligned", report=root / "m/da.json", grid=root / "da.png", progress=False)
+    pack_step(params, aligned=root / "aligned", out=root / "shards", report=root / "m/pack.json", grid=root / "f.png")
+    assert read_index(root / "shards")["count"] >= 60
+    return root / "shards"

@@ -5,7 +5,6 @@ on the same crops, and LAFS's landmark-token embedding against the tokens LAFS t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,7 @@ import pytest
 import torch
 
 from facekit.cli import main
-from facekit.config import Params, PretrainParams, SampleParams, ShardingParams, SourceParams
-from facekit.data.shards import read_index
-from facekit.data.stages.steps import detect_align_step, pack_step, sample_step
+from facekit.config import PretrainParams
 from facekit.eval.embedder import OnnxEmbedder
 from facekit.eval.knn import (
     ShardFaces,
@@ -86,26 +83,8 @@ def test_majority_baseline() -> None:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
-    """sample → detect_align → pack on the 61 shared photos of 13 people, once for the module."""
-    root = tmp_path_factory.mktemp("knn")
-    os.environ["FACEKIT_ASSETS"] = str(assets)
-    raw = root / "raw"
-    params = Params(
-        sample=SampleParams(out=str(raw)),
-        source=SourceParams(path=str(raw), name="t"),
-        sharding=ShardingParams(num_shards=1, workers=1),
-    )
-    sample_step(params, report=root / "m/sample.json")
-    detect_align_step(params, out=root / "aligned", report=root / "m/da.json", grid=root / "da.png", progress=False)
-    pack_step(params, aligned=root / "aligned", out=root / "shards", report=root / "m/pack.json", grid=root / "f.png")
-    assert read_index(root / "shards")["count"] >= 60
-    return root / "shards"
-
-
-@pytest.fixture(scope="module")
-def faces(shards: Path) -> ShardFaces:
-    return load_faces(shards)
+def faces(sample_shards: Path) -> ShardFaces:
+    return load_faces(sample_shards)
 
 
 def test_a_face_recognition_model_separates_the_identities(faces: ShardFaces, assets: Path) -> None:
@@ -157,20 +136,20 @@ def test_random_init_is_the_network_the_run_started_from(tmp_path: Path, name: s
         assert torch.equal(rebuilt[key], tensor), key
 
 
-def test_representation_check_of_a_run_and_the_cli(shards: Path, tmp_path: Path, capsys) -> None:
+def test_representation_check_of_a_run_and_the_cli(sample_shards: Path, tmp_path: Path, capsys) -> None:
     settings = {"backbone": "vit_small_patch16_224", "backbone_kwargs": TINY_VIT, "decoder_dim": 64, "decoder_depth": 1}
     run_dir, _ = _untrained_run(tmp_path, "mae", settings)
-    result = representation_check(run_dir, shards)
+    result = representation_check(run_dir, sample_shards)
     assert (result["n"], result["identities"], result["k"]) == (61, 13, 1)
-    assert result["chance"] == pytest.approx(majority_baseline(load_faces(shards).labels))
+    assert result["chance"] == pytest.approx(majority_baseline(load_faces(sample_shards).labels))
     # an untrained run is its own random init
     assert result["knn_accuracy"] == result["knn_accuracy_random_init"] > result["chance"]
 
     metrics = tmp_path / "knn.json"
-    assert main(["eval", "knn", str(run_dir), "--shards", str(shards), "--metrics", str(metrics)]) == 0
+    assert main(["eval", "knn", str(run_dir), "--shards", str(sample_shards), "--metrics", str(metrics)]) == 0
     assert "1-NN identity accuracy" in capsys.readouterr().out
     assert json.loads(metrics.read_text())["mae"]["knn_accuracy"] == pytest.approx(result["knn_accuracy"], abs=1e-6)
-    assert main(["eval", "knn", str(tmp_path / "nothing"), "--shards", str(shards)]) == 2
+    assert main(["eval", "knn", str(tmp_path / "nothing"), "--shards", str(sample_shards)]) == 2
     assert "not a finished pretrain run folder" in capsys.readouterr().err
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from facekit.cli import main
-from facekit.config import Params, PretrainParams, SampleParams, ShardingParams, SourceParams, load_params
-from facekit.data.shards import read_index
-from facekit.data.stages.steps import detect_align_step, pack_step, sample_step
+from facekit.config import Params, PretrainParams, load_params
 from facekit.nn.vit import BACKBONES
 from facekit.train.checkpoint import load_checkpoint
 from facekit.train.pretrain import build_method, load_backbone, resolve_run, run_pretrain
@@ -67,24 +64,6 @@ EXPORTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
-    """sample → detect_align → pack on the 61 shared photos, once for the module."""
-    root = tmp_path_factory.mktemp("sample")
-    os.environ["FACEKIT_ASSETS"] = str(assets)
-    raw = root / "raw"
-    params = Params(
-        sample=SampleParams(out=str(raw)),
-        source=SourceParams(path=str(raw), name="t"),
-        sharding=ShardingParams(num_shards=1, workers=1),
-    )
-    sample_step(params, report=root / "m/sample.json")
-    detect_align_step(params, out=root / "aligned", report=root / "m/da.json", grid=root / "da.png", progress=False)
-    pack_step(params, aligned=root / "aligned", out=root / "shards", report=root / "m/pack.json", grid=root / "f.png")
-    assert read_index(root / "shards")["count"] >= 60
-    return root / "shards"
-
-
 def _params(shards: Path, out: Path, runs: dict[str, dict[str, Any]] = RUNS, **train: Any) -> Params:
     return Params(pretrain=PretrainParams(shards=str(shards), out=str(out), train={**TRAIN, **train}, runs=runs))
 
@@ -95,8 +74,8 @@ def _losses(csv_path: Path) -> list[float]:
 
 
 @pytest.mark.parametrize("run", list(RUNS))
-def test_method_learns_and_its_backbone_loads_back(run: str, shards: Path, tmp_path: Path) -> None:
-    params = _params(shards, tmp_path / "runs")
+def test_method_learns_and_its_backbone_loads_back(run: str, sample_shards: Path, tmp_path: Path) -> None:
+    params = _params(sample_shards, tmp_path / "runs")
     report = tmp_path / "metrics" / f"pretrain_{run}.json"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "MCF perceptual teacher has no checkpoint")
@@ -135,10 +114,10 @@ def test_method_learns_and_its_backbone_loads_back(run: str, shards: Path, tmp_p
         assert not torch.allclose(backbone(x), fresh.eval()(x))  # the weights were really loaded
 
 
-def test_the_cli_trains_a_run_from_a_params_file(shards: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_the_cli_trains_a_run_from_a_params_file(sample_shards: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     runs = {"tiny": {"method": "mae", **RUNS["mae"], "train": {"epochs": 1}}}
     params_file = tmp_path / "params.yaml"
-    pretrain = {"shards": str(shards), "out": "runs", "train": TRAIN, "runs": runs}
+    pretrain = {"shards": str(sample_shards), "out": "runs", "train": TRAIN, "runs": runs}
     params_file.write_text(yaml.safe_dump({"pretrain": pretrain}))
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain", "tiny", "--params", str(params_file), "--quiet"]) == 0
