@@ -17,7 +17,6 @@ unused classes), so verification can score people the model never saw.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +26,6 @@ from torch.utils.data import Subset
 from facekit.config import Params, PretrainParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME, read_index
-from facekit.train import distributed
 from facekit.train.pretrain import BACKBONE_SPEC, PretrainRun, resolve_run, train_and_export
 
 if TYPE_CHECKING:
@@ -87,14 +85,11 @@ def run_finetune(params: Params, run: str, *, progress: bool = True, report: Pat
     ``verify.holdout_identities``; returns the loop's result."""
     resolved = resolve_finetune_run(params, run)
     out_dir = Path(params.finetune.out) / run
-    report = Path(report or Path("metrics") / f"finetune_{run}.json")
     holdout = params.verify.holdout_identities
     select = (lambda dataset: without_identities(dataset, holdout)) if holdout else None
+    extra = {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")} | {"holdout_identities": holdout}
+    report = Path(report or Path("metrics") / f"finetune_{run}.json")
     shards = Path(params.finetune.shards)
-    result = train_and_export(resolved, shards, out_dir, progress=progress, report=report, select=select)
-    if distributed.is_main():
-        summary = json.loads(report.read_text())
-        summary |= {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")}
-        summary["holdout_identities"] = list(holdout)
-        report.write_text(json.dumps(summary, indent=2) + "\n")
-    return result
+    return train_and_export(
+        resolved, shards, out_dir, progress=progress, report=report, select=select, report_extra=extra
+    )

@@ -164,10 +164,11 @@ def train_and_export(
     progress: bool = True,
     report: Path | None = None,
     select: Callable[[FaceShardDataset], Dataset] | None = None,
+    report_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``run`` on ``FaceShardDataset(shards, transform=method.views())`` (or the part ``select``
     returns) into ``out_dir`` and export its backbone there; rank 0 writes ``report`` (default
-    ``metrics/<section>_<run>.json``) and its loss curve next to it as ``.csv``."""
+    ``metrics/<section>_<run>.json``, with ``report_extra`` added) and its loss curve next to it as ``.csv``."""
     from facekit.train.loop import train
 
     cfg = train_config(run, out_dir, progress)
@@ -186,6 +187,7 @@ def train_and_export(
         if load_report is not None:
             summary["init_load"] = {"loaded": len(load_report.loaded), "missing": load_report.missing}
             summary["init_load"] |= {"unexpected": load_report.unexpected, "mismatched": load_report.mismatched}
+        summary |= report_extra or {}
         report = _write_report(report or Path("metrics") / f"{run.section}_{run.name}.json", summary, backbone)
         shutil.copyfile(out_dir / LOG_NAME, report.with_suffix(".csv"))
     return result
