@@ -383,7 +383,7 @@ class ShardReader:
             return self._txn  # a handle inherited across fork (other pid) is replaced, never used
         self._env_key, self._env = _ENV_POOL.acquire(self.path, self.readahead)
         self._pid = os.getpid()
-        self._txn = self._env.begin(buffers=True)  # values are views of the map: copied only where kept
+        self._txn = self._env.begin(buffers=False)  # values are bytes copies: safe to keep and across threads
         if self._meta is None:
             try:
                 self._meta = self._load_meta()
@@ -397,7 +397,7 @@ class ShardReader:
         if value is None:
             raise ShardError(f"{self.path}: not a facekit shard (no {META_KEY.decode()} record)")
         try:
-            meta = json.loads(bytes(value))
+            meta = json.loads(value)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ShardError(f"{self.path}: unreadable metadata: {e}") from None
         if meta.get("schema_version") != SCHEMA_VERSION:
@@ -420,10 +420,6 @@ class ShardReader:
 
     def raw(self, i: int) -> bytes:
         """The serialised record ``i`` (negative indices count from the end)."""
-        return bytes(self._view(i))
-
-    def _view(self, i: int) -> memoryview:
-        """Record ``i`` as a view of the memory map, valid until :meth:`close`: never hand it out."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"{self.path}: record {i} out of range (count {n})")
@@ -433,16 +429,15 @@ class ShardReader:
         return value
 
     def read_fields(self, i: int, *names: str) -> tuple[Any, ...]:
-        """Fields ``names`` of record ``i`` (see :meth:`FaceRecord.read_fields`), decoded straight from the
-        memory map (no copy of the serialised record)."""
-        value = self._view(i)
+        """Fields ``names`` of record ``i`` (see :meth:`FaceRecord.read_fields`)."""
+        value = self.raw(i)
         try:
             return FaceRecord.read_fields(value, *names)
         except Exception as e:
             raise ShardError(f"{self.path}: record {i} cannot be decoded: {e}") from None
 
     def __getitem__(self, i: int) -> FaceRecord:
-        value = self._view(i)  # decoding copies what it keeps
+        value = self.raw(i)
         try:
             return FaceRecord.from_bytes(value)
         except Exception as e:
