@@ -37,6 +37,8 @@ _TRUNCATE = -0.5 + 2**-10
 #: Gaussian blurs this narrow (3 taps, centre weight > 0.9993) change no uint8 pixel.
 _IDENTITY_SIGMA = 0.25
 IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
+#: The hue rotation's 3 x 4 matrix on HSV pixels before its offset (``[0, 3]``, degrees) is set.
+_HUE_IDENTITY = np.eye(3, 4, dtype=np.float32)
 
 
 def sample_resized_crop(
@@ -137,7 +139,8 @@ def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
     if not -0.5 <= factor <= 0.5:
         raise ValueError(f"hue factor must be in [-0.5, 0.5], got {factor}")
     hsv = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_RGB2HSV)  # hue in [0, 360)
-    shift = np.array([[1, 0, 0, (factor * 360) % 360], [0, 1, 0, 0], [0, 0, 1, 0]], np.float32)
+    shift = _HUE_IDENTITY.copy()
+    shift[0, 3] = (factor * 360) % 360
     rgb = cv2.cvtColor(cv2.transform(hsv, shift), cv2.COLOR_HSV2RGB)
     return cv2.convertScaleAbs(rgb, alpha=255.999 / 255, beta=_TRUNCATE)
 
@@ -153,38 +156,32 @@ def color_jitter_params(
     """
     if u is None:
         u = np.random.random(8).tolist()
+    (low_b, span_b), (low_c, span_c), (low_s, span_s) = _jitter_ranges(brightness, contrast, saturation)
     order = sorted(range(4), key=u.__getitem__)
-    return order, (
-        _jitter_factor(brightness, u[4]),
-        _jitter_factor(contrast, u[5]),
-        _jitter_factor(saturation, u[6]),
-        hue * (2 * u[7] - 1) if hue > 0 else 0.0,
-    )
+    hue_shift = hue * (2 * u[7] - 1) if hue > 0 else 0.0
+    return order, (low_b + span_b * u[4], low_c + span_c * u[5], low_s + span_s * u[6], hue_shift)
 
 
-def _jitter_factor(strength: float, u: float) -> float:
-    """Uniform in ``[max(0, 1 - strength), 1 + strength]`` at ``u`` in [0, 1); 1 for strength 0."""
-    if strength <= 0:
-        return 1.0
-    low = max(0.0, 1 - strength)
-    return low + (1 + strength - low) * u
+@lru_cache(maxsize=64)
+def _jitter_ranges(*strengths: float) -> tuple[tuple[float, float], ...]:
+    """``(low, span)`` per strength: factors uniform in ``[max(0, 1 - x), 1 + x]``; ``(1, 0)`` (always 1) for 0."""
+    ranges = []
+    for strength in strengths:
+        low = max(0.0, 1 - strength) if strength > 0 else 1.0
+        ranges.append((low, 1 + strength - low if strength > 0 else 0.0))
+    return tuple(ranges)
+
+
+#: ColorJitter's adjustments by op index (the order of :data:`JitterParams`).
+_ADJUSTMENTS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
 def apply_color_jitter(img: np.ndarray, params: JitterParams) -> np.ndarray:
     """Apply a :func:`color_jitter_params` state: the four adjustments in its order, identity factors skipped."""
     order, factors = params
     for op in order:
-        factor = factors[op]
-        if factor == IDENTITY_JITTER[op]:
-            continue
-        if op == 0:
-            img = adjust_brightness(img, factor)
-        elif op == 1:
-            img = adjust_contrast(img, factor)
-        elif op == 2:
-            img = adjust_saturation(img, factor)
-        else:
-            img = adjust_hue(img, factor)
+        if factors[op] != IDENTITY_JITTER[op]:
+            img = _ADJUSTMENTS[op](img, factors[op])
     return img
 
 
@@ -217,11 +214,13 @@ def gaussian_blur(img: np.ndarray, sigma: float | tuple[float, float], kernel_si
     sigmas at most 0.25 the image comes back as is: the off-centre weights sum to under 0.5 / 255, so every
     pixel would round back to itself.
     """
-    sigma_x, sigma_y = (sigma, sigma) if isinstance(sigma, int | float) else sigma
-    if kernel_size is None and max(sigma_x, sigma_y) <= _IDENTITY_SIGMA:
+    sigma_x, sigma_y = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
+    if kernel_size is not None:
+        kx = ky = kernel_size
+    elif sigma_x <= _IDENTITY_SIGMA and sigma_y <= _IDENTITY_SIGMA:
         return img
-    kx = kernel_size if kernel_size is not None else gaussian_kernel_size(sigma_x)
-    ky = kernel_size if kernel_size is not None else gaussian_kernel_size(sigma_y)
+    else:
+        kx, ky = gaussian_kernel_size(sigma_x), gaussian_kernel_size(sigma_y)
     kernel_x = cv2.getGaussianKernel(kx, sigma_x, cv2.CV_32F)
     kernel_y = kernel_x if (ky, sigma_y) == (kx, sigma_x) else cv2.getGaussianKernel(ky, sigma_y, cv2.CV_32F)
     return cv2.sepFilter2D(img, -1, kernel_x, kernel_y, borderType=cv2.BORDER_REFLECT_101)
@@ -235,7 +234,8 @@ def solarize(img: np.ndarray, threshold: int = 128) -> np.ndarray:
 def normalize_to_tensor(
     img: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``img [H, W, 3]`` uint8 -> float32 tensor ``[3, H, W]`` of ``(img / 255 - mean) / std``.
+    """``img [H, W, 3]`` uint8 -> float32 tensor ``[3, H, W]`` of ``(img / 255 - mean) / std``; a luma plane
+    ``img [H, W]`` counts as its 3 equal channels.
 
     One table look-up per channel straight into the tensor's memory (``out``, a contiguous float32
     ``[3, H, W]``, if given); bit-exact with torchvision's ``Normalize(mean, std)(ToTensor()(img))``.
@@ -243,7 +243,7 @@ def normalize_to_tensor(
     if out is None:
         out = torch.empty((3, img.shape[0], img.shape[1]), dtype=torch.float32)
     planes, tables = out.numpy(), _normalize_tables(tuple(mean), tuple(std))
-    for c, channel in enumerate(cv2.split(img)):
+    for c, channel in enumerate(cv2.split(img) if img.ndim == 3 else (img,) * 3):
         cv2.LUT(channel, tables[c], dst=planes[c])
     return out
 
@@ -257,7 +257,8 @@ class ViewStack:
     """``n`` uint8 ``[H, W, 3]`` views written one by one into one ``[n, 3, H, W]`` tensor, as they are made.
 
     uint8 (``normalize=False``): each image is split straight into its three planes (``cv2.split``, no
-    transposing copy); float32: looked up into its slot by :func:`normalize_to_tensor`. Writing each view
+    transposing copy; a grayscale view may come as its luma plane ``[H, W]``, copied to all three);
+    float32: looked up into its slot by :func:`normalize_to_tensor`. Writing each view
     as soon as it exists keeps the working set small (faster than stacking a list at the end).
     """
 
@@ -265,13 +266,15 @@ class ViewStack:
         self, n: int, height: int, width: int, normalize: bool, mean: tuple[float, ...], std: tuple[float, ...]
     ) -> None:
         self.normalize, self.mean, self.std = normalize, mean, std
-        self.tensor = torch.empty((n, 3, height, width), dtype=torch.float32 if normalize else torch.uint8)
-        self._planes = self.tensor.numpy()
+        self._planes = np.empty((n, 3, height, width), dtype=np.float32 if normalize else np.uint8)
+        self.tensor = torch.from_numpy(self._planes)
 
     def put(self, i: int, img: np.ndarray) -> None:
-        """Write view ``i`` (uint8 ``[H, W, 3]``)."""
+        """Write view ``i``: uint8 ``[H, W, 3]``, or a luma plane ``[H, W]`` repeated on the 3 channels."""
         if self.normalize:
             normalize_to_tensor(img, self.mean, self.std, out=self.tensor[i])
+        elif img.ndim == 2:
+            self._planes[i] = img  # broadcast to the 3 planes
         else:
             cv2.split(img, self._planes[i])  # a [3, H, W] array: OpenCV writes one plane per channel into it
 

@@ -20,7 +20,8 @@ Randomness comes only from the global ``np.random`` state (one draw per view).
 
 Multi-crop speed (:func:`crop_views`): the views of one size are made into one ``[N, 3, S, S]`` tensor
 (each image split straight into its planes), a view's photometric steps run on whichever of crop and
-view has fewer pixels (see :meth:`ViewRecipe.augment`), and a grayscale view is blurred on one plane.
+view has fewer pixels (see :meth:`ViewRecipe.augment`), and a grayscale view stays one luma plane (blurred,
+solarised, flipped there) until it is copied into its three planes.
 Deliberate differences from the official PIL pipelines, each a grey level or two on average: OpenCV's
 resampling and Gaussian kernels instead of PIL's (PIL's blur is three box passes), float HSV for the hue
 (PIL: 8-bit), photometry before an upscale. ``benchmarks/augment.py`` measures the result against DINO's.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -111,86 +113,105 @@ class ViewRecipe:
         average (less than bicubic vs bilinear), on fewer pixels. Solarize always runs on the view (its
         threshold would turn interpolation into jumps); the flip commutes with every step.
         """
-        p = self if photometry is None else photometry
-        h, w = rgb.shape[:2]
         if draws is None:
             draws = np.random.random(_BOX_DRAWS + _PHOTOMETRIC_DRAWS).tolist()
-        top, left, height, width, flipped, box = self._box(h, w, draws)
-        u = draws[_BOX_DRAWS:]
-        size = self.size
-        if height * width < size * size:
-            crop = p._colour(rgb[top : top + height, left : left + width], u, (width / size, height / size))
-            img = resized_crop(crop, (0, 0, height, width), size, self.interpolation)
-        else:
-            img = p._colour(resized_crop(rgb, (top, left, height, width), size, self.interpolation), u)
-        img = p._finish(img, u)
-        return (hflip(img) if flipped else img), box
+        img, box = self._view(rgb, self if photometry is None else photometry, draws)
+        return _three_channels(img), np.array(box, dtype=np.float32)
 
     def geometric(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RandomResizedCrop + flip: (uint8 ``[S, S, 3]``, box float32 [5]). One ``np.random`` draw (box, flip)."""
         top, left, height, width, flipped, box = self._box(*rgb.shape[:2], np.random.random(_BOX_DRAWS).tolist())
         img = resized_crop(rgb, (top, left, height, width), self.size, self.interpolation)
-        return (hflip(img) if flipped else img), box
+        return (hflip(img) if flipped else img), np.array(box, dtype=np.float32)
 
     def photometric(self, img: np.ndarray) -> np.ndarray:
         """Jitter, grayscale, blur, solarize (each with its probability) of a uint8 ``[S, S, 3]`` crop."""
         u = np.random.random(_PHOTOMETRIC_DRAWS).tolist()
-        return self._finish(self._colour(img, u), u)
+        img = self._colour(img, u)
+        return _three_channels(solarize(img) if u[4] < self.solarize_p else img)
 
-    def _box(self, h: int, w: int, u: list[float]) -> tuple[int, int, int, int, bool, np.ndarray]:
-        """The crop (top, left, height, width), the flip and the box array [5] from ``u[:_BOX_DRAWS]``."""
+    def _view(self, rgb: np.ndarray, p: ViewRecipe, u: list[float]) -> tuple[np.ndarray, tuple[float, ...]]:
+        """:meth:`augment` from its draws ``u``, with photometry ``p``: (uint8 view, box as 5 floats). A grayscale
+        view stays one luma plane ``[S, S]`` (the other views are ``[S, S, 3]``)."""
+        top, left, height, width, flipped, box = self._box(*rgb.shape[:2], u)
+        size, photo = self.size, u[_BOX_DRAWS:]
+        if height * width < size * size:
+            crop = p._colour(rgb[top : top + height, left : left + width], photo, width / size, height / size)
+            img = resized_crop(crop, (0, 0, height, width), size, self.interpolation)
+        else:
+            img = p._colour(resized_crop(rgb, (top, left, height, width), size, self.interpolation), photo)
+        if photo[4] < p.solarize_p:
+            img = solarize(img)
+        return (hflip(img) if flipped else img), box
+
+    def _box(self, h: int, w: int, u: list[float]) -> tuple[int, int, int, int, bool, tuple[float, ...]]:
+        """The crop (top, left, height, width), the flip and the box's 5 values from ``u[:_BOX_DRAWS]``."""
         top, left, height, width = sample_resized_crop(h, w, self.scale, self.ratio, first_try=u[:4])
         flipped = u[4] < self.hflip_p
-        box = np.array([top / h, left / w, height / h, width / w, float(flipped)], dtype=np.float32)
-        return top, left, height, width, flipped, box
+        return top, left, height, width, flipped, (top / h, left / w, height / h, width / w, float(flipped))
 
-    def _colour(self, img: np.ndarray, u: list[float], blur_scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
-        """Jitter, grayscale, blur (sigma times ``blur_scale`` (x, y)) as drawn in ``u`` (jitter, gray, blur,
-        sigma, solarize, then ColorJitter's 8 uniforms). A grayscale image comes back as its one luma plane
+    def _colour(self, img: np.ndarray, u: list[float], blur_x: float = 1.0, blur_y: float = 1.0) -> np.ndarray:
+        """Jitter, grayscale, blur (sigma times ``blur_x``, ``blur_y`` per axis) as drawn in ``u`` (jitter, gray,
+        blur, sigma, solarize, then ColorJitter's 8 uniforms). A grayscale image comes back as its one luma plane
         ``[H, W]`` (blurred and solarised there: the same pixels as on three equal channels, a third of the
-        work); :meth:`_finish` repeats it on 3 channels."""
+        work)."""
         if u[0] < self.jitter_p:
             img = apply_color_jitter(img, color_jitter_params(*self.jitter, u=u[5:]))
         if u[1] < self.gray_p:
             img = luma(img)
         if u[2] < self.blur_p:
             sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * u[3]
-            img = gaussian_blur(img, (sigma * blur_scale[0], sigma * blur_scale[1]))
+            img = gaussian_blur(img, (sigma * blur_x, sigma * blur_y))
         return img
-
-    def _finish(self, img: np.ndarray, u: list[float]) -> np.ndarray:
-        """Solarize as drawn in ``u[4]``; a luma plane back to ``[H, W, 3]``."""
-        if u[4] < self.solarize_p:
-            img = solarize(img)
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else img
 
     def geometric_only(self) -> ViewRecipe:
         """This recipe without its photometric steps, returning uint8 (for photometry on the device)."""
         return replace(self, jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0, normalize=False)
 
 
-def crop_views(rgb: np.ndarray, recipes: Sequence[ViewRecipe]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One view of ``rgb`` per recipe (all of one size and normalisation) -> (views, boxes).
+def crop_views(
+    rgb: np.ndarray, recipes: Sequence[ViewRecipe], photometry: Sequence[ViewRecipe] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view of ``rgb`` per recipe -> (views, boxes): ``recipes[i]``'s crop and flip, then the photometric
+    steps and normalisation of ``photometry[i]`` (default: ``recipes[i]``), as :meth:`ViewRecipe.augment`.
 
-    views: ``[N, 3, S, S]`` float32 normalised (uint8 if the recipes don't normalise), one tensor for all N
+    The recipes must share their size, the photometry recipes their normalisation. views: ``[N, 3, S, S]``
+    float32 normalised (uint8 if the photometry recipes don't normalise), one tensor for all N
     (:class:`~facekit.data.augment.ViewStack`); boxes: float32 ``[N, 5]``. One ``np.random`` draw for all.
     """
-    first = recipes[0]
-    if len({(r.size, r.normalize, r.mean, r.std) for r in recipes}) > 1:
+    photometry = recipes if photometry is None else photometry
+    first, look = recipes[0], photometry[0]
+    norm = (look.normalize, look.mean, look.std)
+    if len(photometry) != len(recipes) or any(
+        r.size != first.size or (p.normalize, p.mean, p.std) != norm
+        for r, p in zip(recipes, photometry, strict=False)
+        if r is not first or p is not look
+    ):
         raise ValueError("crop_views: the recipes must share size, normalize, mean and std")
-    stack = ViewStack(len(recipes), first.size, first.size, first.normalize, first.mean, first.std)
+    stack = ViewStack(len(recipes), first.size, first.size, *norm)
     boxes = np.empty((len(recipes), 5), dtype=np.float32)
     draws = np.random.random((len(recipes), _BOX_DRAWS + _PHOTOMETRIC_DRAWS)).tolist()
-    for i, recipe in enumerate(recipes):
-        img, boxes[i] = recipe.augment(rgb, draws=draws[i])
+    for i, (recipe, p) in enumerate(zip(recipes, photometry, strict=True)):
+        img, boxes[i] = recipe._view(rgb, p, draws[i])
         stack.put(i, img)
     return stack.tensor, torch.from_numpy(boxes)
 
 
+def _three_channels(img: np.ndarray) -> np.ndarray:
+    """A luma plane ``[H, W]`` repeated on 3 channels; an ``[H, W, 3]`` image as is."""
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else img
+
+
 def add_views(out: dict[str, torch.Tensor], kind: str, views: torch.Tensor, boxes: torch.Tensor) -> None:
     """``out[f"{kind}_{i}"] = views[i]`` and ``out[f"{kind}_{i}_box"] = boxes[i]`` for every i."""
-    for i, (view, box) in enumerate(zip(views.unbind(), boxes.unbind(), strict=True)):
-        out[f"{kind}_{i}"], out[f"{kind}_{i}_box"] = view, box
+    for (name, box_name), view, box in zip(_view_names(kind, len(views)), views.unbind(), boxes.unbind(), strict=True):
+        out[name], out[box_name] = view, box
+
+
+@lru_cache(maxsize=64)
+def _view_names(kind: str, n: int) -> tuple[tuple[str, str], ...]:
+    """``(f"{kind}_{i}", f"{kind}_{i}_box")`` for i < n."""
+    return tuple((f"{kind}_{i}", f"{kind}_{i}_box") for i in range(n))
 
 
 class MAEView:

@@ -64,11 +64,26 @@ def dino_loss(
     num_views, batch, _ = student_logits.shape
     num_globals = teacher_logits.shape[0]
     with torch.autocast(student_logits.device.type, enabled=False):  # float32 even under bf16 autocast
-        targets = F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+        targets = teacher_targets(teacher_logits, center, teacher_temp)
         log_probs = F.log_softmax(student_logits.float() / student_temp, dim=-1)
         ce = -torch.einsum("gbk,vbk->gv", targets, log_probs) / batch  # [G, V]
     keep = ~torch.eye(num_globals, num_views, dtype=torch.bool, device=ce.device)
     return ce[keep].mean()
+
+
+def teacher_targets(teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """The teacher's centred, sharpened distributions ``softmax((t − c) / τ_t)`` in float32, without gradient:
+    ``[..., K]`` → ``[..., K]``."""
+    return F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+
+
+@torch.no_grad()
+def target_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """Mean entropy (nats) of :func:`teacher_targets` over ``[..., K]`` rows: DINO's collapse gauge. It stays
+    near ``ln K`` when centering wins (uniform targets, nothing to learn: the loss sits at ``ln K`` too) and
+    falls to 0 when one output dominates; a run that learns keeps it well between the two."""
+    p = teacher_targets(teacher_logits, center, teacher_temp)
+    return -(p * p.clamp_min(1e-30).log()).sum(-1).mean()
 
 
 @torch.no_grad()
@@ -301,8 +316,9 @@ class DINO(Method):
         student, teacher = self.logits(batch)
         temp = hp.extra.get("teacher_temp", float(self.teacher_temp_at(int(hp.epoch))))
         loss = dino_loss(student, teacher, self.center, self.student_temp, temp)
+        entropy = target_entropy(teacher, self.center, temp)  # before this step's teacher moves the centre
         self._add_to_center(teacher, hp.step)
-        return {"loss": loss, "teacher_temp": torch.tensor(temp, device=loss.device)}
+        return {"loss": loss, "teacher_temp": torch.tensor(temp, device=loss.device), "teacher_entropy": entropy}
 
     def _add_to_center(self, teacher: torch.Tensor, step: int) -> None:
         """Sum this step's teacher outputs (over micro-batches); :meth:`after_step` folds them into the centre,

@@ -45,11 +45,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from facekit.data.augment import ViewStack, normalize_batch, stack_to_tensor
+from facekit.data.augment import normalize_batch, stack_to_tensor
 from facekit.data.ops.landmarks import MESH_196, NUM_MESH_POINTS
 from facekit.data.record import FaceRecord
 from facekit.data.stages.landmarks import DENSE_KEY
-from facekit.data.views import ViewRecipe
+from facekit.data.views import ViewRecipe, crop_views
 from facekit.methods.base import METHODS
 from facekit.methods.dino import DINO, Photometric
 from facekit.nn.landmark_patches import (
@@ -107,30 +107,25 @@ class LAFSViews:
         self.crop, self.global_photometric, self.local_photometric = crop, tuple(global_photometric), local_photometric
         self.n_local, self.landmarks, self.photometric_on_device = n_local, landmarks, photometric_on_device
         self.takes_record = landmarks == "mesh"
+        self.recipes = [*self.global_photometric, *[self.local_photometric] * n_local]
+        self.names = [f"global_{i}" for i in range(len(self.global_photometric))]
+        self.names += [f"local_{i}" for i in range(n_local)]
 
     def __call__(self, rgb: np.ndarray, record: FaceRecord | None = None) -> dict[str, torch.Tensor]:
         mesh = mesh_196(record) if self.takes_record else None
-        recipes = [*self.global_photometric, *[self.local_photometric] * self.n_local]
-        names = [f"global_{i}" for i in range(len(self.global_photometric))]
-        names += [f"local_{i}" for i in range(self.n_local)]
+        recipes, names = self.recipes, self.names
         normalize, mean, std = recipes[0].normalize, recipes[0].mean, recipes[0].std
         if self.photometric_on_device:
             clean, boxes = zip(*(self.crop.geometric(rgb) for _ in recipes), strict=True)
-            views = stack_to_tensor(clean, False, mean, std)
+            views, box_array = stack_to_tensor(clean, False, mean, std), np.stack(boxes)
         elif mesh is not None:  # no clean copies needed: crop and photometry in one pass
-            stack = ViewStack(len(recipes), self.crop.size, self.crop.size, normalize, mean, std)
-            boxes = []
-            for i, recipe in enumerate(recipes):
-                img, box = self.crop.augment(rgb, recipe)
-                stack.put(i, img)
-                boxes.append(box)
-            views = stack.tensor
+            views, box_tensor = crop_views(rgb, [self.crop] * len(recipes), recipes)
+            box_array = box_tensor.numpy()
         else:
             clean, boxes = zip(*(self.crop.geometric(rgb) for _ in recipes), strict=True)
             augmented = [recipe.photometric(img) for recipe, img in zip(recipes, clean, strict=True)]
-            views = stack_to_tensor(augmented, normalize, mean, std)
+            views, box_array = stack_to_tensor(augmented, normalize, mean, std), np.stack(boxes)
         out: dict[str, torch.Tensor] = {}
-        box_array = np.stack(boxes)
         for name, view, box in zip(names, views.unbind(), torch.from_numpy(box_array).unbind(), strict=True):
             out[name], out[f"{name}_box"] = view, box
         if mesh is not None:

@@ -314,3 +314,27 @@ def test_stack_to_tensor_and_crop_views(face: np.ndarray) -> None:
     assert len({v.sum().item() for v in views}) == 4  # independent draws per view
     with pytest.raises(ValueError, match="share size"):
         crop_views(face, [local, replace(local, size=32)])
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_crop_views_with_separate_photometry_equal_augment_per_view(face: np.ndarray, normalize: bool) -> None:
+    """LAFS's use: one crop recipe, a photometry recipe per view; grayscale views (written as one luma plane)
+    included. Each view equals ``augment`` from the same draws, normalised by the photometry recipe."""
+    crop = ViewRecipe(48, scale=(0.2, 1.0), normalize=not normalize)  # its normalisation is not used
+    looks = [replace(full_recipe(48, (1.0, 1.0)), gray_p=g, normalize=normalize) for g in (0.0, 1.0, 0.5, 1.0)]
+    np.random.seed(4)
+    views, boxes = crop_views(face, [crop] * 4, looks)
+    np.random.seed(4)
+    draws = np.random.random((4, 18)).tolist()  # crop_views' one draw; crop retries draw after it, in order
+    assert views.dtype == (torch.float32 if normalize else torch.uint8)
+    for i, look in enumerate(looks):
+        img, box = crop.augment(face, look, draws=draws[i])
+        if normalize:
+            expected = A.normalize_to_tensor(img, look.mean, look.std)
+        else:
+            expected = torch.from_numpy(img).permute(2, 0, 1)
+            if look.gray_p == 1.0:  # three equal planes
+                assert torch.equal(views[i][0], views[i][1]) and torch.equal(views[i][0], views[i][2])
+        assert torch.equal(views[i], expected) and np.array_equal(boxes[i].numpy(), box)
+    with pytest.raises(ValueError, match="share size"):
+        crop_views(face, [crop] * 2, [looks[0], replace(looks[1], normalize=not normalize)])

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from facekit.methods.base import METHODS, StepValues
-from facekit.methods.dino import DINO, dino_loss, update_center
+from facekit.methods.dino import DINO, dino_loss, target_entropy, update_center
 from facekit.train.loop import TrainConfig, train
 
 TINY = dict(img_size=32, embed_dim=32, depth=1, num_heads=2)  # 4 × 4 tokens of 8 px
@@ -107,6 +107,26 @@ def test_update_center_is_the_ema_of_the_teacher_mean() -> None:
     update_center(center, logits.sum(0), 2, 0.9)
     expected = 0.9 * torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.tensor([2.0, 2.0, 0.0])
     assert torch.allclose(center[0], expected)
+
+
+def test_target_entropy_reads_ln_k_for_uniform_targets_and_zero_for_one_hot() -> None:
+    center = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    same = torch.full((2, 3, 4), 0.5)  # every output equals the centre: uniform targets
+    assert target_entropy(same, center, 0.04).item() == pytest.approx(math.log(4))
+    peaked = torch.tensor([[[10.0, 0.5, 0.5, 0.5]]])  # one output far above the others at τ = 0.04
+    assert target_entropy(peaked, center, 0.04).item() == pytest.approx(0.0, abs=1e-6)
+    two_way = torch.tensor([[[0.5, 0.5, 0.5 - 1e3, 0.5 - 1e3]]])  # two equal outputs, two suppressed
+    assert target_entropy(two_way, center, 0.07).item() == pytest.approx(math.log(2))
+
+
+def test_forward_reports_the_teacher_entropy_of_its_batch() -> None:
+    method = _tiny_dino()
+    batch = _batch(method)
+    with torch.no_grad():
+        teacher = method.logits(batch)[1]
+    out = method(batch, _hp(teacher_temp=0.05))
+    assert out["teacher_entropy"].item() == pytest.approx(target_entropy(teacher, method.center, 0.05).item())
+    assert 0.0 < out["teacher_entropy"].item() <= math.log(HEAD["out_dim"]) + 1e-5
 
 
 def test_method_updates_the_center_in_after_step_only_and_without_a_process_group() -> None:
