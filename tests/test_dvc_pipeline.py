@@ -39,7 +39,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(PROJECT / name, repo / name)
     params = yaml.safe_load((repo / "params.yaml").read_text())  # one method, 3 steps of each training
-    params["pretrain"]["runs"] = {"mae": params["pretrain"]["runs"]["mae"]}
+    mae = {k: v for k, v in params["pretrain"]["runs"]["mae"].items() if k != "train"}  # its own epochs too
+    params["pretrain"]["runs"] = {"mae": mae}
     params["pretrain"]["train"]["epochs"] = 1
     params["finetune"]["runs"] = {"mae": {}}
     params["finetune"]["train"]["epochs"] = 1
