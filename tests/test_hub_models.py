@@ -28,6 +28,7 @@ from facekit.cli import main
 from facekit.data.augment import normalize_to_tensor
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import create_detector, select_face
+from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD
 from facekit.eval.benchmarks import far_key, write_metrics
 from facekit.hub.cards import LINEAGE_STAGES
 from facekit.hub.models import MODEL_FILES, from_pretrained, model_files, push_model, save_model_folder
@@ -181,6 +182,20 @@ def test_model_folder_and_card(run_dir: Path, project: Path) -> None:
         f"finetune.runs.{RUN}": {"epochs": 1}
     }
     assert "trained outside DVC" not in body
+
+
+def test_config_and_card_give_the_normalisation_the_run_records(project: Path) -> None:
+    """A pre-training export with ImageNet statistics (MAE's views) is published with them, in config.json and
+    in the card's usage code, not with fine-tuning's [−1, 1]."""
+    run = project / PRETRAINED
+    spec = json.loads((run / "backbone.json").read_text())
+    (run / "backbone.json").write_text(json.dumps({**spec, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}))
+    folder = _save(run, project, "pretrained_model")
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["mean"], config["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert (
+        f"torch.tensor({list(IMAGENET_MEAN)}), torch.tensor({list(IMAGENET_STD)})" in (folder / "README.md").read_text()
+    )
 
 
 def _lock_rows(exclude: str) -> set[tuple[str, str, str, str]]:

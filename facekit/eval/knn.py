@@ -7,10 +7,10 @@ with :func:`knn_identity_accuracy`: each face is classified by its ``k`` nearest
 distance) and the prediction compared with its identity. A method whose learned embedding does not beat
 its own random init has learned nothing identity-related (or is embedded the wrong way).
 
-Each backbone is embedded the way its method trains it: the method's input normalisation
-(:data:`METHOD_NORMALIZATION`) and its natural feature: a ViT's pooled output (cls token or mean of patch
-tokens), FRA's ResNet trunk's averaged map, and for LAFS the cls token of the 8 × 8 patches cut at the
-shards' 196 mesh landmarks (the tokens LAFS trains on), not at a regular grid.
+Each backbone is embedded the way its method trains it: with the input normalisation its ``backbone.json``
+records (:func:`facekit.train.pretrain.input_normalization`), and its natural feature: a ViT's pooled
+output (cls token or mean of patch tokens), FRA's ResNet trunk's averaged map, and for LAFS the cls token of
+the 8 × 8 patches cut at the shards' 196 mesh landmarks (the tokens LAFS trains on), not at a regular grid.
 """
 
 from __future__ import annotations
@@ -30,27 +30,11 @@ from torch import nn
 from facekit.data.augment import normalize_batch
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.record import FaceRecord
-from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, VGGFACE2_MEAN, VGGFACE2_STD
 from facekit.eval.benchmarks import write_metrics
 from facekit.methods.dino import encode_tokens
 from facekit.methods.lafs import mesh_196
 from facekit.nn.landmark_patches import landmark_patches
-from facekit.train.pretrain import BACKBONE_SPEC, load_backbone
-
-Stats = tuple[float, float, float]
-_HALF: tuple[Stats, Stats] = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-#: method name -> (mean, std) its views normalise with (the methods' defaults; params.yaml keeps them).
-METHOD_NORMALIZATION: dict[str, tuple[Stats, Stats]] = {
-    "mae": (IMAGENET_MEAN, IMAGENET_STD),
-    "mcf": (IMAGENET_MEAN, IMAGENET_STD),
-    "dino": (IMAGENET_MEAN, IMAGENET_STD),
-    "facet_mae": _HALF,
-    "lafs": _HALF,
-    "finetune": _HALF,
-    "camd": (VGGFACE2_MEAN, VGGFACE2_STD),
-    "fra": (VGGFACE2_MEAN, VGGFACE2_STD),
-}
+from facekit.train.pretrain import BACKBONE_SPEC, Stats, input_normalization, load_backbone
 
 
 def knn_identity_accuracy(
@@ -143,26 +127,26 @@ def random_init_backbone(run_dir: Path | str) -> nn.Module:
 def embed_faces(
     backbone: nn.Module,
     faces: ShardFaces,
-    method: str,
+    normalization: tuple[Stats, Stats],
     *,
+    landmark_tokens: bool = False,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """Embed ``faces`` with ``backbone`` as ``method`` trains it -> float32 ``[N, D]`` (not normalised).
+    """Embed ``faces`` with ``backbone`` -> float32 ``[N, D]`` (not normalised).
 
-    Inputs are normalised with :data:`METHOD_NORMALIZATION`; the backbone runs in eval mode (BatchNorm running
-    statistics, no drop-path); LAFS embeds landmark tokens (see the module docstring).
+    Inputs are ``(pixels / 255 − mean) / std`` with ``normalization = (mean, std)``; the backbone runs in eval
+    mode (BatchNorm running statistics, no drop-path); ``landmark_tokens``: LAFS's tokens, cut at the faces'
+    mesh landmarks (see the module docstring).
     """
-    if method not in METHOD_NORMALIZATION:
-        raise ValueError(f"no input normalisation known for method {method!r}; known: {sorted(METHOD_NORMALIZATION)}")
-    if method == "lafs" and faces.mesh is None:
+    if landmark_tokens and faces.mesh is None:
         raise ValueError("LAFS embeds landmark patches: load the faces with load_faces(shards, mesh=True)")
-    mean, std = METHOD_NORMALIZATION[method]
+    mean, std = normalization
     backbone = backbone.to(device).eval()
     out = []
     for start in range(0, len(faces.labels), batch_size):
         x = normalize_batch(faces.images[start : start + batch_size].to(device), mean, std)
-        if method == "lafs":
+        if landmark_tokens:
             points = faces.mesh[start : start + batch_size].to(device)
             patches = landmark_patches(x, points, backbone.patch_size)  # [B, 196, p·p·3]
             start_pos = backbone.num_prefix_tokens
@@ -183,15 +167,17 @@ def representation_check(
     Returns ``{"knn_accuracy", "knn_accuracy_random_init", "chance" (majority baseline), "n" (faces),
     "identities", "k"}``.
     """
-    method = run_spec(run_dir)["method"]
+    spec = run_spec(run_dir)
+    lafs, normalization = spec["method"] == "lafs", input_normalization(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    faces = load_faces(shards, mesh=method == "lafs")
+    faces = load_faces(shards, mesh=lafs)
     scores = {}
     for name, backbone in (
         ("knn_accuracy", load_backbone(run_dir)),
         ("knn_accuracy_random_init", random_init_backbone(run_dir)),
     ):
-        scores[name] = knn_identity_accuracy(embed_faces(backbone, faces, method, device=device), faces.labels, k)
+        embedded = embed_faces(backbone, faces, normalization, landmark_tokens=lafs, device=device)
+        scores[name] = knn_identity_accuracy(embedded, faces.labels, k)
     return {
         **scores,
         "chance": majority_baseline(faces.labels),

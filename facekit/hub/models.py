@@ -38,7 +38,7 @@ from torch import nn
 
 from facekit import __version__
 from facekit.hub.tokens import check_repo_id, hub_call, push_folder
-from facekit.train.pretrain import BACKBONE_SPEC
+from facekit.train.pretrain import BACKBONE_SPEC, input_normalization
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -46,8 +46,6 @@ CARD_NAME = "README.md"
 #: Everything an upload sends (and all that a model folder holds).
 MODEL_FILES = (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME)
 INPUT_SIZE = 112
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
 DEFAULT_LICENSE = "other"
 TAGS = ("facekit", "face-recognition", "face-verification", "image-feature-extraction")
 PIPELINE_TAG = "image-feature-extraction"
@@ -325,13 +323,14 @@ def save_model_folder(
     lineage = run_lineage(dvc_lock, run_dir, run) if dvc_lock is not None else None
     sections = read_param_sections(params_path, lineage) if params_path is not None else {}
     model = build_backbone(spec, weights)
+    normalization = input_normalization(spec)
     config = {
         "library_name": "facekit",
         "facekit_version": __version__,
         **{key: spec[key] for key in _SPEC_KEYS},
         "input_size": INPUT_SIZE,
-        "mean": list(MEAN),
-        "std": list(STD),
+        "mean": list(normalization[0]),
+        "std": list(normalization[1]),
         "embedding_size": embedding_size(model),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "run": run,

@@ -49,7 +49,14 @@ class StepValues:
 
 
 class Method(nn.Module):
-    """Base class of a training objective; subclasses are registered in :data:`METHODS`."""
+    """Base class of a training objective; subclasses are registered in :data:`METHODS`.
+
+    ``mean`` / ``std``: the per-channel ``(pixels / 255 − mean) / std`` of the method's views, i.e. what its
+    exported backbone expects (recorded in ``backbone.json``); methods set their own.
+    """
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def views(self) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
         raise NotImplementedError

@@ -225,7 +225,7 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.Sequential
 
 @METHODS.register("camd")
 class CAMD(Method):
-    """Context-Aware Masked Distillation; see the module docstring.
+    """Context-Aware Masked Distillation; see the module docstring (views normalised with VGGFace2's mean / std).
 
     backbone / backbone_kwargs: a :data:`facekit.nn.vit.BACKBONES` name and overrides (a class token
     always; by default sin-cos positions and a patch embedding frozen at its random init, as released).
@@ -238,6 +238,7 @@ class CAMD(Method):
     are normalised here, on the device).
     """
 
+    mean, std = VGGFACE2_MEAN, VGGFACE2_STD
     recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 1024,
         "epochs": 400,
@@ -347,7 +348,7 @@ class CAMD(Method):
         return {"loss": loss, **parts, "momentum": torch.tensor(momentum, device=pred.device)}
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize_batch(x, VGGFACE2_MEAN, VGGFACE2_STD) if x.dtype == torch.uint8 else x
+        return normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x
 
     def _online(
         self, x1: torch.Tensor, mask: torch.Tensor, box1: torch.Tensor, box2: torch.Tensor

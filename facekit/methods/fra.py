@@ -340,6 +340,7 @@ class FRA(Method):
     views are normalised in the workers (else uint8 views are normalised here, on the device).
     """
 
+    mean, std = VGGFACE2_MEAN, VGGFACE2_STD
     recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 512, "epochs": 50, "warmup_epochs": 10, "optimizer": "lars", "lr": 0.9, "momentum": 0.9,
         "weight_decay": 1e-6, "amp": True, "sync_batchnorm": True,
@@ -372,7 +373,7 @@ class FRA(Method):
         p=0.8, grayscale 0.2; view 1 blur p=1; view 2 blur 0.1, solarize 0.2; VGGFace2 mean / std."""
         common: dict[str, Any] = dict(
             size=self.image_size, scale=(0.2, 1.0), interpolation="bilinear", jitter_p=0.8, gray_p=0.2,
-            mean=VGGFACE2_MEAN, std=VGGFACE2_STD, normalize=self.normalize,
+            mean=self.mean, std=self.std, normalize=self.normalize,
         )  # fmt: skip
         return TwoViews(ViewRecipe(blur_p=1.0, **common), ViewRecipe(blur_p=0.1, solarize_p=0.2, **common))
 
@@ -411,7 +412,7 @@ class FRA(Method):
         return self.neck.proto_heatmaps(self.backbone.forward_features(self._input(images)))
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize_batch(x, VGGFACE2_MEAN, VGGFACE2_STD) if x.dtype == torch.uint8 else x
+        return normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x
 
     def _online(self, x: torch.Tensor) -> NeckOutput:
         out = self.neck(self.backbone.forward_features(x))

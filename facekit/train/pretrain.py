@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 BACKBONE_WEIGHTS = "backbone.safetensors"
 RANDOM_INIT = "random_init"  # the method name of a run that exports its backbone untrained
 BACKBONE_SPEC = "backbone.json"
+Stats = tuple[float, float, float]
+#: Input normalisation of fine-tuning (and of specs that record none): pixels to [−1, 1].
+DEFAULT_NORMALIZATION: tuple[Stats, Stats] = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 _SET_BY_STAGE = ("out_dir", "progress")  # TrainConfig fields the stage sets itself
 
 
@@ -206,6 +209,7 @@ def export_random_init(run: PretrainRun, out_dir: Path, report: Path) -> TrainRe
     torch.manual_seed(int(run.train.get("seed", 0)))
     backbone = BACKBONES.create(name, **kwargs)
     spec = {"backbone": name, "kwargs": json.loads(json.dumps(kwargs)), "registry": _registry_path(BACKBONES, name)}
+    spec |= {"mean": list(DEFAULT_NORMALIZATION[0]), "std": list(DEFAULT_NORMALIZATION[1])}  # as fine-tuning feeds it
     export_backbone(backbone, spec, out_dir, {"run": run.name, "method": RANDOM_INIT})
     summary = {"steps": 0, "run": run.name, "method": RANDOM_INIT, "backbone": name}
     report = _write_report(report, summary, backbone)
@@ -248,6 +252,17 @@ def load_backbone(run_dir: Path | str) -> nn.Module:
     return backbone
 
 
+def input_normalization(spec: dict[str, Any]) -> tuple[Stats, Stats]:
+    """(mean, std) a ``backbone.json`` spec's backbone expects: ``(pixels / 255 − mean) / std`` per RGB channel.
+    Specs written before the fields existed get :data:`DEFAULT_NORMALIZATION` (fine-tuning's)."""
+    mean, std = spec.get("mean", DEFAULT_NORMALIZATION[0]), spec.get("std", DEFAULT_NORMALIZATION[1])
+    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
+        raise ValueError(f"backbone spec: mean and std need 3 values each (std > 0), got {mean} and {std}")
+    r, g, b = map(float, mean)
+    sr, sg, sb = map(float, std)
+    return (r, g, b), (sr, sg, sb)
+
+
 def spec_registry(spec: dict[str, Any]) -> Registry:
     """The registry a ``backbone.json`` spec names (``"module:ATTRIBUTE"``; default ``BACKBONES``)."""
     module, attr = spec.get("registry", "facekit.nn.vit:BACKBONES").split(":")
@@ -273,8 +288,9 @@ def _registry_path(registry: Registry, name: str) -> str:
 
 
 def _backbone_spec(method: Method, run: PretrainRun) -> dict:
-    """``{"backbone", "kwargs", "registry"}`` of the exported backbone, from the ``Registry.create`` call
-    that built it (presets and the method's own overrides included; EMA copies carry it too)."""
+    """``{"backbone", "kwargs", "registry", "mean", "std"}`` of the exported backbone: the ``Registry.create``
+    call that built it (presets and the method's own overrides included; EMA copies carry it too) and the
+    input normalisation of the method's views."""
     exported = method.export_backbone()
     spec: RegistrySpec | None = getattr(exported, "registry_spec", None)
     if spec is None:
@@ -283,6 +299,7 @@ def _backbone_spec(method: Method, run: PretrainRun) -> dict:
             "by a facekit Registry (BACKBONES.create ...), so fine-tuning could not rebuild it"
         )
     out = {"backbone": spec.name, "kwargs": spec.kwargs, "registry": _registry_path(spec.registry, spec.name)}
+    out |= {"mean": list(method.mean), "std": list(method.std)}
     try:
         return json.loads(json.dumps(out))  # tuples become lists, as they will be read back
     except TypeError as e:

@@ -14,6 +14,7 @@ import torch
 
 from facekit.cli import main
 from facekit.config import PretrainParams
+from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD
 from facekit.eval.embedder import OnnxEmbedder
 from facekit.eval.knn import (
     ShardFaces,
@@ -29,6 +30,7 @@ from facekit.nn.vit import BACKBONES
 from facekit.train.pretrain import build_method, export_backbone, resolve_run
 
 TINY_VIT = {"img_size": 112, "depth": 2, "embed_dim": 192, "num_heads": 3}
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # LAFS's normalisation
 
 
 def _circle(degrees: list[float]) -> np.ndarray:
@@ -95,7 +97,9 @@ def test_a_face_recognition_model_separates_the_identities(faces: ShardFaces, as
 
     torch.manual_seed(0)
     random_vit = BACKBONES.create("vit_small_patch16_224", **TINY_VIT)
-    random_accuracy = knn_identity_accuracy(embed_faces(random_vit, faces, "mae"), faces.labels, k=1)
+    random_accuracy = knn_identity_accuracy(
+        embed_faces(random_vit, faces, (IMAGENET_MEAN, IMAGENET_STD)), faces.labels, k=1
+    )
     print(f"random-init ViT: 1-NN accuracy {random_accuracy:.3f}")  # photo-level similarity, well below 0.9
     assert majority_baseline(faces.labels) < random_accuracy < 0.9
 
@@ -162,7 +166,7 @@ def test_lafs_is_embedded_from_the_landmark_tokens_it_trains_on(faces: ShardFace
     images = (faces.images[:4].float() / 255 - 0.5) / 0.5  # LAFS's (0.5, 0.5) normalisation
     with torch.no_grad():
         trained_on = lafs.teacher.features(lafs.view_patches(images, points))
-    embedded = embed_faces(lafs.export_backbone(), with_mesh, "lafs")
+    embedded = embed_faces(lafs.export_backbone(), with_mesh, HALF, landmark_tokens=True)
     torch.testing.assert_close(torch.from_numpy(embedded), trained_on)
     with pytest.raises(ValueError, match="mesh=True"):
-        embed_faces(lafs.export_backbone(), faces, "lafs")
+        embed_faces(lafs.export_backbone(), faces, HALF, landmark_tokens=True)

@@ -16,9 +16,17 @@ from safetensors.torch import load_file
 
 from facekit.cli import main
 from facekit.config import Params, PretrainParams, load_params
+from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, VGGFACE2_MEAN, VGGFACE2_STD
 from facekit.nn.vit import BACKBONES
 from facekit.train.checkpoint import load_checkpoint
-from facekit.train.pretrain import build_method, load_backbone, resolve_run, run_pretrain
+from facekit.train.pretrain import (
+    DEFAULT_NORMALIZATION,
+    build_method,
+    input_normalization,
+    load_backbone,
+    resolve_run,
+    run_pretrain,
+)
 
 TINY_VIT = {"img_size": 112, "depth": 2, "embed_dim": 192, "num_heads": 3}
 DECODER = {"decoder_dim": 128, "decoder_heads": 4}
@@ -55,13 +63,15 @@ RUNS: dict[str, dict[str, Any]] = {
         "train": {"betas": [0.9, 0.95], "clip_grad": 1.0},
     },
 }
-#: the backbone each run exports, and keyword arguments that only the method (or preset) adds
+#: the backbone each run exports, keyword arguments that only the method (or preset) adds, and the input
+#: mean its views normalise with (std alongside): ImageNet's, FaceT's [−1, 1], VGGFace2's
 EXPORTED = {
-    "mae": ("vit_small_patch16_224", {}),
-    "facet_mae": ("facet_base", {"num_prompts": 0, "head_dim": None}),
-    "mcf": ("vit_small_patch16_224", {}),
-    "camd": ("vit_small_patch16_224", {"freeze_patch_embed": True, "class_token": True}),
+    "mae": ("vit_small_patch16_224", {}, IMAGENET_MEAN),
+    "facet_mae": ("facet_base", {"num_prompts": 0, "head_dim": None}, (0.5, 0.5, 0.5)),
+    "mcf": ("vit_small_patch16_224", {}, IMAGENET_MEAN),
+    "camd": ("vit_small_patch16_224", {"freeze_patch_embed": True, "class_token": True}, VGGFACE2_MEAN),
 }
+STDS = {IMAGENET_MEAN: IMAGENET_STD, (0.5, 0.5, 0.5): (0.5, 0.5, 0.5), VGGFACE2_MEAN: VGGFACE2_STD}
 
 
 def _params(shards: Path, out: Path, runs: dict[str, dict[str, Any]] = RUNS, **train: Any) -> Params:
@@ -91,8 +101,9 @@ def test_method_learns_and_its_backbone_loads_back(run: str, sample_shards: Path
     assert metrics["final_loss"] == pytest.approx(losses[-1])
 
     spec = json.loads((out / "backbone.json").read_text())
-    name, added = EXPORTED[run]
+    name, added, mean = EXPORTED[run]
     assert spec["backbone"] == name and spec["weights"] == "backbone.safetensors"
+    assert input_normalization(spec) == (mean, STDS[mean])  # what the method's views fed the backbone
     assert spec["registry"] == "facekit.nn.vit:BACKBONES"
     assert {k: spec["kwargs"][k] for k in added} == added
     fresh = BACKBONES.create(spec["backbone"], **spec["kwargs"])
@@ -172,3 +183,12 @@ def test_unknown_runs_and_missing_shards_are_clear_errors(tmp_path: Path, capsys
     params_file.write_text(yaml.safe_dump({"pretrain": {"runs": {"mae": {}}}}))
     assert main(["pretrain", "mea", "--params", str(params_file)]) == 2
     assert "facekit: error: unknown pretrain run 'mea' (did you mean 'mae'?)" in capsys.readouterr().err
+
+
+def test_input_normalization_of_a_spec_and_its_checks() -> None:
+    spec = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+    assert input_normalization(spec) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert input_normalization({}) == DEFAULT_NORMALIZATION == ((0.5,) * 3, (0.5,) * 3)  # older exports
+    for bad in ({"mean": [0.5, 0.5]}, {"std": [0.5, 0.0, 0.5]}):
+        with pytest.raises(ValueError, match="mean and std need 3 values"):
+            input_normalization(bad)
