@@ -15,27 +15,33 @@ Independent stages run concurrently: DVC holds its repository lock only while it
 (contention is retried), not while the stage's command runs, so two GPU stages can train at once;
 ``prefect work-pool set-concurrency-limit gpu 1`` makes the pool run them one at a time (then run
 ``full-chain`` itself elsewhere: served, or on a CPU pool). The GPU worker must see the project folder at
-the same path (the same machine or a shared file system).
+the same path (the same machine or a shared file system). A GPU stage fails, and cancels its flow run, once
+the pool has had no online worker for ``worker_timeout_s`` (a worker that died or never started would
+otherwise leave the chain waiting forever); a paused pool is waited for.
 """
 
 # no ``from __future__ import annotations``: a served flow is pickled into its run process by value and
 # Prefect validates the parameters against the real annotation objects
 
+import time
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, WorkPoolStatus
 from prefect.deployments import run_deployment
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, State
+from prefect.states import Cancelled, Completed, State
 
 from workflows.dvc_tasks import dvc_repro
 
 GPU_DEPLOYMENT = "dvc-stage/dvc-stage-gpu"
 GPU_STAGES = ("pretrain", "finetune")
 UP_TO_DATE = "Up to date"  # the dvc-stage flow run's final state name when DVC skipped the stage
+WORKER_TIMEOUT_S = 600.0  # how long a GPU stage waits while its pool has no online worker
 
 
 def read_dag(root: Path | str = ".") -> tuple[list[str], dict[str, list[str]], set[str]]:
@@ -72,16 +78,47 @@ def dvc_stage(stage: str) -> State:
 
 
 @task(task_run_name="{stage}", cache_policy=NO_CACHE)
-def gpu_stage(stage: str, deployment: str, poll_seconds: float) -> bool:
-    """Run ``stage`` as a flow run of ``deployment`` (on its work pool) and wait for it; returns whether
-    DVC ran the stage."""
-    run = run_deployment(
-        deployment, parameters={"stage": stage}, flow_run_name=stage, timeout=None, poll_interval=poll_seconds
-    )
+def gpu_stage(
+    stage: str, deployment: str, poll_seconds: float, worker_timeout_s: float | None = WORKER_TIMEOUT_S
+) -> bool:
+    """Run ``stage`` as a flow run of ``deployment`` (on its work pool) and wait for it (:func:`wait_for_run`);
+    returns whether DVC ran the stage."""
+    run = run_deployment(deployment, parameters={"stage": stage}, flow_run_name=stage, timeout=0)
+    run = wait_for_run(run, poll_seconds, worker_timeout_s)
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "no state"
         raise RuntimeError(f"{stage} on {deployment}: flow run {run.name} ended {state}")
     return run.state.name != UP_TO_DATE
+
+
+def wait_for_run(run: FlowRun, poll_seconds: float, worker_timeout_s: float | None) -> FlowRun:
+    """Poll ``run`` every ``poll_seconds`` until its state is final; return it then.
+
+    While it runs, its work pool is watched: once the pool has had no online worker (status ``NOT_READY``)
+    for ``worker_timeout_s`` seconds in a row (None: never), the run is cancelled and a RuntimeError says
+    which pool needs a worker.
+    """
+    offline_since: float | None = None
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(run.id)
+            if run.state is not None and run.state.is_final():
+                return run
+            if worker_timeout_s is not None and run.work_pool_name:
+                now = time.monotonic()
+                if client.read_work_pool(run.work_pool_name).status != WorkPoolStatus.NOT_READY:
+                    offline_since = None
+                elif offline_since is None:
+                    offline_since = now
+                if offline_since is not None and now - offline_since >= worker_timeout_s:
+                    message = (
+                        f"{run.name}: no worker online in work pool {run.work_pool_name!r} for "
+                        f"{worker_timeout_s:g} s (flow run {run.state.name if run.state else 'without state'}); "
+                        f"start one with `prefect worker start --pool {run.work_pool_name}`"
+                    )
+                    client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
+                    raise RuntimeError(message)
+            time.sleep(poll_seconds)
 
 
 @flow(name="full-chain", log_prints=True)
@@ -89,9 +126,11 @@ def full_chain(
     gpu_stages: tuple[str, ...] = GPU_STAGES,
     gpu_deployment: str = GPU_DEPLOYMENT,
     poll_seconds: float = 10.0,
+    worker_timeout_s: float | None = WORKER_TIMEOUT_S,
 ) -> dict[str, str]:
     """Bring every stage of the working directory's ``dvc.yaml`` up to date, GPU stages through
-    ``gpu_deployment`` (polled every ``poll_seconds``). Returns ``{stage: "ran" | "up to date"}`` in
+    ``gpu_deployment`` (polled every ``poll_seconds``; failing after ``worker_timeout_s`` without an online
+    worker in its pool, see :func:`wait_for_run`). Returns ``{stage: "ran" | "up to date"}`` in
     topological order; any failing stage fails the flow (stages downstream of it do not run)."""
     order, upstream, stale = read_dag()
     cpu_stage = dvc_repro.with_options(task_run_name="{stage}")
@@ -101,7 +140,7 @@ def full_chain(
             continue  # DVC would skip it: nothing upstream of it runs
         wait_for = [futures[u] for u in upstream[stage] if u in futures]
         if is_gpu_stage(stage, gpu_stages):
-            futures[stage] = gpu_stage.submit(stage, gpu_deployment, poll_seconds, wait_for=wait_for)
+            futures[stage] = gpu_stage.submit(stage, gpu_deployment, poll_seconds, worker_timeout_s, wait_for=wait_for)
         else:
             futures[stage] = cpu_stage.submit(stage, single_item=True, wait_for=wait_for)
     summary = {stage: "ran" if stage in futures and futures[stage].result() else "up to date" for stage in order}

@@ -9,19 +9,22 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+import pytest
 import yaml
 from dvc.repo import Repo
 from dvc.stage import PipelineStage
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, TaskRun
 
-from workflows.full_chain import full_chain
+from workflows.full_chain import full_chain, gpu_stage
 
 if TYPE_CHECKING:
     from tests.workflows.conftest import WorkerPool
@@ -127,3 +130,23 @@ def test_full_chain_runs_the_dvc_dag_with_gpu_stages_on_the_pool(gpu_pool: Worke
     assert _task_runs(again.state_details.flow_run_id, stages) == {}  # nothing submitted, nothing sent to the pool
     assert len(_gpu_flow_runs()) == len(GPU_STAGES)
     assert (dvc_repo / "dvc.lock").read_bytes() == lock
+
+
+def test_a_gpu_stage_fails_and_cancels_its_run_when_its_pool_has_no_worker(prefect_api: str) -> None:
+    """A GPU stage sent to a pool that no worker serves does not wait forever: after ``worker_timeout_s`` its
+    flow run is cancelled and the error names the stage and the pool to start a worker on."""
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="unserved", type="process"))
+        flow_id = client.create_flow_from_name("dvc-stage")
+        entrypoint = "workflows/full_chain.py:dvc_stage"
+        client.create_deployment(flow_id, "dvc-stage-unserved", work_pool_name="unserved", entrypoint=entrypoint)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"pretrain@mae: no worker online in work pool 'unserved' for 2 s") as error:
+        gpu_stage.fn("pretrain@mae", "dvc-stage/dvc-stage-unserved", poll_seconds=0.2, worker_timeout_s=2)
+    assert time.monotonic() - start >= 2 and "prefect worker start --pool unserved" in str(error.value)
+    with get_client(sync_client=True) as client:
+        deployments = DeploymentFilter(name=DeploymentFilterName(any_=["dvc-stage-unserved"]))
+        runs = client.read_flow_runs(deployment_filter=deployments)
+    assert [(r.name, r.parameters, r.state.type.value) for r in runs] == [
+        ("pretrain@mae", {"stage": "pretrain@mae"}, "CANCELLED")
+    ]
