@@ -183,9 +183,7 @@ def crop_views(
     first, look = recipes[0], photometry[0]
     norm = (look.normalize, look.mean, look.std)
     if len(photometry) != len(recipes) or any(
-        r.size != first.size or (p.normalize, p.mean, p.std) != norm
-        for r, p in zip(recipes, photometry, strict=False)
-        if r is not first or p is not look
+        r.size != first.size or (p.normalize, p.mean, p.std) != norm for r, p in zip(recipes, photometry, strict=False)
     ):
         raise ValueError("crop_views: the recipes must share size, normalize, mean and std")
     stack = ViewStack(len(recipes), first.size, first.size, *norm)
