@@ -106,7 +106,7 @@ class MAEDecoder(nn.Module):
         num_patches = self.pos_embed.shape[1]
         visible = self.embed(tokens)
         index = keep.unsqueeze(-1).expand(-1, -1, dim)
-        x = self.mask_token.expand(batch, num_patches, dim).scatter(1, index, visible)
+        x = self.mask_token.to(visible.dtype).expand(batch, num_patches, dim).scatter(1, index, visible)
         if self.pos_on_visible:
             x = x + self.pos_embed
         else:

@@ -45,7 +45,8 @@ class MultiHeadAttentionTopK(nn.Module):
         q, key = self._heads(self.query(query)), self._heads(self.key(context))
         scores = q @ key.transpose(-2, -1) * self.head_dim**-0.5  # [B, H, Nq, Nk]
         top, index = scores.topk(self.k, dim=-1)  # [B, H, Nq, k]
-        return torch.zeros_like(scores).scatter(-1, index, top.softmax(dim=-1))
+        weights = top.softmax(dim=-1)  # float32 under CUDA autocast, whatever the scores' dtype
+        return torch.zeros_like(scores, dtype=weights.dtype).scatter(-1, index, weights)
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Attend from ``query [B, Nq, D]`` to ``context [B, Nk, D]``; returns ``[B, Nq, D]``."""

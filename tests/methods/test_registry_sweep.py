@@ -1,5 +1,6 @@
 """Registry sweep: every registered pre-training method, on each ViT backbone it accepts, does a forward and
-backward pass on real aligned faces (through its own views) with a finite loss and finite gradients."""
+backward pass on real aligned faces (through its own views) with a finite loss and finite gradients, in
+fp32 and under bf16 autocast (what the engine uses on CUDA; CPU autocast casts the same ops)."""
 
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def _cases() -> list[tuple[str, dict[str, Any]]]:
     return [(name, {}) for name in TRAINED_RUNS] + VARIANTS
 
 
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize(("run", "overrides"), _cases(), ids=lambda c: c if isinstance(c, str) else c.get("backbone"))
-def test_forward_and_backward_are_finite(run: str, overrides: dict[str, Any], faces: list) -> None:
+def test_forward_and_backward_are_finite(run: str, overrides: dict[str, Any], amp: bool, faces: list) -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     spec = {**SAMPLE_RUNS.runs[run], **overrides}
@@ -81,8 +83,9 @@ def test_forward_and_backward_are_finite(run: str, overrides: dict[str, Any], fa
     method, _ = build_method(resolve_run(params, run))
     extra = {k: float(v[0]) for k, v in method.schedules(10, 5).items()}
     hp = StepValues(step=0, epoch=0.0, progress=0.0, lr=1e-3, weight_decay=0.05, momentum=0.99, extra=extra)
-    out = method(_batch(method.views(), faces), hp)
-    assert torch.isfinite(out["loss"]), out
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out = method(_batch(method.views(), faces), hp)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"]), out
     out["loss"].backward()
     grads = [p.grad for p in method.parameters() if p.requires_grad and p.grad is not None]
     assert grads, "no parameter received a gradient"
