@@ -25,7 +25,11 @@ embeddings leave the decoder nearly equal (cosine ~0.99 at init: the targets sta
 differ only through cross-attention weights over a small map); with equal embeddings every region gets
 ``1 / K`` everywhere, and the instance and region losses give the dots no gradient there (a softmax over
 regions of a loss symmetric in the regions), so only the cluster loss (weight 0.1; teacher 0.04 sharper
-than student 0.1) pulls the regions apart, slowly. ``proto`` follows the embeddings. :meth:`FRA.forward`
+than student 0.1) can pull the regions apart, and only while the teacher's scores follow the student's:
+the decoder's dropout (``attn_dropout``, 0.1 as released) is on in both networks, and on real faces its
+noise outweighs the regions' differences, so at init the cluster loss pushes them together; with
+``attn_dropout=0`` it separates them, slowly (the README gives the measured ``region_cos``). ``proto``
+follows the embeddings. :meth:`FRA.forward`
 logs ``region_cos``, the mean cosine between the K batch-mean embeddings (1 = one region), to show when
 they separate. Even for orthogonal embeddings a region's weight reaches only ``e / (e + K - 1)`` at scale 1
 (0.28 for K = 8), so :func:`save_heatmap_figure` colours the maps over their own range.
