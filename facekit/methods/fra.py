@@ -29,10 +29,10 @@ than student 0.1) can pull the regions apart, and only while the teacher's score
 the decoder's dropout (``attn_dropout``, 0.1 as released) is on in both networks, and on real faces its
 noise outweighs the regions' differences, so at init the cluster loss pushes them together; with
 ``attn_dropout=0`` it separates them, slowly (the README gives the measured ``region_cos``). ``proto``
-follows the embeddings. :meth:`FRA.forward`
-logs ``region_cos``, the mean cosine between the K batch-mean embeddings (1 = one region), to show when
-they separate. Even for orthogonal embeddings a region's weight reaches only ``e / (e + K - 1)`` at scale 1
-(0.28 for K = 8), so :func:`save_heatmap_figure` colours the maps over their own range.
+follows the embeddings. :meth:`FRA.forward` logs ``region_cos``, the mean cosine between the K batch-mean
+embeddings (1 = one region), to show when they separate. Even for orthogonal embeddings a region's weight
+reaches only ``e / (e + K - 1)`` at scale 1 (0.28 for K = 8), so :func:`save_heatmap_figure` colours the
+maps over their own range.
 
 Released recipe (:attr:`FRA.recipe`; the loop owns these): ResNet-50 at 224 on VGGFace2, batch 512,
 LARS (momentum 0.9, trust coefficient 0.001, no adaptation and no weight decay on biases and BN), lr 0.9
