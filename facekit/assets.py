@@ -5,6 +5,9 @@
 ``fetch_assets()`` fills a folder from ``assets_manifest.json``: every file is downloaded to
 ``<file>.part`` (an interrupted download resumes with an HTTP ``Range`` request), its sha256 is checked,
 and only then is it moved into place, so a bad file is never left where a reader would find it.
+A derived file (``derive``) is rebuilt from its ``inputs``: other assets, or ``intermediate`` entries (a
+larger original, e.g. CelebA's full annotation file) that are downloaded into ``.inputs/`` only while a
+derived file needs them and deleted after the run.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ MANIFEST_PATH = Path(__file__).with_name("assets_manifest.json")
 #: Written into a fetched folder once every fetchable file is present and verified.
 COMPLETE_MARKER = ".facekit-assets-complete"
 _ARCHIVE_DIR = ".archives"
+_INPUTS_DIR = ".inputs"
 _CHUNK = 1 << 16
 _TIMEOUT_S = 60.0
 
@@ -102,7 +106,9 @@ def asset_path(relative: str) -> Path:
 @dataclass(frozen=True)
 class ManifestEntry:
     """One asset file. ``url`` is None for derived files (rebuilt from ``inputs`` by ``derive``) and for
-    files with no public source; ``archive_member`` names the file inside a downloaded zip/wheel."""
+    files with no public source; ``archive_member`` names the file inside a downloaded zip/wheel.
+    ``intermediate`` marks a derivation input that is not an asset: it lives under ``.inputs/``, is fetched
+    only to rebuild a derived file, and is not needed for a complete folder."""
 
     path: str
     url: str | None
@@ -115,6 +121,7 @@ class ManifestEntry:
     archive_size: int | None = None
     derive: str | None = None
     inputs: tuple[str, ...] = ()
+    intermediate: bool = False
     note: str = ""
 
 
@@ -134,6 +141,8 @@ def load_manifest(manifest: Path | None = None) -> list[ManifestEntry]:
             raise AssetsError("bad_manifest", f"{entry.path}: unknown derivation {entry.derive!r}")
         if missing := [name for name in entry.inputs if name not in known]:
             raise AssetsError("bad_manifest", f"{entry.path}: inputs not in the manifest: {missing}")
+        if entry.intermediate and not (entry.url and entry.path.startswith(_INPUTS_DIR + "/")):
+            raise AssetsError("bad_manifest", f"{entry.path}: an intermediate needs a url and a path in {_INPUTS_DIR}/")
     return entries
 
 
@@ -187,18 +196,22 @@ def fetch_assets(
     """Download, verify and place the manifest's files under ``dest`` (default: the user cache).
 
     ``base_url`` points at a mirror laid out like the assets folder: each file is then read from
-    ``<base_url>/<path>`` (archives are not needed there); derived files are always rebuilt locally.
+    ``<base_url>/<path>`` (archives are not needed there); derived files are rebuilt locally, except those
+    that need an intermediate input (a mirror holds only the assets): they are read from the mirror too.
     ``only`` restricts the run to these paths or folders (plus the inputs of derived files).
     Files already present with the right sha256 are skipped; a present file with a wrong sha256 is
     replaced. The completion marker is written when every fetchable file is present and verified.
     """
     dest = Path(dest) if dest is not None else default_cache_dir()
     entries = load_manifest(manifest)
+    by_path = {entry.path: entry for entry in entries}
     selected = _select(entries, only)
     report = FetchReport(dest=dest)
     verified: set[str] = set()
     todo: list[ManifestEntry] = []
     for entry in selected:
+        if entry.intermediate:
+            continue  # fetched below, and only when a file to rebuild needs it
         if _has_valid_copy(dest / entry.path, entry.sha256):
             report.skipped.append(entry.path)
             verified.add(entry.path)
@@ -206,21 +219,27 @@ def fetch_assets(
             report.not_fetchable.append(FetchFailure(entry.path, "no_public_url", entry.note or entry.source))
         else:
             todo.append(entry)
-    total = sum(_download_size(entry, base_url) for entry in todo)
+    rebuild = {entry.path for entry in todo if _rebuilt_here(entry, base_url, by_path)}
+    needed = {name for path in rebuild for name in by_path[path].inputs}
+    todo = [entry for entry in selected if entry.intermediate and entry.path in needed] + todo
+    listed = list(by_path)
+    total = sum(_download_size(entry, base_url, entry.path in rebuild) for entry in todo)
     with tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc="assets") as bar:
         for entry in todo:
             bar.set_postfix_str(entry.path, refresh=False)
             try:
-                _fetch_one(entry, dest, base_url, bar)
+                _fetch_one(entry, dest, base_url, bar, listed if entry.path in rebuild else None)
             except _FetchError as exc:
                 report.failed.append(FetchFailure(entry.path, exc.reason, exc.detail))
             else:
-                report.fetched.append(entry.path)
+                if not entry.intermediate:
+                    report.fetched.append(entry.path)
                 verified.add(entry.path)
+    _remove_intermediates(dest, todo)
     report.complete = all(
         entry.path in verified or _has_valid_copy(dest / entry.path, entry.sha256)
         for entry in entries
-        if entry.url is not None or entry.derive is not None
+        if (entry.url is not None or entry.derive is not None) and not entry.intermediate
     )
     if report.complete:
         (dest / COMPLETE_MARKER).write_text(f"manifest sha256 {_manifest_digest(manifest)}\n")
@@ -245,22 +264,46 @@ def _select(entries: list[ManifestEntry], only: list[str] | None) -> list[Manife
     return sorted(chosen, key=lambda entry: entry.derive is not None)
 
 
-def _download_size(entry: ManifestEntry, base_url: str | None) -> int:
-    if entry.derive is not None:
+def _rebuilt_here(entry: ManifestEntry, base_url: str | None, by_path: dict[str, ManifestEntry]) -> bool:
+    """Whether a derived file is rebuilt locally: always, except from a mirror when it needs an intermediate."""
+    if entry.derive is None:
+        return False
+    return base_url is None or not any(by_path[name].intermediate for name in entry.inputs)
+
+
+def _remove_intermediates(dest: Path, todo: list[ManifestEntry]) -> None:
+    """Delete the intermediate inputs of this run, then their folders once empty (an interrupted
+    download's ``.part`` stays, so the next run resumes it)."""
+    folders: set[Path] = set()
+    for entry in todo:
+        if entry.intermediate:
+            (dest / entry.path).unlink(missing_ok=True)
+            folders |= {folder for folder in Path(entry.path).parents if folder != Path(".")}
+    for folder in sorted(folders, key=lambda folder: len(folder.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            (dest / folder).rmdir()  # only succeeds once empty
+
+
+def _download_size(entry: ManifestEntry, base_url: str | None, rebuilt: bool) -> int:
+    if rebuilt:
         return 0
     if entry.archive_member is not None and base_url is None:
         return entry.archive_size or 0
     return entry.size
 
 
-def _fetch_one(entry: ManifestEntry, dest: Path, base_url: str | None, bar: tqdm) -> None:
+def _fetch_one(
+    entry: ManifestEntry, dest: Path, base_url: str | None, bar: tqdm, rebuild_from: list[str] | None
+) -> None:
+    """Place one file: rebuilt from its inputs when ``rebuild_from`` (the manifest's paths) is given,
+    else downloaded from the mirror, from inside an archive, or from its url."""
     target = dest / entry.path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)  # a present file reaching here has a wrong checksum
     part = target.with_name(target.name + ".part")
-    if entry.derive is not None:
-        part.write_bytes(_derive(entry, dest))
-    elif base_url is not None:
+    if rebuild_from is not None:
+        part.write_bytes(_derive(entry, dest, rebuild_from))
+    elif base_url is not None and not entry.intermediate:
         _download(f"{base_url.rstrip('/')}/{urllib.parse.quote(entry.path)}", part, bar)
     elif entry.archive_member is not None:
         _extract_from_archive(entry, dest, part, bar)
@@ -349,14 +392,14 @@ def _manifest_digest(manifest: Path | None) -> str:
     return hashlib.sha256(Path(manifest or MANIFEST_PATH).read_bytes()).hexdigest()
 
 
-def _derive(entry: ManifestEntry, dest: Path) -> bytes:
+def _derive(entry: ManifestEntry, dest: Path, listed: list[str]) -> bytes:
     missing = [name for name in entry.inputs if not (dest / name).is_file()]
     if missing:
         raise _FetchError("missing_input", f"needs {missing}, which could not be fetched")
     texts = [(dest / name).read_text(encoding="utf-8") for name in entry.inputs]
     try:
-        return _DERIVERS[entry.derive or ""](*texts).encode("utf-8")
-    except (KeyError, ValueError) as exc:
+        return _DERIVERS[entry.derive or ""](texts, listed).encode("utf-8")
+    except (LookupError, ValueError) as exc:
         raise _FetchError("derive_failed", f"cannot rebuild from {list(entry.inputs)}: {exc!r}") from exc
 
 
@@ -409,9 +452,65 @@ def _derive_deepface_identities(pivot_csv: str) -> str:
     return out.getvalue()
 
 
-_DERIVERS: dict[str, Callable[..., str]] = {
-    "deepface_pairs": _derive_deepface_pairs,
-    "deepface_identities": _derive_deepface_identities,
+#: CelebA photo folders whose annotation files are cut from CelebA's full files.
+_CELEBA_MEDIUM_DIR = "faces/celeba_medium/"
+_CELEBA_DOWNSTREAM_IMAGES = "downstream/celeba/Img/img_celeba/"
+
+
+def _celeba_rows(annotation_txt: str) -> dict[str, str]:
+    """The lines of a CelebA annotation file (``<nnnnnn>.jpg <fields>``) by file name, without line ends;
+    count and header lines are skipped."""
+    rows = {}
+    for line in annotation_txt.splitlines():
+        fields = line.split(maxsplit=1)
+        if fields and fields[0].endswith(".jpg"):
+            rows[fields[0]] = line
+    return rows
+
+
+def _photos_in(listed: list[str], folder: str) -> list[str]:
+    """The manifest's ``.jpg`` paths under ``folder``, relative to it, sorted."""
+    return sorted(path.removeprefix(folder) for path in listed if path.startswith(folder) and path.endswith(".jpg"))
+
+
+def _derive_celeba_medium_identities(identity_txt: str, listed: list[str]) -> str:
+    """identities.csv: ``file,identity`` for every photo of the manifest under faces/celeba_medium/, by path;
+    identity = ``celeba_<number>`` from CelebA's identity_CelebA.txt, which must name the photo's folder."""
+    labels = _celeba_rows(identity_txt)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "identity"])
+    for relative in _photos_in(listed, _CELEBA_MEDIUM_DIR):
+        folder, name = relative.split("/")
+        identity = "celeba_" + labels[name].split()[1]
+        if folder != identity:
+            raise ValueError(f"{relative} is labelled {identity} in identity_CelebA.txt")
+        writer.writerow([relative, identity])
+    return out.getvalue()
+
+
+def _derive_celeba_identity_rows(identity_txt: str, listed: list[str]) -> str:
+    """Anno/identity_CelebA.txt in CelebA's layout (no header): the rows of the downstream photos."""
+    rows = _celeba_rows(identity_txt)
+    return "".join(rows[name] + "\n" for name in _photos_in(listed, _CELEBA_DOWNSTREAM_IMAGES))
+
+
+def _derive_celeba_attr_rows(attr_txt: str, listed: list[str]) -> str:
+    """Anno/list_attr_celeba.txt in CelebA's layout: the row count, the attribute-name line (kept byte for
+    byte, trailing space included), then the rows of the downstream photos; LF line ends."""
+    header = attr_txt.splitlines()[1]
+    rows = _celeba_rows(attr_txt)
+    names = _photos_in(listed, _CELEBA_DOWNSTREAM_IMAGES)
+    return "\n".join([str(len(names)), header, *(rows[name] for name in names)]) + "\n"
+
+
+#: name -> function(input texts, every manifest path) -> the derived file's text.
+_DERIVERS: dict[str, Callable[[list[str], list[str]], str]] = {
+    "deepface_pairs": lambda texts, _listed: _derive_deepface_pairs(*texts),
+    "deepface_identities": lambda texts, _listed: _derive_deepface_identities(*texts),
+    "celeba_medium_identities": lambda texts, listed: _derive_celeba_medium_identities(*texts, listed),
+    "celeba_identity_rows": lambda texts, listed: _derive_celeba_identity_rows(*texts, listed),
+    "celeba_attr_rows": lambda texts, listed: _derive_celeba_attr_rows(*texts, listed),
 }
 
 

@@ -208,6 +208,74 @@ def test_derived_files_are_rebuilt_from_the_real_pivot(tmp_path, serve, assets) 
         assert (tmp_path / "dest" / relative).read_bytes() == (assets / relative).read_bytes()
 
 
+_CELEBA_DERIVED = [
+    "downstream/celeba/Anno/identity_CelebA.txt",
+    "downstream/celeba/Anno/list_attr_celeba.txt",
+    "faces/celeba_medium/identities.csv",
+]
+
+
+def _full_celeba_files(assets: Path) -> dict[str, str]:
+    """Stand-ins for CelebA's full annotation files (the intermediate inputs), built from the shared cuts
+    plus rows of photos that are not in the assets, in the upstream layouts (a header; CRLF for attributes)."""
+    labels = {f"{n:06d}.jpg": str(9000 + n) for n in range(1, 400)}
+    medium = (assets / "faces/celeba_medium/identities.csv").read_text().splitlines()[1:]
+    labels |= {row.split(",")[0].split("/")[1]: row.split(",")[1].removeprefix("celeba_") for row in medium}
+    cut = (assets / "downstream/celeba/Anno/identity_CelebA.txt").read_text().split()
+    labels |= dict(zip(cut[::2], cut[1::2], strict=True))
+    _count, header, *rows = (assets / "downstream/celeba/Anno/list_attr_celeba.txt").read_text().splitlines()
+    attrs = {f"{n:06d}.jpg": f"{n:06d}.jpg" + " -1" * 40 for n in range(1, 400)}
+    attrs |= {row.split()[0]: row for row in rows}
+    identity = "image identity\n" + "".join(f"{name} {label}\n" for name, label in sorted(labels.items()))
+    attr = "\r\n".join(["202599", header, *(attrs[name] for name in sorted(attrs))]) + "\r\n"
+    return {".inputs/celeba/identity_CelebA.txt": identity, ".inputs/celeba/list_attr_celeba.txt": attr}
+
+
+def test_celeba_annotations_are_rebuilt_from_intermediate_inputs(tmp_path, serve, assets) -> None:
+    """The CelebA annotation files are cut from CelebA's full files (intermediates): rebuilt from them for the
+    photos the manifest lists, they match the shared files exactly; the intermediates are not kept."""
+    full = _full_celeba_files(assets)
+    for relative, text in full.items():
+        (tmp_path / "mirror" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mirror" / relative).write_bytes(text.encode())
+    server = serve(tmp_path / "mirror")
+    doc = json.loads(fk_assets.MANIFEST_PATH.read_text())
+    for raw in doc["files"]:
+        if raw["path"] in full:
+            data = full[raw["path"]].encode()
+            raw |= {"url": f"{server.url}/{raw['path']}", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(doc))
+    dest = tmp_path / "dest"
+
+    report = fetch_assets(dest, manifest=manifest, only=_CELEBA_DERIVED, progress=False)
+    assert report.ok, report.summary()
+    assert sorted(report.fetched) == _CELEBA_DERIVED, "intermediates are not reported as fetched assets"
+    assert sorted(rel for rel, _ in server.requests) == sorted(full)
+    for relative in _CELEBA_DERIVED:
+        assert (dest / relative).read_bytes() == (assets / relative).read_bytes(), relative
+    assert not (dest / ".inputs").exists(), "intermediates are deleted after the run"
+
+    seen = len(server.requests)
+    again = fetch_assets(dest, manifest=manifest, only=_CELEBA_DERIVED, progress=False)
+    assert sorted(again.skipped) == _CELEBA_DERIVED and not again.fetched
+    assert len(server.requests) == seen, "no intermediate is downloaded when nothing needs rebuilding"
+
+    mislabelled = full[".inputs/celeba/identity_CelebA.txt"].replace("001085.jpg 7201", "001085.jpg 7202")
+    with pytest.raises(ValueError, match=re.escape("celeba_7201/001085.jpg is labelled celeba_7202")):
+        fk_assets._DERIVERS["celeba_medium_identities"]([mislabelled], [e.path for e in load_manifest()])
+
+
+def test_mirror_serves_files_derived_from_intermediates(tmp_path, serve, assets) -> None:
+    """A mirror holds the assets, not the intermediates: a file derived from one is read from the mirror."""
+    server = serve(assets)
+    relative = "downstream/celeba/Anno/list_attr_celeba.txt"
+    report = fetch_assets(tmp_path / "dest", base_url=server.url, only=[relative], progress=False)
+    assert report.fetched == [relative] and report.ok
+    assert [rel for rel, _ in server.requests] == [relative]
+    assert (tmp_path / "dest" / relative).read_bytes() == (assets / relative).read_bytes()
+
+
 def test_archive_member_is_extracted_and_verified(tmp_path, serve, photo_mirror) -> None:
     server = serve(tmp_path / "mirror")
     data = photo_mirror["masks/masks.cfg"]
@@ -312,18 +380,25 @@ def test_cli_fetch_and_where(tmp_path, serve, assets, monkeypatch, capsys) -> No
 
 def test_real_manifest_covers_every_shared_file(assets) -> None:
     """Every file in SHA256SUMS has a manifest entry with the same sha256 and size, a licence, a source
-    and a way to get it (URL, archive member or derivation)."""
+    and a way to get it (URL, archive member or derivation). The folder's own documentation (README.md,
+    */SOURCES.md) has no public copy: its entry says so in a note instead."""
     listed = {}
     for line in (assets / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
         listed[name.removeprefix("./")] = digest
     listed.pop("SHA256SUMS")  # the checksum file lists itself (the hash of an empty file): not an asset
-    entries = {entry.path: entry for entry in load_manifest()}
+    manifest = load_manifest()
+    entries = {entry.path: entry for entry in manifest if not entry.intermediate}
     assert set(entries) == set(listed)
     for relative, digest in listed.items():
         entry = entries[relative]
         assert entry.sha256 == digest, relative
         assert entry.size == (assets / relative).stat().st_size, relative
         assert entry.licence and entry.source, relative
-        assert (entry.url or "").startswith("https://") or entry.derive, relative
+        documentation = relative == "README.md" or relative.endswith("/SOURCES.md")
+        assert (entry.url or "").startswith("https://") or entry.derive or (documentation and entry.note), relative
+    for entry in manifest:
+        if entry.intermediate:
+            assert entry.url.startswith("https://") and entry.licence and entry.source, entry.path
+            assert any(entry.path in other.inputs for other in manifest), f"{entry.path} is no one's input"
     assert fk_assets.MANIFEST_PATH.parent == Path(fk_assets.__file__).parent
