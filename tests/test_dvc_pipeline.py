@@ -53,6 +53,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_repro_runs_the_sample_end_to_end_then_does_nothing(repo: Path) -> None:
     first = _dvc(repo, "repro")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -73,6 +74,7 @@ def test_repro_runs_the_sample_end_to_end_then_does_nothing(repo: Path) -> None:
     assert _dvc(repo, "status", "-q").returncode == 0
 
 
+@pytest.mark.slow
 def test_changing_an_alignment_param_reruns_only_what_depends_on_it(repo: Path) -> None:
     if not (repo / "dvc.lock").is_file():
         assert _dvc(repo, "repro").returncode == 0

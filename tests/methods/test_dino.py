@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,6 @@ from facekit.train.loop import TrainConfig, train
 
 TINY = dict(img_size=32, embed_dim=32, depth=1, num_heads=2)  # 4 × 4 tokens of 8 px
 HEAD = dict(out_dim=64, head_hidden_dim=64, head_bottleneck_dim=16)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _hp(step: int = 0, epoch: float = 0.0, momentum: float = 0.996, **extra: float) -> StepValues:

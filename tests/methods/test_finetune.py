@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -28,15 +27,6 @@ from facekit.train.pretrain import export_backbone
 
 TINY = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_prompts": 2, "head_dim": 16}
 HP = StepValues(step=0, epoch=0.0, progress=0.0, lr=1e-3, weight_decay=0.0, momentum=0.0)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def face_record(key: str, rgb: np.ndarray, identity: int, with_twin: bool = True) -> FaceRecord:

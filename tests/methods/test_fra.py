@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -34,15 +33,6 @@ from facekit.train.loop import TrainConfig, build_optimizer
 
 TINY_TRUNK: dict = {"channels": (16, 32, 64, 128)}  # a narrow ResNet-18: 128 channels out
 TINY: dict = dict(backbone="resnet18", backbone_kwargs=TINY_TRUNK, dim=16, hidden_dim=32, image_size=64)  # 2×2 maps
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions on a shared 2-core machine run ~10× faster on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _hp(step: int = 0, progress: float = 0.0) -> StepValues:
@@ -396,6 +386,7 @@ def test_cluster_loss_alone_pulls_near_equal_regions_apart_when_teacher_and_stud
     assert losses[-1] < losses[0] - 0.3, (losses[0], losses[-1])
 
 
+@pytest.mark.slow
 def test_instance_branch_learns_the_invariance_its_views_teach() -> None:
     """A positive control for the online / target networks, predictors and EMA together: 8 smooth random
     patterns, each view shifted by its own random colour offset (as strong as the pattern). A random trunk's

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import math
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +36,6 @@ from facekit.nn.vit import patchify
 
 TINY = dict(embed_dim=32, depth=1, num_heads=2)  # LAFS_BACKBONE otherwise: 112 px, 196 positions, Linear(192)
 HEAD = dict(out_dim=64, head_hidden_dim=64, head_bottleneck_dim=16)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _hp(step: int = 0, momentum: float = 0.996) -> StepValues:

@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,6 @@ from facekit.nn.margins import MARGINS, ArcFace
 from facekit.nn.partial_fc import PartialFC, sharded_cross_entropy
 
 C, D, B = 11, 8, 6  # classes, embedding size, per-rank batch (the DDP test gathers 2 × B)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

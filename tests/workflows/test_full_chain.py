@@ -100,6 +100,7 @@ def _dvc_status(project: Path) -> int:
     return subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=project, check=False).returncode
 
 
+@pytest.mark.slow
 def test_full_chain_runs_the_dvc_dag_with_gpu_stages_on_the_pool(gpu_pool: WorkerPool, dvc_repo: Path) -> None:
     _tiny_chain(dvc_repo)
     deploy = _deploy_gpu_stage(dvc_repo)

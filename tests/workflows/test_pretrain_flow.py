@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from prefect.client.orchestration import get_client
@@ -51,6 +52,7 @@ def _wait_for(name: str, server: subprocess.Popen, log: Path, timeout: float = 9
                 time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_served_pretrain_deployment_trains_the_run(prefect_api: str, project: Path) -> None:
     _tiny_pretrain(project)
     log_path = project.parent / "serve.log"
