@@ -52,9 +52,9 @@ def source_records(shards: Path | None) -> list[FaceRecord]:
     if shards is None:
         from facekit.assets import assets_root
         from facekit.config import Params, SampleParams, SourceParams
-        from facekit.data.stages.detect_align import run_detect_align
-        from facekit.data.stages.pack import run_pack
-        from facekit.data.stages.sample import run_sample
+        from facekit.stages.detect_align import run_detect_align
+        from facekit.stages.pack import run_pack
+        from facekit.stages.sample import run_sample
 
         tmp = Path(tempfile.mkdtemp())
         params = Params(sample=SampleParams(out=str(tmp / "raw")), source=SourceParams(path=str(tmp / "raw")))

@@ -36,11 +36,11 @@ from insightface.utils.face_align import norm_crop
 from facekit.assets import asset_path, assets_root
 from facekit.config import PackParams, Params, SampleParams, ShardingParams, SourceParams
 from facekit.data.report import StageReport
-from facekit.data.stages.detect_align import run_detect_align
-from facekit.data.stages.landmarks import run_landmarks
-from facekit.data.stages.masks import run_masks
-from facekit.data.stages.pack import run_pack
-from facekit.data.stages.sample import run_sample
+from facekit.stages.detect_align import run_detect_align
+from facekit.stages.landmarks import run_landmarks
+from facekit.stages.masks import run_masks
+from facekit.stages.pack import run_pack
+from facekit.stages.sample import run_sample
 
 GOAL = 1.5
 

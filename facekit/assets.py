@@ -103,6 +103,14 @@ def asset_path(relative: str) -> Path:
     return path
 
 
+def resolve_model(model: str) -> Path:
+    """A model path from params: absolute, relative to the working directory, or to the assets root."""
+    path = Path(model)
+    if path.is_absolute() or path.exists():
+        return path
+    return asset_path(model)
+
+
 @dataclass(frozen=True)
 class ManifestEntry:
     """One asset file. ``url`` is None for derived files (rebuilt from ``inputs`` by ``derive``) and for

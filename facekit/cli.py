@@ -1,8 +1,8 @@
 """The ``facekit`` command line: one command, sub-commands per area.
 
-Every data command reads ``params.yaml`` (the file DVC tracks), shows progress on long work and ends
-with a one-line summary. Errors a user can fix (a missing file, a bad parameter, missing assets) are
-printed as one line and exit with status 2.
+Every data command reads ``params.yaml`` (the file DVC tracks; its ``paths:`` section says where the
+stages write), shows progress on long work and ends with a one-line summary. Errors a user can fix (a
+missing file, a bad parameter, missing assets) are printed as one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -28,48 +28,44 @@ def _add_params_option(p: argparse.ArgumentParser) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.data.stages.steps import sample_step
+    from facekit.stages import sample
 
-    return sample_step(load_params(args.params), report=args.report).summary()
+    params = load_params(args.params)
+    return sample.run(params, params.paths).summary()
 
 
 def _cmd_detect_align(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.data.stages.steps import detect_align_step
+    from facekit.stages import detect_align
 
     params = load_params(args.params)
-    report = detect_align_step(params, out=args.out, report=args.report, grid=args.grid, progress=not args.quiet)
-    return report.summary()
+    return detect_align.run(params, params.paths, progress=not args.quiet).summary()
 
 
 def _cmd_pack(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.data.stages.steps import pack_step
+    from facekit.stages import pack
 
     params = load_params(args.params)
-    report = pack_step(
-        params, aligned=args.aligned, out=args.out, report=args.report, grid=args.grid, progress=not args.quiet
-    )
-    return report.summary() + f" -> {args.out} ({report.extra['shards']:.0f} shard(s))"
+    report = pack.run(params, params.paths, progress=not args.quiet)
+    return report.summary() + f" -> {params.paths.shards} ({report.extra['shards']:.0f} shard(s))"
 
 
 def _cmd_landmarks(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.data.stages.steps import landmarks_step
+    from facekit.stages import landmarks
 
     params = load_params(args.params)
-    report = landmarks_step(params, aligned=args.aligned, out=args.out, report=args.report, progress=not args.quiet)
+    report = landmarks.run(params, params.paths, progress=not args.quiet)
     return report.summary() + f" (median mesh agreement {report.extra.get('median_agreement', float('nan')):.3f})"
 
 
 def _cmd_masks(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.data.stages.steps import masks_step
+    from facekit.stages import masks
 
     params = load_params(args.params)
-    report = masks_step(
-        params, landmarks=args.landmarks, out=args.out, report=args.report, grid=args.grid, progress=not args.quiet
-    )
+    report = masks.run(params, params.paths, progress=not args.quiet)
     accuracy = {k.removeprefix("accuracy_"): v for k, v in report.extra.items() if k.startswith("accuracy_")}
     quality = ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
     return report.summary() + f" ({report.extra.get('masked', 0):.0f} masked twins{'; ' + quality if quality else ''})"
@@ -79,7 +75,8 @@ def _cmd_download(args: argparse.Namespace) -> str:
     from facekit.config import load_params
     from facekit.data.download import FetchOptions, download
 
-    p = load_params(args.params).download
+    params = load_params(args.params)
+    p = params.download
     options = FetchOptions(timeout_s=p.timeout_s, retries=p.retries)
     report = download(
         Path(p.parquet),
@@ -87,7 +84,7 @@ def _cmd_download(args: argparse.Namespace) -> str:
         shard_size=p.shard_size,
         workers=p.workers,
         options=options,
-        report_path=args.report,
+        report_path=params.paths.report("download"),
     )
     return report.summary()
 
@@ -134,44 +131,28 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="the data lineage: raw photos → aligned faces → LMDB shards")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
 
-    p = dsub.add_parser("sample", help="copy the shared sample photos into data/raw/sample (identity folders)")
+    p = dsub.add_parser("sample", help="copy the shared sample photos into sample.out (identity folders)")
     _add_params_option(p)
-    p.add_argument("--report", type=Path, default=Path("metrics/sample.json"), help="metrics file to write")
     p.set_defaults(func=_cmd_sample)
 
     p = dsub.add_parser("detect-align", help="detect faces and align them onto the ArcFace template, per shard")
     _add_params_option(p)
-    p.add_argument("--out", type=Path, default=Path("data/aligned"), help="folder for the per-shard LMDBs")
-    p.add_argument("--report", type=Path, default=Path("metrics/detect_align.json"), help="metrics file")
-    p.add_argument("--grid", type=Path, default=Path("plots/detect_align.png"), help="PNG grid of aligned faces")
     p.set_defaults(func=_cmd_detect_align)
 
     p = dsub.add_parser("landmarks", help="dense MediaPipe face-mesh landmarks for every aligned face")
     _add_params_option(p)
-    p.add_argument("--aligned", type=Path, default=Path("data/aligned"), help="output of detect-align")
-    p.add_argument("--out", type=Path, default=Path("data/landmarks"), help="folder for the per-shard LMDBs")
-    p.add_argument("--report", type=Path, default=Path("metrics/landmarks.json"), help="metrics file")
     p.set_defaults(func=_cmd_landmarks)
 
     p = dsub.add_parser("masks", help="draw synthetic masked twins of a fraction of the faces")
     _add_params_option(p)
-    p.add_argument("--landmarks", type=Path, default=Path("data/landmarks"), help="output of landmarks")
-    p.add_argument("--out", type=Path, default=Path("data/masked"), help="folder for the per-shard LMDBs")
-    p.add_argument("--report", type=Path, default=Path("metrics/masks.json"), help="metrics file")
-    p.add_argument("--grid", type=Path, default=Path("plots/masks.png"), help="PNG of holistic / masked pairs")
     p.set_defaults(func=_cmd_masks)
 
     p = dsub.add_parser("pack", help="de-duplicate and pack aligned faces into size-limited LMDB shards")
     _add_params_option(p)
-    p.add_argument("--aligned", type=Path, default=Path("data/masked"), help="per-shard LMDBs to pack")
-    p.add_argument("--out", type=Path, default=Path("data/shards"), help="folder for the final shards")
-    p.add_argument("--report", type=Path, default=Path("metrics/pack.json"), help="metrics file")
-    p.add_argument("--grid", type=Path, default=Path("plots/faces.png"), help="PNG grid of packed faces")
     p.set_defaults(func=_cmd_pack)
 
     p = dsub.add_parser("download", help="download LAION-Face images listed in a parquet into tar shards")
     _add_params_option(p)
-    p.add_argument("--report", type=Path, default=Path("metrics/download.json"), help="metrics file")
     p.set_defaults(func=_cmd_download)
 
     p = dsub.add_parser("verify-raw", help="check a hand-obtained dataset's layout and counts")

@@ -19,6 +19,29 @@ import yaml
 
 
 @dataclass(frozen=True)
+class PathsParams:
+    """``paths:`` in params.yaml: where the data stages write; dvc.yaml reads the same values (``${paths.aligned}``).
+
+    The report of stage ``S`` is ``<metrics>/S.json`` (its rejections ``<metrics>/S.rejections.jsonl``).
+    """
+
+    aligned: str = "data/aligned"  # detect_align: per-shard LMDBs of aligned faces
+    landmarks: str = "data/landmarks"  # landmarks: the same faces with dense landmarks
+    masked: str = "data/masked"  # masks: the same faces, some with a masked twin; what pack reads
+    shards: str = "data/shards"  # pack: the final shards and their index.json
+    metrics: str = "metrics"  # stage reports (DVC metrics)
+    plots: str = "plots"  # pictures of the faces (DVC plots)
+
+    def report(self, stage: str) -> Path:
+        """The report file of ``stage``: ``<metrics>/<stage>.json``."""
+        return Path(self.metrics) / f"{stage}.json"
+
+    def plot(self, name: str) -> Path:
+        """The picture ``<plots>/<name>.png``."""
+        return Path(self.plots) / f"{name}.png"
+
+
+@dataclass(frozen=True)
 class SampleParams:
     """The ``sample`` stage: copy the shared sample photos into an identity-folder layout."""
 
@@ -220,6 +243,7 @@ def _check_runs(section: Any, name: str) -> None:
 
 @dataclass(frozen=True)
 class Params:
+    paths: PathsParams = field(default_factory=PathsParams)
     sample: SampleParams = field(default_factory=SampleParams)
     source: SourceParams = field(default_factory=SourceParams)
     detect: DetectParams = field(default_factory=DetectParams)

@@ -42,9 +42,9 @@ def assets() -> Path:
 @pytest.fixture(scope="session")
 def sample_shards(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
     """sample → detect_align → pack on the 61 shared photos of 13 people (one shard), once per session."""
-    from facekit.config import Params, SampleParams, ShardingParams, SourceParams
+    from facekit.config import Params, PathsParams, SampleParams, ShardingParams, SourceParams
     from facekit.data.shards import read_index
-    from facekit.data.stages.steps import detect_align_step, pack_step, sample_step
+    from facekit.stages import detect_align, pack, sample
 
     root = tmp_path_factory.mktemp("sample")
     os.environ["FACEKIT_ASSETS"] = str(assets)
@@ -54,8 +54,57 @@ def sample_shards(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Pat
         source=SourceParams(path=str(raw), name="t"),
         sharding=ShardingParams(num_shards=1, workers=1),
     )
-    sample_step(params, report=root / "m/sample.json")
-    detect_align_step(params, out=root / "aligned", report=root / "m/da.json", grid=root / "da.png", progress=False)
-    pack_step(params, aligned=root / "aligned", out=root / "shards", report=root / "m/pack.json", grid=root / "f.png")
+    # pack reads the aligned faces: no landmarks / masks stages
+    paths = PathsParams(
+        aligned=str(root / "aligned"),
+        masked=str(root / "aligned"),
+        shards=str(root / "shards"),
+        metrics=str(root / "m"),
+        plots=str(root),
+    )
+    sample.run(params, paths)
+    detect_align.run(params, paths, progress=False)
+    pack.run(params, paths)
     assert read_index(root / "shards")["count"] >= 60
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def deepface_faces(assets: Path) -> list:
+    """The 61 deepface photos as ``FaceRecord``s keyed ``deepface/<stem>``: detected (SCRFD) and aligned to
+    tight 112 ArcFace crops like detect_align."""
+    import csv
+
+    from facekit.config import AlignParams, DetectParams
+    from facekit.data.ops.detect_align import align_record
+    from facekit.data.record import FaceRecord, RawRecord
+
+    folder = assets / "faces/deepface"
+    records = []
+    for row in csv.DictReader((folder / "identities.csv").open()):
+        key = f"deepface/{Path(row['file']).stem}"
+        raw = RawRecord(key, (folder / row["file"]).read_bytes(), int(row["identity_id"]))
+        record = align_record(raw, DetectParams(), AlignParams())
+        assert isinstance(record, FaceRecord), record
+        records.append(record)
+    assert len(records) == 61
+    return records
+
+
+@pytest.fixture(scope="session")
+def deepface_meshed(deepface_faces: list, assets: Path) -> list:
+    """``deepface_faces`` with dense landmarks like the landmarks stage, except ``deepface/img2`` and
+    ``deepface/img40``: left without, as the stage leaves faces with ``on_failure="keep"``."""
+    import numpy as np
+
+    from facekit.data.images import decode_jpeg_rgb
+    from facekit.data.ops.landmarks import DENSE_KEY, FaceMesh, mesh_aligned_face
+
+    mesh = FaceMesh(assets / "models/mediapipe_face_landmark_468.tflite")
+    records = []
+    for record in deepface_faces:
+        if record.key not in ("deepface/img2", "deepface/img40"):
+            points = mesh_aligned_face(mesh, decode_jpeg_rgb(record.image), record.landmarks).points
+            record = record.replace(extra={DENSE_KEY: points[:, :2].astype(np.float16)})
+        records.append(record)
+    return records

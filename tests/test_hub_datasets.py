@@ -66,7 +66,7 @@ def _lock() -> dict:
     """A dvc.lock with a distinct md5 for every dependency and output of the lineage stages."""
     stages = {}
     for stage in LINEAGE_STAGES:
-        deps = [{"path": f"facekit/data/stages/{stage}.py", "hash": "md5", "md5": _md5(f"dep-{stage}"), "size": 1}]
+        deps = [{"path": f"facekit/stages/{stage}.py", "hash": "md5", "md5": _md5(f"dep-{stage}"), "size": 1}]
         outs = [{"path": f"data/{stage}", "hash": "md5", "md5": _md5(f"out-{stage}") + ".dir", "size": 2}]
         entry = {"cmd": f"facekit data {stage}", "deps": deps, "outs": outs}
         if stage in STAGE_PARAMS:

@@ -4,7 +4,7 @@ Two ways to run the stages, chosen by the ``lineage`` parameter:
 
 - ``"dvc"`` (default): each stage is a task running ``dvc repro <stage>`` in the working directory, so DVC
   decides what is stale and ``dvc.lock`` records the lineage. DVC's "Unable to acquire lock" is retried.
-- ``"none"`` (scale-out): facekit's step functions run in a sub-flow whose task runner (threads, a local
+- ``"none"`` (scale-out): facekit's stage functions run in a sub-flow whose task runner (threads, a local
   process pool, or Dask) executes every shard as a Prefect task with retries. Nothing is recorded in
   ``dvc.lock``.
 
@@ -27,7 +27,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from facekit.config import load_params
 from facekit.data.shards import read_index
-from facekit.data.stages.steps import SHARDS, detect_align_step, landmarks_step, masks_step, pack_step, sample_step
+from facekit.stages import detect_align, landmarks, masks, pack, sample
 from workflows.dvc_tasks import dvc_repro
 
 STAGES = ("sample", "detect_align", "landmarks", "masks", "pack")
@@ -66,22 +66,24 @@ def prefect_shard_map(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) 
         yield future.result()
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def sample(params_path: str) -> dict[str, Any]:
+@task(name="sample", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def sample_task(params_path: str) -> dict[str, Any]:
     """The sample stage: copy the shared photos into the source folder."""
-    return sample_step(load_params(params_path)).to_dict()
+    params = load_params(params_path)
+    return sample.run(params, params.paths).to_dict()
 
 
 @flow(name="prepare-data-shards")
 def scale_out(params_path: str = "params.yaml") -> dict[str, dict[str, Any]]:
-    """The steps without DVC; the per-shard stages fan their shards out on this flow's task runner."""
+    """The stages without DVC; the per-shard stages fan their shards out on this flow's task runner."""
     params = load_params(params_path)
+    paths = params.paths
     return {
-        "sample": sample(params_path),
-        "detect_align": detect_align_step(params, shard_map=prefect_shard_map, progress=False).to_dict(),
-        "landmarks": landmarks_step(params, shard_map=prefect_shard_map, progress=False).to_dict(),
-        "masks": masks_step(params, shard_map=prefect_shard_map, progress=False).to_dict(),
-        "pack": pack_step(params, shard_map=prefect_shard_map, progress=False).to_dict(),
+        "sample": sample_task(params_path),
+        "detect_align": detect_align.run(params, paths, shard_map=prefect_shard_map, progress=False).to_dict(),
+        "landmarks": landmarks.run(params, paths, shard_map=prefect_shard_map, progress=False).to_dict(),
+        "masks": masks.run(params, paths, shard_map=prefect_shard_map, progress=False).to_dict(),
+        "pack": pack.run(params, paths, shard_map=prefect_shard_map, progress=False).to_dict(),
     }
 
 
@@ -98,22 +100,24 @@ def prepare_data(
     with ``lineage="dvc"`` the stages run one after the other through DVC and the runner is not used.
     Returns ``{"lineage", "stages": {stage: {"read", "written", "rejected"}}, "faces", "content_hash"}``.
     """
+    params = load_params(params_path)
     if lineage == "dvc":
         reports = {}
         for stage in STAGES:
             dvc_repro(stage)
-            reports[stage] = json.loads(Path("metrics", f"{stage}.json").read_text())
+            reports[stage] = json.loads(params.paths.report(stage).read_text())
     elif lineage == "none":
-        workers = load_params(params_path).sharding.workers
+        workers = params.sharding.workers
         reports = scale_out.with_options(task_runner=task_runner(runner, address, workers))(params_path)
     else:
         raise ValueError(f"unknown lineage {lineage!r}: use 'dvc' or 'none'")
-    index = read_index(SHARDS)
+    shards = Path(params.paths.shards)
+    index = read_index(shards)
     summary = {
         "lineage": lineage,
         "stages": {s: {k: reports[s][k] for k in ("read", "written", "rejected")} for s in STAGES},
         "faces": index["count"],
         "content_hash": index["content_hash"],
     }
-    print(f"prepare-data: {index['count']} faces in {SHARDS}, content hash {index['content_hash'][:16]}")
+    print(f"prepare-data: {index['count']} faces in {shards}, content hash {index['content_hash'][:16]}")
     return summary

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facekit.assets import resolve_model
 from facekit.data.images import ImageError, decode_image
 from facekit.data.ops.detect import FaceDetector
 from facekit.data.sources.verification_bin import load_verification_bin
@@ -208,7 +209,6 @@ def _detector(args: argparse.Namespace) -> FaceDetector | None:
     if args.detector is None:
         return None
     from facekit.data.ops.detect import create_detector
-    from facekit.data.stages.detect_align import resolve_model
 
     return create_detector(args.detector, resolve_model(args.detector_model or DETECTOR_MODELS[args.detector]))
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facekit.assets import resolve_model
 from facekit.config import Params
 from facekit.data.shards import ShardReader, read_index
-from facekit.data.stages.detect_align import resolve_model
 from facekit.eval.benchmarks import BenchmarkResult, evaluate_bin, write_reports
 from facekit.eval.embedding_model import EmbeddingModel, TorchEmbedder, load_embedding_model
 from facekit.eval.make_bin import AlignedFaces, PairList, build_bin, read_pairs

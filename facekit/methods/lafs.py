@@ -46,9 +46,8 @@ import torch
 from safetensors.torch import load_file
 
 from facekit.data.augment import normalize_batch, stack_to_tensor
-from facekit.data.ops.landmarks import MESH_196, NUM_MESH_POINTS
+from facekit.data.ops.landmarks import DENSE_KEY, MESH_196, NUM_MESH_POINTS
 from facekit.data.record import FaceRecord
-from facekit.data.stages.landmarks import DENSE_KEY
 from facekit.data.views import ViewRecipe, crop_views
 from facekit.methods.base import METHODS
 from facekit.methods.dino import DINO, Photometric

@@ -1,24 +1,20 @@
-"""detect_align's shortcuts lose nothing: reduced-decode crops vs the full-decode path, the fallback to a
-larger decode for small faces, and the largest-shard-first order of the process pool."""
+"""detect_align's shortcuts lose nothing: reduced-decode crops vs the full-decode path and the fallback to a
+larger decode for small faces (the largest-shard-first order: tests/stages/test_detect_align.py)."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
-from facekit.config import AlignParams, DetectParams, Params, ShardingParams, SourceParams
+from facekit.config import AlignParams, DetectParams
 from facekit.data.images import decode_image, decode_image_reduced, decode_jpeg_rgb, encode_jpeg
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import FaceDetector, create_detector, select_face
+from facekit.data.ops.detect_align import align_record
 from facekit.data.record import FaceRecord, RawRecord
-from facekit.data.stages.detect_align import align_record, run_detect_align
-from facekit.data.stages.sharding import shard_of
 from facekit.eval.embedder import OnnxEmbedder
 
 DETECT, ALIGN = DetectParams(), AlignParams()
@@ -95,25 +91,3 @@ def test_small_faces_are_aligned_from_a_larger_decode(
     expected = align_face(decode_image(data), landmarks)[0]
     _, ours = _record_crop(data)
     assert _mad(ours, expected) < max_mad
-
-
-def test_shards_start_largest_first_and_reports_merge_in_shard_order(tmp_path: Path) -> None:
-    """The pool gets the shards by decreasing key count; the merged rejections stay in shard order."""
-    raw = tmp_path / "raw"
-    for i in range(40):
-        (raw / f"id{i % 3}").mkdir(parents=True, exist_ok=True)
-        (raw / f"id{i % 3}" / f"{i:03d}.jpg").write_text("not a photo")
-    params = Params(source=SourceParams(path=str(raw), name="t"), sharding=ShardingParams(num_shards=5, workers=1))
-    sizes = Counter(shard_of(f"t/id{i % 3}/{i:03d}", 5) for i in range(40))
-    calls: list[int] = []
-
-    def recording_map(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
-        for call in args:
-            calls.append(call[1])
-            yield fn(*call)
-
-    report = run_detect_align(params, tmp_path / "aligned", progress=False, shard_map=recording_map)
-    assert sorted(calls) == list(range(5))
-    assert [sizes[i] for i in calls] == sorted(sizes.values(), reverse=True)
-    assert (report.read, report.rejected) == (40, 40)
-    assert [shard_of(r.key, 5) for r in report.rejections] == sorted(shard_of(r.key, 5) for r in report.rejections)

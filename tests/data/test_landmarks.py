@@ -1,18 +1,15 @@
 """Dense landmarks (MediaPipe face mesh) on real aligned faces: agreement with the detector, index
-tables, non-faces, and the ``landmarks`` stage round trip."""
+tables and non-faces."""
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from facekit.config import AlignParams, DetectParams, LandmarkParams, Params, ShardingParams
-from facekit.data.images import decode_jpeg_rgb, encode_jpeg
+from facekit.config import LandmarkParams
+from facekit.data.images import decode_jpeg_rgb
 from facekit.data.ops.align import ARCFACE_TEMPLATE
 from facekit.data.ops.landmarks import (
     LEFT_EYE,
@@ -25,26 +22,9 @@ from facekit.data.ops.landmarks import (
     mesh_aligned_face,
     mesh_five_points,
 )
-from facekit.data.record import FaceRecord, RawRecord
-from facekit.data.shards import ShardReader, ShardWriter
-from facekit.data.stages.detect_align import align_record
-from facekit.data.stages.landmarks import DENSE_KEY, landmarks_shard, run_landmarks
+from facekit.data.record import FaceRecord
 
 MODEL = "models/mediapipe_face_landmark_468.tflite"
-
-
-@pytest.fixture(scope="module")
-def faces(assets: Path) -> list[FaceRecord]:
-    """The 61 deepface photos, detected (SCRFD) and aligned to tight 112 ArcFace crops like detect_align."""
-    folder = assets / "faces/deepface"
-    rows = list(csv.DictReader((folder / "identities.csv").open()))
-    records = []
-    for row in rows:
-        raw = RawRecord(f"deepface/{row['file']}", (folder / row["file"]).read_bytes(), int(row["identity_id"]))
-        record = align_record(raw, DetectParams(), AlignParams())
-        assert isinstance(record, FaceRecord), record
-        records.append(record)
-    return records
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +33,18 @@ def mesh(assets: Path) -> FaceMesh:
 
 
 @pytest.fixture(scope="module")
-def meshed(faces: list[FaceRecord], mesh: FaceMesh) -> list:
-    return [mesh_aligned_face(mesh, decode_jpeg_rgb(r.image), r.landmarks) for r in faces]
+def meshed(deepface_faces: list[FaceRecord], mesh: FaceMesh) -> list:
+    return [mesh_aligned_face(mesh, decode_jpeg_rgb(r.image), r.landmarks) for r in deepface_faces]
 
 
-def test_mesh_five_points_land_on_the_detectors(faces: list[FaceRecord], meshed: list) -> None:
+def test_mesh_five_points_land_on_the_detectors(deepface_faces: list[FaceRecord], meshed: list) -> None:
     fives = np.array([mesh_five_points(m.points) for m in meshed])
-    dets = np.array([r.landmarks for r in faces])
+    dets = np.array([r.landmarks for r in deepface_faces])
     iod = np.linalg.norm(dets[:, 1] - dets[:, 0], axis=1)
     per_point = np.median(np.linalg.norm(fives - dets, axis=2) / iod[:, None], axis=0)
     # measured: eyes 3.0% / 3.6%, nose tip 4.2%, mouth corners 3.1% / 3.3%
     assert (per_point < 0.05).all(), per_point
-    scores = np.array([agreement(m.points, r.landmarks) for m, r in zip(meshed, faces, strict=True)])
+    scores = np.array([agreement(m.points, r.landmarks) for m, r in zip(meshed, deepface_faces, strict=True)])
     assert np.median(scores) < 0.045, np.median(scores)  # measured 3.5%
     # every sample face passes the default thresholds (worst measured: 6.4%, presence 1.0)
     defaults = LandmarkParams()
@@ -72,10 +52,12 @@ def test_mesh_five_points_land_on_the_detectors(faces: list[FaceRecord], meshed:
     assert min(m.presence for m in meshed) > defaults.min_presence
 
 
-def test_the_mesh_needs_margin_around_a_tight_crop(faces: list[FaceRecord], meshed: list, mesh: FaceMesh) -> None:
-    tight = [mesh_aligned_face(mesh, decode_jpeg_rgb(r.image), r.landmarks, face_fraction=1.0) for r in faces]
-    with_margin = np.median([agreement(m.points, r.landmarks) for m, r in zip(meshed, faces, strict=True)])
-    without = np.median([agreement(m.points, r.landmarks) for m, r in zip(tight, faces, strict=True)])
+def test_the_mesh_needs_margin_around_a_tight_crop(
+    deepface_faces: list[FaceRecord], meshed: list, mesh: FaceMesh
+) -> None:
+    tight = [mesh_aligned_face(mesh, decode_jpeg_rgb(r.image), r.landmarks, face_fraction=1.0) for r in deepface_faces]
+    with_margin = np.median([agreement(m.points, r.landmarks) for m, r in zip(meshed, deepface_faces, strict=True)])
+    without = np.median([agreement(m.points, r.landmarks) for m, r in zip(tight, deepface_faces, strict=True)])
     assert without > with_margin + 0.01, (without, with_margin)  # measured 5.2% vs 3.5%
 
 
@@ -151,51 +133,3 @@ def test_mesh_196_is_well_spread_in_raster_order(meshed: list) -> None:
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="face-mesh model"):
         FaceMesh(tmp_path / "nope.tflite")
-
-
-def _write_shards(faces: list[FaceRecord], in_dir: Path) -> None:
-    """Two aligned shards like detect_align's; shard 1 ends with a flat grey non-face."""
-    grey = faces[0].replace(key="t/grey", image=encode_jpeg(np.full((112, 112, 3), 128, np.uint8)))
-    meta = {"identities": ["a"], "params_hash": "x", "stage": "detect_align"}
-    for shard_id, records in enumerate([faces[::2], [*faces[1::2], grey]]):
-        with ShardWriter(in_dir / f"shard-{shard_id:05d}.lmdb", meta=meta) as writer:
-            for record in records:
-                writer.put(record)
-
-
-def test_stage_round_trip(tmp_path: Path, faces: list[FaceRecord], assets: Path) -> None:
-    _write_shards(faces, tmp_path / "aligned")
-    params = Params(sharding=ShardingParams(num_shards=2, workers=2))
-    lparams = LandmarkParams(model=str(assets / MODEL))
-    report = run_landmarks(params, lparams, tmp_path / "aligned", tmp_path / "lm", progress=False)
-    assert (report.read, report.written, report.rejected) == (62, 61, 1)
-    assert report.read == report.written + report.rejected
-    assert [(r.key, r.reason) for r in report.rejections] == [("t/grey", "mesh_failed")]
-    assert "presence 0.000" in report.rejections[0].detail
-    assert 0.0 < report.extra["median_agreement"] < 0.045
-    out = [r for path in sorted((tmp_path / "lm").glob("shard-*.lmdb")) for r in ShardReader(path)]
-    assert sorted(r.key for r in out) == sorted(r.key for r in faces)
-    assert ShardReader(tmp_path / "lm/shard-00000.lmdb").meta["identities"] == ["a"]
-    for record in out:
-        dense = record.extra[DENSE_KEY]
-        assert dense.shape == (468, 2) and dense.dtype == np.float16
-        # the chin may sit a few pixels below the tight crop (measured: at most 3.2 px)
-        assert (dense > -5).all() and (dense < 112 + 5).all(), record.key
-        assert ((dense >= 0) & (dense < 112)).all(axis=1).mean() > 0.98
-        assert agreement(dense.astype(np.float32), record.landmarks) < lparams.max_disagreement
-
-    one = landmarks_shard(params, lparams, 1, tmp_path / "aligned", tmp_path / "one")
-    assert (one.read, one.written, one.rejected) == (31, 30, 1)  # the odd faces and the grey square
-    assert len(ShardReader(tmp_path / "one/shard-00001.lmdb")) == 30
-
-    keep = LandmarkParams(model=str(assets / MODEL), on_failure="keep")
-    report = run_landmarks(params, keep, tmp_path / "aligned", tmp_path / "keep", progress=False, shard_map=_serial)
-    assert (report.read, report.written, report.rejected) == (62, 62, 0)
-    assert report.extra["kept_without_landmarks"] == 1
-    kept = {r.key: r for path in (tmp_path / "keep").glob("shard-*.lmdb") for r in ShardReader(path)}
-    assert DENSE_KEY not in kept["t/grey"].extra and DENSE_KEY in kept[faces[0].key].extra
-
-
-def _serial(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
-    """A ShardMap that runs the shards in this process."""
-    return (fn(*args) for args in calls)

@@ -16,13 +16,13 @@ from facekit.config import load_params
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import ShardReader, read_index
 from facekit.data.sources.verification_bin import load_verification_bin
-from facekit.data.stages.fanout import process_map
-from facekit.data.stages.steps import detect_align_step, landmarks_step, masks_step, pack_step, sample_step
 from facekit.eval.chain import make_sets, set_paths, verify_run
 from facekit.eval.leaderboard import build_leaderboard, write_leaderboard
 from facekit.eval.make_bin import AlignedFaces, read_pairs
 from facekit.methods.finetune import build_backbone
 from facekit.nn.resnet import RESNETS
+from facekit.stages import detect_align, landmarks, masks, pack, sample
+from facekit.stages.shard_map import process_map
 from facekit.train.finetune import resolve_finetune_run, without_identities
 from facekit.train.pretrain import export_backbone, load_backbone
 
@@ -46,12 +46,12 @@ def project(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
         mp.chdir(root)
         mp.setenv("FACEKIT_ASSETS", str(assets))
         loaded = load_params()
-        inline = process_map(1)
-        sample_step(loaded)
-        detect_align_step(loaded, shard_map=inline, progress=False)
-        landmarks_step(loaded, shard_map=inline, progress=False)
-        masks_step(loaded, shard_map=inline, progress=False)
-        pack_step(loaded, shard_map=inline, progress=False)
+        paths, inline = loaded.paths, process_map(1)
+        sample.run(loaded, paths)
+        detect_align.run(loaded, paths, shard_map=inline, progress=False)
+        landmarks.run(loaded, paths, shard_map=inline, progress=False)
+        masks.run(loaded, paths, shard_map=inline, progress=False)
+        pack.run(loaded, paths, shard_map=inline, progress=False)
     return root
 
 

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 from facekit.config import AlignParams, DetectParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.images import decode_jpeg_rgb
+from facekit.data.ops.detect_align import align_record
 from facekit.data.ops.landmarks import MESH_196, FaceMesh, mesh_aligned_face
 from facekit.data.record import FaceRecord, RawRecord
 from facekit.data.shards import ShardWriter
-from facekit.data.stages.detect_align import align_record
 from facekit.data.views import ViewRecipe
 from facekit.methods.base import METHODS, StepValues
 from facekit.methods.lafs import LAFS, LAFSViews

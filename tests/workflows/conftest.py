@@ -32,8 +32,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from facekit.config import load_params
 from facekit.data.shards import read_index
-from facekit.data.stages.fanout import process_map
-from facekit.data.stages.steps import SHARDS, detect_align_step, landmarks_step, masks_step, pack_step, sample_step
+from facekit.stages import detect_align, landmarks, masks, pack, sample
+from facekit.stages.shard_map import process_map
 
 PROJECT = Path(__file__).resolve().parents[2]
 NUM_SHARDS = 2
@@ -146,14 +146,14 @@ def serial(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> dict[str, 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         params = load_params()
-        inline = process_map(1)
+        paths, inline = params.paths, process_map(1)
         reports = {
-            "sample": sample_step(params),
-            "detect_align": detect_align_step(params, shard_map=inline, progress=False),
-            "landmarks": landmarks_step(params, shard_map=inline, progress=False),
-            "masks": masks_step(params, shard_map=inline, progress=False),
-            "pack": pack_step(params, shard_map=inline, progress=False),
+            "sample": sample.run(params, paths),
+            "detect_align": detect_align.run(params, paths, shard_map=inline, progress=False),
+            "landmarks": landmarks.run(params, paths, shard_map=inline, progress=False),
+            "masks": masks.run(params, paths, shard_map=inline, progress=False),
+            "pack": pack.run(params, paths, shard_map=inline, progress=False),
         }
-        index = read_index(SHARDS)
+        index = read_index(paths.shards)
     stages = {s: {"read": r.read, "written": r.written, "rejected": r.rejected} for s, r in reports.items()}
     return {"stages": stages, "faces": index["count"], "content_hash": index["content_hash"]}

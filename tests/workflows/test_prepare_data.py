@@ -23,7 +23,6 @@ from prefect.exceptions import ObjectNotFound
 
 from facekit.config import load_params
 from facekit.data.shards import read_index, verify_shard
-from facekit.data.stages.steps import SHARDS
 from workflows.prepare_data import STAGES, prepare_data
 
 
@@ -34,8 +33,9 @@ def check_outputs(root: Path, summary: dict[str, Any], serial: dict[str, Any]) -
         assert counts["read"] == counts["written"] + counts["rejected"], stage
     assert stages["sample"]["written"] == stages["detect_align"]["read"]
     assert stages["detect_align"]["written"] == stages["pack"]["read"]
-    index = read_index(root / SHARDS)
-    verified = [verify_shard(root / SHARDS / entry["name"]) for entry in index["shards"]]
+    shards = root / load_params(root / "params.yaml").paths.shards
+    index = read_index(shards)
+    verified = [verify_shard(shards / entry["name"]) for entry in index["shards"]]
     assert sum(info.count for info in verified) == index["count"] == stages["pack"]["written"]
     assert summary["faces"] == index["count"] > 0
     assert summary["content_hash"] == index["content_hash"] == serial["content_hash"]
@@ -134,6 +134,7 @@ def test_served_deployment(prefect_api: str, project: Path, serial: dict[str, An
         log.close()
     final = recorded(run.id)
     assert final.state.is_completed() and final.deployment_id is not None
-    index = read_index(project / SHARDS)
+    shards = project / load_params(project / "params.yaml").paths.shards
+    index = read_index(shards)
     assert index["content_hash"] == serial["content_hash"]
-    assert [e["name"] for e in index["shards"]] == sorted(p.name for p in (project / SHARDS).glob("*.lmdb"))
+    assert [e["name"] for e in index["shards"]] == sorted(p.name for p in shards.glob("*.lmdb"))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from facekit.config import load_params
-from facekit.data.stages.steps import ALIGNED, SHARDS, detect_align_step, pack_step, sample_step
+from facekit.stages import detect_align, pack, sample
 from facekit.train.checkpoint import LAST, MODEL_FILE
 from facekit.train.pretrain import load_backbone
 
@@ -65,9 +66,10 @@ def test_served_pretrain_deployment_trains_the_run(prefect_api: str, project: Pa
         )
         try:
             params = load_params()
-            sample_step(params)
-            detect_align_step(params, progress=False)
-            pack_step(params, aligned=ALIGNED, progress=False)  # no landmarks / masks: pre-training needs neither
+            sample.run(params, params.paths)
+            detect_align.run(params, params.paths, progress=False)
+            # no landmarks / masks: pre-training needs neither, pack reads the aligned faces
+            pack.run(params, replace(params.paths, masked=params.paths.aligned), progress=False)
             _wait_for("pretrain/pretrain-mae", server, log_path)
             with get_client(sync_client=True) as client:
                 camd = client.read_deployment_by_name("pretrain/pretrain-camd")
@@ -91,4 +93,4 @@ def test_served_pretrain_deployment_trains_the_run(prefect_api: str, project: Pa
     assert (metrics["run"], metrics["steps"], metrics["backbone"]) == ("mae", 3, "vit_small_patch16_224")
     backbone = load_backbone(out)
     assert backbone(torch.zeros(1, 3, 112, 112)).shape == (1, 192)
-    assert (project / SHARDS / "index.json").is_file()
+    assert (project / params.paths.shards / "index.json").is_file()

@@ -5,6 +5,7 @@ run by a ``prefect worker`` subprocess against a real Prefect server, it trains 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from prefect.deployments import run_deployment
 from facekit.config import load_params
 from facekit.data.augment import normalize_to_tensor
 from facekit.data.dataset import FaceShardDataset
-from facekit.data.stages.steps import LANDMARKS, SHARDS, detect_align_step, landmarks_step, pack_step, sample_step
+from facekit.stages import detect_align, landmarks, pack, sample
 from facekit.train.checkpoint import LAST, MODEL_FILE
 from facekit.train.pretrain import BACKBONE_SPEC, BACKBONE_WEIGHTS, load_backbone
 from workflows.deployments import main as deployments_main
@@ -44,10 +45,10 @@ def test_pretrain_lafs_on_a_process_worker(gpu_pool: WorkerPool, project: Path) 
     deployments_main(["--pool", gpu_pool.name])  # pretrain/pretrain-lafs (and the rest) on the pool, run here
 
     loaded = load_params()
-    sample_step(loaded)
-    detect_align_step(loaded, progress=False)
-    landmarks_step(loaded, progress=False)  # LAFS reads the dense mesh; masked twins are not needed
-    pack_step(loaded, aligned=LANDMARKS, progress=False)
+    sample.run(loaded, loaded.paths)
+    detect_align.run(loaded, loaded.paths, progress=False)
+    landmarks.run(loaded, loaded.paths, progress=False)  # LAFS reads the dense mesh; masked twins are not needed
+    pack.run(loaded, replace(loaded.paths, masked=loaded.paths.landmarks), progress=False)
     run = run_deployment(
         "pretrain/pretrain-lafs", parameters={"lineage": "none"}, timeout=240, poll_interval=1, as_subflow=False
     )
@@ -65,7 +66,9 @@ def test_pretrain_lafs_on_a_process_worker(gpu_pool: WorkerPool, project: Path) 
     assert (metrics["run"], metrics["method"], metrics["steps"]) == ("lafs", "lafs", STEPS)
 
     backbone = load_backbone(out).eval()
-    faces = FaceShardDataset(project / SHARDS, transform=lambda rgb: normalize_to_tensor(rgb, (0.5,) * 3, (0.5,) * 3))
+    faces = FaceShardDataset(
+        project / loaded.paths.shards, transform=lambda rgb: normalize_to_tensor(rgb, (0.5,) * 3, (0.5,) * 3)
+    )
     batch = torch.stack([faces[0]["image"], faces[len(faces) - 1]["image"]])  # [2, 3, 112, 112]
     with torch.no_grad():
         embeddings = backbone(batch)

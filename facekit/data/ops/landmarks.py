@@ -38,6 +38,8 @@ from facekit.data.ops.align import alignment_template, estimate_similarity
 #: Side of the square mesh input, pixels.
 MESH_INPUT = 192
 NUM_MESH_POINTS = 468
+#: ``FaceRecord.extra`` key of a face's mesh points, float16 ``[468, 2]`` crop pixels (the landmarks stage).
+DENSE_KEY = "dense_landmarks"
 
 #: Face contour of the eye on the image's left (upper lid 33 -> 133, lower lid back), 16 vertices.
 LEFT_EYE = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7])

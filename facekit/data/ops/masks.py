@@ -6,11 +6,14 @@ homography maps them onto the same six points of the face mesh (:data:`MASK_ANCH
 template is warped with it and alpha-composited onto the face. Side-view templates (``*_left``,
 ``*_right``) are picked by :func:`head_yaw`. Images are RGB uint8 ``[H, W, 3]``; mesh points are in
 the same pixel frame. Nothing here runs the mesh model: points come from the landmarks stage.
+:func:`is_selected` and :func:`mask_face` are the seeded draws of the ``masks`` stage for one record
+(which faces get a twin, which template and colour), functions of ``(seed, key)`` only.
 """
 
 from __future__ import annotations
 
 import configparser
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +21,8 @@ from typing import Literal
 import cv2
 import numpy as np
 from PIL import Image
+
+from facekit.config import MaskParams
 
 View = Literal["front", "left", "right"]
 
@@ -250,3 +255,32 @@ def draw_mask(
     a = np.clip(warped[..., 3], 0.0, 1.0)
     out = face.astype(np.float32) * (1.0 - a[..., None]) + warped[..., :3]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), a
+
+
+def _rng(seed: int, *parts: str) -> np.random.Generator:
+    """A generator determined by ``seed`` and the strings ``parts`` only (sha256 of them)."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+
+
+def is_selected(mparams: MaskParams, key: str, identity: int) -> bool:
+    """Whether the record gets a masked twin: a uniform draw from ``(seed, key)`` (``by="image"``) or
+    ``(seed, identity)`` (``by="identity"``, unlabelled records with identity < 0 fall back to the key)
+    below ``fraction``."""
+    if mparams.by == "identity" and identity >= 0:
+        return bool(_rng(mparams.seed, "select-identity", str(identity)).random() < mparams.fraction)
+    return bool(_rng(mparams.seed, "select-image", key).random() < mparams.fraction)
+
+
+def mask_face(
+    face_rgb: np.ndarray, points: np.ndarray, key: str, templates: dict[str, MaskTemplate], mparams: MaskParams
+) -> tuple[np.ndarray, MaskTemplate]:
+    """The masked twin of one face (template and colour drawn from ``(seed, key)``).
+
+    face_rgb: [H, W, 3] uint8 RGB; points: [468, 2|3] mesh in the same pixels.
+    Returns (masked [H, W, 3] uint8 RGB, the template drawn).
+    """
+    rng = _rng(mparams.seed, "draw", key)
+    template, colour = choose_mask(rng, templates, head_yaw(points), mparams.kinds, mparams.yaw_threshold)
+    masked, _ = draw_mask(face_rgb, points, template, colour)
+    return masked, template

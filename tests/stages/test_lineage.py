@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facekit.config import Params, SampleParams, ShardingParams, SourceParams
+from facekit.config import Params, PathsParams, SampleParams, ShardingParams, SourceParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.record import FaceRecord
 from facekit.data.shards import ShardReader, ShardWriter, read_index
-from facekit.data.stages.steps import detect_align_step, pack_step, sample_step
 from facekit.eval.embedder import OnnxEmbedder
 from facekit.eval.verification import verify
+from facekit.stages import detect_align, pack, sample
 
 
 def _params(raw: Path, num_shards: int = 2) -> Params:
@@ -35,25 +35,24 @@ def _params(raw: Path, num_shards: int = 2) -> Params:
     )
 
 
+def _paths(root: Path) -> PathsParams:
+    """Outputs under ``root``; pack reads the aligned faces (no landmarks / masks stages)."""
+    aligned = str(root / "aligned")
+    return PathsParams(
+        aligned=aligned, masked=aligned, shards=str(root / "shards"), metrics=str(root / "m"), plots=str(root / "p")
+    )
+
+
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> dict:
     """sample → detect_align → pack on the 61 shared photos, once for the module."""
     root = tmp_path_factory.mktemp("lineage")
     os.environ["FACEKIT_ASSETS"] = str(assets)
-    params = _params(root / "raw", num_shards=3)
+    params, paths = _params(root / "raw", num_shards=3), _paths(root)
     reports = {
-        "sample": sample_step(params, report=root / "m/sample.json"),
-        "detect_align": detect_align_step(
-            params, out=root / "aligned", report=root / "m/da.json", grid=root / "p/da.png", progress=False
-        ),
-        "pack": pack_step(
-            params,
-            aligned=root / "aligned",
-            out=root / "shards",
-            report=root / "m/pack.json",
-            grid=root / "p/faces.png",
-            progress=False,
-        ),
+        "sample": sample.run(params, paths),
+        "detect_align": detect_align.run(params, paths, progress=False),
+        "pack": pack.run(params, paths, progress=False),
     }
     return {"root": root, "params": params, "reports": reports}
 
@@ -70,6 +69,9 @@ def test_sample_counts_reconcile_through_every_stage(sample_run: dict) -> None:
     assert index["count"] == reps["pack"].written
     assert len(index["identities"]) == 13
     assert (sample_run["root"] / "p/faces.png").stat().st_size > 10_000
+    for stage in reps:  # each stage's report and rejections under paths.metrics
+        assert (sample_run["root"] / f"m/{stage}.json").is_file()
+        assert (sample_run["root"] / f"m/{stage}.rejections.jsonl").is_file()
 
 
 def test_packed_faces_verify_on_the_real_pairs(sample_run: dict, assets: Path) -> None:
@@ -154,18 +156,9 @@ def _bad_input_folder(root: Path, assets: Path) -> dict[str, str | None]:
 
 def test_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_path: Path, assets: Path) -> None:
     expected = _bad_input_folder(tmp_path / "raw", assets)
-    params = _params(tmp_path / "raw")
-    da = detect_align_step(
-        params, out=tmp_path / "aligned", report=tmp_path / "da.json", grid=tmp_path / "da.png", progress=False
-    )
-    pk = pack_step(
-        params,
-        aligned=tmp_path / "aligned",
-        out=tmp_path / "shards",
-        report=tmp_path / "pack.json",
-        grid=tmp_path / "faces.png",
-        progress=False,
-    )
+    params, paths = _params(tmp_path / "raw"), _paths(tmp_path)
+    da = detect_align.run(params, paths, progress=False)
+    pk = pack.run(params, paths, progress=False)
     assert da.read == len(expected) == da.written + da.rejected
     assert pk.read == da.written == pk.written + pk.rejected
     got = {Path(r.key).name: r.reason for r in da.rejections + pk.rejections}
@@ -190,10 +183,12 @@ def test_pack_killed_midway_reruns_to_the_same_content_hash(tmp_path: Path, samp
     aligned = tmp_path / "aligned"
     for s in range(2):
         _fill_aligned(aligned / f"shard-{s:05d}.lmdb", 15_000, template.replace(identity=0))
-    (tmp_path / "params.yaml").write_text("pack: {max_shard_bytes: 20000000}\nsharding: {workers: 1}\n")
-    cmd = [sys.executable, "-m", "facekit.cli", "data", "pack", "--quiet", "--aligned", str(aligned)]
+    settings = "pack: {max_shard_bytes: 20000000}\nsharding: {workers: 1}\n"
+    (tmp_path / "params.yaml").write_text(settings + "paths: {masked: aligned, shards: shards}\n")
+    (tmp_path / "clean.yaml").write_text(settings + "paths: {masked: aligned, shards: clean}\n")
+    cmd = [sys.executable, "-m", "facekit.cli", "data", "pack", "--quiet"]
     out = tmp_path / "shards"
-    proc = subprocess.Popen([*cmd, "--out", str(out)], cwd=tmp_path, env=os.environ.copy())
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=os.environ.copy())
     deadline = time.monotonic() + 60
     while not list(out.glob("*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -202,9 +197,9 @@ def test_pack_killed_midway_reruns_to_the_same_content_hash(tmp_path: Path, samp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "index.json").exists()
-    subprocess.run([*cmd, "--out", str(out)], cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
     clean = tmp_path / "clean"
-    subprocess.run([*cmd, "--out", str(clean)], cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run([*cmd, "--params", "clean.yaml"], cwd=tmp_path, check=True, capture_output=True)
     assert read_index(out)["content_hash"] == read_index(clean)["content_hash"]
     assert read_index(out)["count"] == 30_000
     assert not list(out.glob("*.tmp"))

@@ -22,18 +22,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facekit.config import LandmarkParams, Params, section_hash
+from facekit.assets import resolve_model
+from facekit.config import LandmarkParams, Params, PathsParams, section_hash
 from facekit.data.images import ImageError, decode_jpeg_rgb
-from facekit.data.ops.landmarks import FaceMesh, MeshResult, agreement, mesh_aligned_face
+from facekit.data.ops.landmarks import DENSE_KEY, FaceMesh, MeshResult, agreement, mesh_aligned_face
 from facekit.data.record import FaceRecord
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardReader, ShardWriter
-from facekit.data.stages.detect_align import resolve_model
-from facekit.data.stages.fanout import ShardMap, process_map, shard_to_shard_ids
-from facekit.data.stages.sharding import shard_name
-
-#: The ``FaceRecord.extra`` key the stage writes.
-DENSE_KEY = "dense_landmarks"
+from facekit.stages.shard_folders import shard_to_shard_ids
+from facekit.stages.shard_map import ShardMap, process_map
+from facekit.stages.sharding import shard_name
 
 
 @lru_cache(maxsize=2)
@@ -140,3 +138,12 @@ def run_landmarks(
     if scores:  # over the faces written with dense landmarks
         total.extra["median_agreement"] = float(np.median(scores))
     return total.check()
+
+
+def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:
+    """The stage: dense landmarks for every face of ``paths.aligned`` into ``paths.landmarks`` (faces the
+    mesh fails on are rejected), the report ``<metrics>/landmarks.json``."""
+    aligned, out = Path(paths.aligned), Path(paths.landmarks)
+    result = run_landmarks(params, params.landmarks, aligned, out, progress=progress, shard_map=shard_map)
+    result.write(paths.report("landmarks"))
+    return result

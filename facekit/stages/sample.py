@@ -11,7 +11,8 @@ import csv
 import shutil
 from pathlib import Path
 
-from facekit.config import SampleParams
+from facekit.assets import assets_root
+from facekit.config import Params, PathsParams, SampleParams
 from facekit.data.report import StageReport
 
 
@@ -38,3 +39,11 @@ def run_sample(params: SampleParams, assets: Path, out: Path | None = None) -> S
         shutil.copyfile(src, dst)
         report.written += 1
     return report.check()
+
+
+def run(params: Params, paths: PathsParams) -> StageReport:
+    """The stage: the sample photos from the assets folder into ``params.sample.out``, the report
+    ``<metrics>/sample.json``."""
+    result = run_sample(params.sample, assets_root())
+    result.write(paths.report("sample"))
+    return result

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facekit.config import Params, section_hash
+from facekit.config import Params, PathsParams, section_hash
 from facekit.data.grid import save_grid
 from facekit.data.images import decode_jpeg_rgb
 from facekit.data.report import StageReport
-from facekit.data.shards import ShardInfo, ShardReader, ShardSetWriter, write_index
-from facekit.data.stages.fanout import ShardMap, process_map
+from facekit.data.shards import ShardInfo, ShardReader, ShardSetWriter, read_index, write_index
+from facekit.stages.shard_map import ShardMap, process_map
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,13 @@ def save_face_grid(shards: list[Path], path: Path, count: int) -> Path:
                 return save_grid(faces, path)
             faces.append(decode_jpeg_rgb(record.image))
     return save_grid(faces, path)
+
+
+def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:
+    """The stage: the faces of ``paths.masked`` de-duplicated and packed into ``paths.shards``, the report
+    ``<metrics>/pack.json`` and a grid of the packed faces ``<plots>/faces.png``."""
+    out = Path(paths.shards)
+    result = run_pack(params, Path(paths.masked), out, progress=progress, shard_map=shard_map)
+    result.write(paths.report("pack"))
+    save_face_grid([out / s["name"] for s in read_index(out)["shards"]], paths.plot("faces"), params.pack.grid_size)
+    return result

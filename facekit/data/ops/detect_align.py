@@ -1,9 +1,5 @@
-"""The ``detect_align`` stage: raw photos → detected, 5-point-aligned faces in per-shard LMDBs.
-
-The unit of work is one shard (:func:`detect_align_shard`, a pure function of the parameters and the
-shard id), so the same code runs serially, in a local process pool (:func:`run_detect_align`) or fanned
-out by Prefect over Dask workers. Every key of the source ends up either in the shard or in the shard's
-report as a rejection with its reason.
+"""One raw photo → one detected, 5-point-aligned face (:func:`align_record`), as the ``detect_align`` stage
+makes them.
 
 A JPEG much larger than the detector input is decoded at 1/2, 1/4 or 1/8 in the DCT domain for detection
 (:func:`~facekit.data.images.decode_image_reduced`, longer side still >= ``detect.input_size``). The face
@@ -16,18 +12,13 @@ Boxes, ``min_face_size`` and the reports are in full-resolution source pixels ei
 from __future__ import annotations
 
 import hashlib
-import shutil
-import traceback
-from collections import Counter
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from facekit.assets import asset_path
-from facekit.config import AlignParams, DetectParams, Params, section_hash
+from facekit.assets import resolve_model
+from facekit.config import AlignParams, DetectParams
 from facekit.data.images import (
     DCT_REDUCTIONS,
     ImageError,
@@ -39,22 +30,8 @@ from facekit.data.images import (
 from facekit.data.ops.align import ARCFACE_TEMPLATE, align_face, transform_points
 from facekit.data.ops.detect import Detections, FaceDetector, create_detector, select_face
 from facekit.data.record import FaceRecord, RawRecord, Rejection
-from facekit.data.report import StageReport
-from facekit.data.shards import ShardReader, ShardWriter
-from facekit.data.sources import open_source
-from facekit.data.sources.base import Source, SourceError
-from facekit.data.stages.fanout import ShardMap, process_map
-from facekit.data.stages.sharding import shard_name, shard_of
 
 JPEG_SOI = b"\xff\xd8"
-
-
-def resolve_model(model: str) -> Path:
-    """A model path from params: absolute, relative to the working directory, or to the assets root."""
-    path = Path(model)
-    if path.is_absolute() or path.exists():
-        return path
-    return asset_path(model)
 
 
 @lru_cache(maxsize=4)
@@ -165,77 +142,3 @@ def _already_aligned(raw: RawRecord, img: np.ndarray, sha: str, align: AlignPara
         source=raw.source,
         source_sha256=sha,
     )
-
-
-def stage_hash(params: Params) -> str:
-    """Hash of every parameter that changes this stage's output."""
-    return section_hash(params.source, params.detect, params.align, params.sharding)
-
-
-def detect_align_shard(params: Params, shard_id: int, out_dir: Path) -> StageReport:
-    """Process the source keys of one shard into ``out_dir/shard-NNNNN.lmdb`` (+ its report).
-
-    A shard already complete with the same parameters is kept as it is (resume after a crash).
-    """
-    name = shard_name(shard_id)
-    shard_path, report_path = out_dir / f"{name}.lmdb", out_dir / f"{name}.json"
-    phash = stage_hash(params)
-    done = shard_path.is_dir() and report_path.is_file()
-    if done and ShardReader(shard_path).meta.get("params_hash") == phash:
-        return StageReport.load(report_path)
-    if params.detect.assume_aligned and params.align.face_fraction != 1.0:
-        raise ValueError("assume_aligned sources are ArcFace crops: align.face_fraction must be 1.0")
-    source = open_source(params.source.spec())
-    keys = [k for k in source.keys() if shard_of(k, params.sharding.num_shards) == shard_id]
-    meta = {"identities": source.identities(), "params_hash": phash, "stage": "detect_align"}
-    report = StageReport("detect_align")
-    with ShardWriter(shard_path, meta=meta) as writer:
-        for key in keys:
-            report.read += 1
-            result = _process_key(source, key, params)
-            if isinstance(result, Rejection):
-                report.rejections.append(result)
-            else:
-                writer.put(result)
-                report.written += 1
-    report.check().write(report_path)
-    return report
-
-
-def _process_key(source: Source, key: str, params: Params) -> FaceRecord | Rejection:
-    try:
-        return align_record(source.read(key), params.detect, params.align)
-    except SourceError as e:
-        return Rejection(key, e.reason, e.detail)
-    except Exception as e:  # a bug must not lose the record: it is reported with its cause
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        return Rejection(key, "internal_error", f"{type(e).__name__}: {e} ({where.filename}:{where.lineno})")
-
-
-def run_detect_align(
-    params: Params, out_dir: Path, *, progress: bool = True, shard_map: ShardMap | None = None
-) -> StageReport:
-    """All shards (in ``params.sharding.workers`` processes unless ``shard_map`` says otherwise).
-
-    Shards start largest first (longest-processing-time order), so with a few shards per worker no
-    worker idles while another finishes a big shard started last; reports merge in shard order.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("*.tmp"):
-        shutil.rmtree(stale)
-    n = params.sharding.num_shards
-    sizes = Counter(shard_of(key, n) for key in open_source(params.source.spec()).keys())
-    order = sorted(range(n), key=lambda i: -sizes[i])
-    run = shard_map or process_map(params.sharding.workers)
-    reports: dict[int, StageReport] = {}
-    faces = rejected = 0
-    with tqdm(total=n, desc="detect_align", unit="shard", disable=not progress) as bar:
-        for shard_id, rep in zip(order, run(detect_align_shard, [(params, i, out_dir) for i in order]), strict=True):
-            reports[shard_id] = rep
-            faces, rejected = faces + rep.written, rejected + rep.rejected
-            bar.set_postfix(faces=faces, rejected=rejected)
-            bar.update()
-    total = StageReport("detect_align")
-    for shard_id in range(n):
-        total.merge(reports[shard_id])
-    return total.check()

@@ -15,7 +15,6 @@ counts the twins per mask kind. :func:`mask_quality_report` measures what the ma
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -24,51 +23,20 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from facekit.config import MaskParams, Params, section_hash
+from facekit.assets import asset_path, resolve_model
+from facekit.config import MaskParams, Params, PathsParams, section_hash
 from facekit.data.grid import save_grid
 from facekit.data.images import decode_jpeg_rgb, encode_jpeg
-from facekit.data.ops.masks import MaskTemplate, choose_mask, draw_mask, head_yaw, load_templates
+from facekit.data.ops.landmarks import DENSE_KEY
+from facekit.data.ops.masks import MaskTemplate, is_selected, load_templates, mask_face
 from facekit.data.record import FaceRecord
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardReader, ShardWriter, read_index
-from facekit.data.stages.detect_align import resolve_model
-from facekit.data.stages.fanout import ShardMap, process_map, shard_to_shard_ids
-from facekit.data.stages.sharding import shard_name
 from facekit.eval.embedder import OnnxEmbedder
 from facekit.eval.verification import verify
-
-#: The ``FaceRecord.extra`` key written by the landmarks stage: [468, 2] float16 crop pixels.
-DENSE_KEY = "dense_landmarks"
-
-
-#: Every mask kind of the shared templates.
-def _rng(seed: int, *parts: str) -> np.random.Generator:
-    """A generator determined by ``seed`` and the strings ``parts`` only (sha256 of them)."""
-    digest = hashlib.sha256("\0".join(parts).encode()).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
-
-
-def is_selected(mparams: MaskParams, key: str, identity: int) -> bool:
-    """Whether the record gets a masked twin: a uniform draw from ``(seed, key)`` (``by="image"``) or
-    ``(seed, identity)`` (``by="identity"``, unlabelled records with identity < 0 fall back to the key)
-    below ``fraction``."""
-    if mparams.by == "identity" and identity >= 0:
-        return bool(_rng(mparams.seed, "select-identity", str(identity)).random() < mparams.fraction)
-    return bool(_rng(mparams.seed, "select-image", key).random() < mparams.fraction)
-
-
-def mask_face(
-    face_rgb: np.ndarray, points: np.ndarray, key: str, templates: dict[str, MaskTemplate], mparams: MaskParams
-) -> tuple[np.ndarray, MaskTemplate]:
-    """The masked twin of one face (template and colour drawn from ``(seed, key)``).
-
-    face_rgb: [H, W, 3] uint8 RGB; points: [468, 2|3] mesh in the same pixels.
-    Returns (masked [H, W, 3] uint8 RGB, the template drawn).
-    """
-    rng = _rng(mparams.seed, "draw", key)
-    template, colour = choose_mask(rng, templates, head_yaw(points), mparams.kinds, mparams.yaw_threshold)
-    masked, _ = draw_mask(face_rgb, points, template, colour)
-    return masked, template
+from facekit.stages.shard_folders import shard_to_shard_ids
+from facekit.stages.shard_map import ShardMap, process_map
+from facekit.stages.sharding import shard_name
 
 
 def resolve_masks_dir(masks_dir: str) -> Path:
@@ -225,3 +193,18 @@ def save_mask_grid(records: Sequence[FaceRecord], path: Path, *, count: int = 24
             break
         faces += [decode_jpeg_rgb(record.image), decode_jpeg_rgb(record.masked_image)]
     return save_grid(faces, path, columns=8)
+
+
+def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:
+    """The stage: every face of ``paths.landmarks`` into ``paths.masked``, some with a masked twin; the report
+    ``<metrics>/masks.json`` (with ``masks.quality_pairs`` set, the masked-face accuracy drop too) and the
+    holistic / masked pairs ``<plots>/masks.png``."""
+    out = Path(paths.masked)
+    result = run_masks(params, params.masks, Path(paths.landmarks), out, progress=progress, shard_map=shard_map)
+    shards = sorted(out.glob("shard-*.lmdb"))
+    if params.masks.quality_pairs:
+        model, pairs = resolve_model(params.masks.quality_model), asset_path(params.masks.quality_pairs)
+        result.extra.update(mask_quality_report(shards, model, pairs, mparams=params.masks))
+    result.write(paths.report("masks"))
+    save_mask_grid([r for path in shards for r in ShardReader(path)], paths.plot("masks"))
+    return result
