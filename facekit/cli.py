@@ -381,8 +381,8 @@ def _cmd_train(args: argparse.Namespace) -> int | str:
     import os
     import subprocess
 
+    from facekit import distributed
     from facekit.config import load_params
-    from facekit.train import distributed
     from facekit.train.finetune import run_finetune
     from facekit.train.pretrain import run_pretrain, torchrun_command
 

@@ -56,13 +56,13 @@ from torch import nn
 
 from facekit.data.augment import normalize_batch
 from facekit.data.views import VGGFACE2_MEAN, VGGFACE2_STD, TwoViews, ViewRecipe
+from facekit.distributed import all_reduce_mean
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.ema import copy_as_target, ema_update
 from facekit.nn.masking import block_mask
 from facekit.nn.pos_embed import sincos_1d, sincos_2d
 from facekit.nn.topk_attention import MultiHeadAttentionTopK
 from facekit.nn.vit import BACKBONES, ViT
-from facekit.train.distributed import all_reduce_mean
 
 #: The fraction of patches CAMD hides: 118 of 196 at 224 / 16.
 MASK_FRACTION = 118 / 196

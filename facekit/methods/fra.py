@@ -68,13 +68,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facekit import distributed
 from facekit.data.augment import normalize_batch
 from facekit.data.views import VGGFACE2_MEAN, VGGFACE2_STD, TwoViews, ViewRecipe
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.ema import copy_as_target, ema_update
 from facekit.nn.heads import MLPHead
 from facekit.nn.resnet import RESNETS, ResNetTrunk
-from facekit.train import distributed
 
 HEATMAP_EPS = 1e-7  # added to the softmax heatmaps, as released
 

@@ -37,8 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from facekit import distributed
 from facekit.methods.base import Method, StepValues
-from facekit.train import distributed
 from facekit.train.checkpoint import (
     capture_rng_state,
     find_checkpoint,
@@ -46,8 +46,8 @@ from facekit.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from facekit.train.distributed import EpochSampler, SeededSamples
 from facekit.train.metrics_log import MetricsLogger
+from facekit.train.samplers import EpochSampler, SeededSamples
 from facekit.train.schedules import cosine_schedule, step_schedule
 
 LR_SCHEDULES = ("cosine", "step")

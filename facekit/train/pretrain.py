@@ -33,12 +33,12 @@ from safetensors.torch import load_model, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from facekit import distributed
 from facekit.config import Params, PretrainParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME
 from facekit.nn.vit import BACKBONES
 from facekit.registry import Registry, RegistrySpec
-from facekit.train import distributed
 from facekit.train.metrics_log import LOG_NAME
 
 if TYPE_CHECKING:

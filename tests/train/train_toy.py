@@ -21,10 +21,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from facekit import distributed
 from facekit.methods.base import Method, StepValues
 from facekit.nn.margins import ArcFace
 from facekit.nn.partial_fc import PartialFC
-from facekit.train import distributed
 from facekit.train.loop import TrainConfig, train
 
 DIM, HIDDEN, OUT = 8, 16, 4
