@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from timm.optim import Lars
 
+from facekit.config import TrainConfig
 from facekit.methods.base import METHODS, StepValues
 from facekit.methods.fra import (
     FRA,
@@ -30,7 +31,7 @@ from facekit.methods.fra import (
     sinkhorn,
 )
 from facekit.nn.resnet import RESNETS, ResNetTrunk
-from facekit.train.loop import TrainConfig, build_optimizer
+from facekit.train.loop import build_optimizer
 
 TINY_TRUNK: dict = {"channels": (16, 32, 64, 128)}  # a narrow ResNet-18: 128 channels out
 TINY: dict = dict(backbone="resnet18", backbone_kwargs=TINY_TRUNK, dim=16, hidden_dim=32, image_size=64)  # 2×2 maps

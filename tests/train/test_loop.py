@@ -7,9 +7,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from train_toy import ToyMethod, ToySamples, toy_config
 
-from facekit.config import PretrainParams
-from facekit.train.loop import TrainConfig, param_groups, train
-from facekit.train.pretrain import resolve_run, train_config
+from facekit.config import PretrainParams, TrainConfig
+from facekit.train.loop import param_groups, train
 from facekit.train.schedules import cosine_schedule
 
 
@@ -77,8 +76,7 @@ def test_config_rejects_bad_lr_schedules(tmp_path, overrides, message) -> None:
 
 def test_yaml_milestone_lists_become_tuples(tmp_path) -> None:
     train = {"epochs": 20, "batch_size": 8, "lr": 0.1, "lr_schedule": "step", "lr_milestones": [8, 12, 16]}
-    run = resolve_run(PretrainParams(train=train, runs={"ir100": {"method": "finetune"}}), "ir100")
-    cfg = train_config(run, tmp_path)
+    cfg = PretrainParams(out=str(tmp_path), train=train, runs={"ir100": {"method": "finetune"}}).run("ir100").train
     assert cfg.lr_milestones == (8, 12, 16) and isinstance(cfg.lr_milestones, tuple)
 
 
