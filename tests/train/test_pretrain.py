@@ -59,7 +59,7 @@ RUNS: dict[str, dict[str, Any]] = {
         "projector_depth": 1,
         "predictor_depth": 1,
         "distill_layers": [0, 1],
-        "train": {"betas": [0.9, 0.95], "clip_grad": 1.0},
+        "train": {"betas": [0.9, 0.95], "clip_grad": 1.0, "ema_momentum": 0.995},
     },
 }
 #: the backbone each run exports, keyword arguments that only the method (or preset) adds, and the input
