@@ -158,7 +158,8 @@ class TrainConfig:
     weight decay: cosine to ``weight_decay_end`` (None: constant); EMA momentum (``hp.momentum``): cosine
     from ``ema_momentum`` to ``ema_momentum_end``. ``amp``: bf16 autocast; None = on CUDA only.
     ``max_steps`` stops early (smoke runs) without changing the schedules. ``max_nonfinite_steps``
-    consecutive NaN/Inf steps abort the run.
+    consecutive NaN/Inf steps abort the run. Values are checked against the field types (YAML lists
+    become tuples).
     """
 
     epochs: int
@@ -199,8 +200,8 @@ class TrainConfig:
             if isinstance(f.default, tuple):  # YAML gives lists (betas, lr_milestones); checked below
                 if isinstance(value, list):
                     object.__setattr__(self, f.name, tuple(value))
-            elif not _is_a(value, str(f.type)):
-                raise ValueError(f"{f.name} must be {_describe(str(f.type))}, got {value!r}")
+            elif not _fits(value, options := str(f.type).split(" | ")):
+                raise ValueError(f"{f.name} must be {' or '.join(_TYPES[o][1] for o in options)}, got {value!r}")
         if (self.lr is None) == (self.blr is None):
             raise ValueError(f"set exactly one of lr and blr (got lr={self.lr}, blr={self.blr})")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "max_nonfinite_steps"):
@@ -231,22 +232,18 @@ class TrainConfig:
             )
 
 
-_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-_TYPES["Path"] = (str, Path)
-_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "Path": "a path"}
+#: a field annotation's type name -> (the Python types that fit it, how messages say it)
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+    "bool": ((bool,), "true or false"), "Path": ((str, Path), "a path"), "None": ((type(None),), "null"),
+}  # fmt: skip
 
 
-def _is_a(value: Any, annotation: str) -> bool:
-    """Whether ``value`` fits a simple field annotation such as ``"float | None"`` (a bool is no number)."""
-    for option in annotation.split(" | "):
-        fits = value is None if option == "None" else isinstance(value, _TYPES[option])
-        if fits and not (isinstance(value, bool) and option in ("int", "float")):
-            return True
-    return False
-
-
-def _describe(annotation: str) -> str:
-    return " or ".join("null" if option == "None" else _WORDS[option] for option in annotation.split(" | "))
+def _fits(value: Any, options: list[str]) -> bool:
+    """Whether ``value`` has one of the types ``options`` (``["float", "None"]``); a bool is no number."""
+    return any(
+        isinstance(value, _TYPES[o][0]) and not (isinstance(value, bool) and o in ("int", "float")) for o in options
+    )
 
 
 #: TrainConfig fields a stage sets itself: the run's folder (``<section>.out/<run>``) and progress bars
@@ -441,14 +438,12 @@ class Params:
 def _check_keys(values: Mapping[str, Any], known: list[str], where: str) -> None:
     """Unknown keys of ``values`` (the mapping at params.yaml key ``where``, "" = the top) are a ValueError
     naming each, e.g. ``pretrain.runs.mae.train.lrr: unknown key (did you mean 'lr'?)``."""
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        problems = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), known, 1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{where}.{key}" if where else str(key))
-            problems[-1] += f": unknown key{hint}"
+    problems = []
+    for key in (k for k in values if k not in known):
+        close = difflib.get_close_matches(str(key), known, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{where}.{key}: unknown key{hint}" if where else f"{key}: unknown key{hint}")
+    if problems:
         raise ValueError("; ".join(problems))
 
 
