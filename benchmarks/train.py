@@ -54,12 +54,13 @@ from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
 import facekit.methods  # noqa: F401  (registers the methods)
+from facekit.config import TrainConfig
 from facekit.data.images import encode_jpeg
 from facekit.data.ops.align import ARCFACE_TEMPLATE
 from facekit.data.record import FaceRecord
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.vit import BACKBONES
-from facekit.train.loop import TrainConfig, build_optimizer
+from facekit.train.loop import build_optimizer
 
 GOAL_MFU = 0.45
 H100_BF16_ACHIEVABLE, H100_BF16_SPEC = 790.0, 989.0  # TFLOP/s, dense

@@ -26,6 +26,16 @@ def _add_params_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars (the summary line is still printed)")
 
 
+def _add_set_option(p: argparse.ArgumentParser, section: str) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override {section}.runs.RUN.KEY (dotted, e.g. train.lr=1e-3; YAML value), repeatable",
+    )
+
+
 def _cmd_sample(args: argparse.Namespace) -> str:
     from facekit.config import load_params
     from facekit.stages import sample
@@ -358,19 +368,21 @@ def _export_commands(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int | str:
     """``facekit pretrain RUN`` / ``facekit finetune RUN`` (``args.command``): in this process, or relaunched
-    under torchrun when the section's ``nproc_per_node > 1``."""
+    under torchrun when the section's ``nproc_per_node > 1``. Each ``--set KEY=VALUE`` sets the run's
+    ``KEY`` (dotted: ``train.lr``) before params.yaml is checked."""
     import os
     import subprocess
 
-    from facekit.config import load_params
-    from facekit.train import distributed
+    from facekit import distributed
+    from facekit.config import load_params, parse_assignment
     from facekit.train.finetune import run_finetune
     from facekit.train.pretrain import run_pretrain, torchrun_command
 
-    params = load_params(args.params)
+    settings = dict(map(parse_assignment, args.set))
+    params = load_params(args.params, {f"{args.command}.runs.{args.run}.{k}": v for k, v in settings.items()})
     nproc = getattr(params, args.command).nproc_per_node
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch under torchrun, one process per GPU
-        command = torchrun_command(args.run, args.params, nproc, args.quiet, stage=args.command)
+        command = torchrun_command(args.run, args.params, nproc, args.quiet, stage=args.command, settings=args.set)
         return subprocess.run(command, check=False).returncode
     run = run_pretrain if args.command == "pretrain" else run_finetune
     result = run(params, args.run, progress=not args.quiet)
@@ -407,11 +419,13 @@ def _train_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pre-training: one run of params.yaml's pretrain.runs")
     p.add_argument("run", metavar="RUN", help="run name under pretrain.runs (e.g. mae, mcf, camd)")
     _add_params_option(p)
+    _add_set_option(p, "pretrain")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("finetune", help="face-recognition fine-tuning of the pre-trained backbone pretrain.out/RUN")
     p.add_argument("run", metavar="RUN", help="run name under finetune.runs (a pre-training run, e.g. mae)")
     _add_params_option(p)
+    _add_set_option(p, "finetune")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("verify", help="score finetune.out/RUN on the verification sets of `facekit eval sets`")

@@ -1,8 +1,10 @@
 """Typed parameter sections read from ``params.yaml`` (the file DVC tracks).
 
 Each section is a frozen dataclass; unknown keys are an error with a suggestion, so a typo in
-params.yaml never silently falls back to a default. ``section_hash`` gives the stable hash stored in
-every shard's metadata, so a shard says which parameters made it.
+params.yaml never silently falls back to a default. The runs of ``pretrain`` and ``finetune`` are resolved
+when the file is loaded: each becomes a :class:`RunConfig` (method name, method keyword arguments and a
+checked :class:`TrainConfig`). ``section_hash`` gives the stable hash stored in every shard's metadata, so
+a shard says which parameters made it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -162,49 +167,208 @@ class DownloadParams:
     retries: int = 2
 
 
-@dataclass(frozen=True)
-class PretrainParams:
-    """``pretrain:`` in params.yaml: self-supervised runs on the packed shards (``facekit pretrain RUN``).
+LR_SCHEDULES = ("cosine", "step")
 
-    ``train`` holds :class:`facekit.train.loop.TrainConfig` fields shared by every run; ``runs`` maps a run
-    name to ``{"method": registry name (default: the run name), <method keyword arguments>, "train":
-    {TrainConfig overrides}}``. Keys are checked against the method and TrainConfig when a run is built
-    (:func:`facekit.train.pretrain.build_run`). ``nproc_per_node > 1`` runs ``facekit pretrain`` under
-    torchrun (one process per GPU).
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the training loop needs; ``batch_size`` is per process and per micro-batch.
+
+    Exactly one of ``lr`` (absolute) and ``blr`` (lr = blr × global batch / 256, global batch =
+    batch_size × accum_steps × world size) is set. lr: linear warm-up over ``warmup_epochs``, then
+    ``lr_schedule`` ``"cosine"`` (to ``min_lr``) or ``"step"`` (×``lr_gamma`` at each of ``lr_milestones``:
+    increasing epochs counted from the start, fractions allowed, past the warm-up; no milestones: constant);
+    weight decay: cosine to ``weight_decay_end`` (None: constant); EMA momentum (``hp.momentum``): cosine
+    from ``ema_momentum`` to ``ema_momentum_end``. ``amp``: bf16 autocast; None = on CUDA only.
+    ``max_steps`` stops early (smoke runs) without changing the schedules. ``max_nonfinite_steps``
+    consecutive NaN/Inf steps abort the run. Values are checked against the field types (YAML lists
+    become tuples).
     """
 
+    epochs: int
+    batch_size: int
+    out_dir: Path
+    accum_steps: int = 1
+    optimizer: str = "adamw"
+    lr: float | None = None
+    blr: float | None = None
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    lr_schedule: str = "cosine"
+    lr_milestones: tuple[float, ...] = ()
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    ema_momentum: float = 0.996
+    ema_momentum_end: float = 1.0
+    layer_decay: float | None = None
+    clip_grad: float | None = None
+    amp: bool | None = None
+    num_workers: int = 0
+    seed: int = 0
+    max_steps: int | None = None
+    log_every: int = 10
+    checkpoint_every: int | None = 1000
+    keep_checkpoints: bool = False
+    max_nonfinite_steps: int = 5
+    sync_batchnorm: bool = False
+    find_unused_parameters: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, tuple):  # YAML gives lists (betas, lr_milestones); checked below
+                if isinstance(value, list):
+                    object.__setattr__(self, f.name, tuple(value))
+            elif not _fits(value, options := str(f.type).split(" | ")):
+                raise ValueError(f"{f.name} must be {' or '.join(_TYPES[o][1] for o in options)}, got {value!r}")
+        if (self.lr is None) == (self.blr is None):
+            raise ValueError(f"set exactly one of lr and blr (got lr={self.lr}, blr={self.blr})")
+        for name in ("epochs", "batch_size", "accum_steps", "log_every", "max_nonfinite_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._check_lr_schedule()
+
+    def _check_lr_schedule(self) -> None:
+        if not isinstance(self.lr_milestones, tuple):
+            raise ValueError(f"lr_milestones must be a list of epochs, got {self.lr_milestones!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_schedule != "step":
+            if self.lr_milestones:
+                raise ValueError(f"lr_milestones {self.lr_milestones} need lr_schedule 'step' (got 'cosine')")
+            return
+        if self.min_lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is the cosine schedule's floor; lr_schedule 'step' has none")
+        if not self.lr_gamma > 0:
+            raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}")
+        if any(b <= a for a, b in pairwise(self.lr_milestones)):
+            raise ValueError(f"lr_milestones must be strictly increasing, got {self.lr_milestones}")
+        outside = [m for m in self.lr_milestones if not (0 < m < self.epochs and m >= self.warmup_epochs)]
+        if outside:
+            raise ValueError(
+                f"lr_milestones {outside} outside (0, epochs={self.epochs}) or inside the warm-up "
+                f"(warmup_epochs={self.warmup_epochs})"
+            )
+
+
+#: a field annotation's type name -> (the Python types that fit it, how messages say it)
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+    "bool": ((bool,), "true or false"), "Path": ((str, Path), "a path"), "None": ((type(None),), "null"),
+}  # fmt: skip
+
+
+def _fits(value: Any, options: list[str]) -> bool:
+    """Whether ``value`` has one of the types ``options`` (``["float", "None"]``); a bool is no number."""
+    return any(
+        isinstance(value, _TYPES[o][0]) and not (isinstance(value, bool) and o in ("int", "float")) for o in options
+    )
+
+
+#: TrainConfig fields a stage sets itself: the run's folder (``<section>.out/<run>``) and progress bars
+SET_BY_STAGE = ("out_dir", "progress")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of ``pretrain.runs`` or ``finetune.runs``, resolved when params.yaml is loaded.
+
+    The stage builds ``METHODS.create(method, **method_kwargs)`` (the registry checks the keywords) and
+    trains it with ``train``: the section's ``train`` updated by the run's own, writing to
+    ``<section>.out/<name>``.
+    """
+
+    section: str
+    name: str
+    method: str
+    method_kwargs: dict[str, Any]
+    train: TrainConfig
+
+    @property
+    def where(self) -> str:
+        """The run's params.yaml key, e.g. ``pretrain.runs.mae`` (error messages start with it)."""
+        return f"{self.section}.runs.{self.name}"
+
+
+class _RunsSection:
+    """What ``pretrain`` and ``finetune`` share: ``runs`` resolved to :class:`RunConfig` s, looked up by name."""
+
+    section: ClassVar[str]
+    runs: dict[str, RunConfig]
+
+    def run(self, name: str) -> RunConfig:
+        """The run ``name``; an unknown name is a ValueError with a suggestion."""
+        if name not in self.runs:
+            raise ValueError(_unknown_run(self.section, name, self.runs))
+        return self.runs[name]
+
+
+@dataclass(frozen=True)
+class PretrainParams(_RunsSection):
+    """``pretrain:`` in params.yaml: self-supervised runs on the packed shards (``facekit pretrain RUN``).
+
+    ``train`` holds :class:`TrainConfig` fields shared by every run; ``runs`` is given as params.yaml has it,
+    a run name -> ``{"method": registry name (default: the run name), <method keyword arguments>, "train":
+    {TrainConfig overrides}}``, and held resolved (:class:`RunConfig`; the TrainConfig keys and values are
+    checked here, the method's keywords when it is built). ``nproc_per_node > 1`` runs ``facekit pretrain``
+    under torchrun (one process per GPU).
+    """
+
+    section: ClassVar[str] = "pretrain"
     shards: str = "data/shards"
     out: str = "data/runs/pretrain"
     nproc_per_node: int = 1
     train: dict[str, Any] = field(default_factory=dict)
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, RunConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_runs(self, "pretrain")
+        _check_section(self)
+        runs = {name: _resolve_run(self, name, settings) for name, settings in self.runs.items()}
+        object.__setattr__(self, "runs", runs)
+
+
+#: FineTune keyword arguments the finetune stage sets itself (``num_classes``: the shards' identity table)
+FINETUNE_SET_BY_STAGE = ("init_from", "num_classes", "method")
 
 
 @dataclass(frozen=True)
-class FinetuneParams:
+class FinetuneParams(_RunsSection):
     """``finetune:`` in params.yaml: face-recognition fine-tuning of pre-trained backbones (``facekit finetune RUN``).
 
     Run ``R`` starts from the pre-training export ``pretrained/R`` and trains
     :class:`facekit.methods.finetune.FineTune` with the keyword arguments ``method`` updated by the run's own
-    keys (a run's ``backbone_kwargs`` replaces ``method``'s) and ``num_classes`` from the shards' identity
-    table; its TrainConfig is ``train`` updated by the run's ``train``. Outputs: ``out/R``.
+    keys (a run's ``backbone_kwargs`` replaces ``method``'s), ``init_from`` = ``pretrained/R`` and (added by
+    the stage) ``num_classes`` from the shards' identity table; its TrainConfig is ``train`` updated by the
+    run's ``train``. ``runs`` is given as params.yaml has it and held resolved (:class:`RunConfig`).
+    Outputs: ``out/R``.
     """
 
+    section: ClassVar[str] = "finetune"
     shards: str = "data/shards"
     pretrained: str = "data/runs/pretrain"
     out: str = "data/runs/finetune"
     nproc_per_node: int = 1
     method: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, RunConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_runs(self, "finetune")
+        _check_section(self)
         if not isinstance(self.method, dict):
             raise ValueError(f"finetune.method must be a mapping of FineTune arguments, got {self.method!r}")
+        _set_by_stage(self.method, FINETUNE_SET_BY_STAGE, "finetune.method")
+        runs = {}
+        for name, settings in self.runs.items():
+            if isinstance(settings, dict):
+                _set_by_stage(settings, FINETUNE_SET_BY_STAGE, f"finetune.runs.{name}")
+                init_from = str(Path(self.pretrained) / name)
+                settings = {**self.method, **settings, "method": "finetune", "init_from": init_from}
+            runs[name] = _resolve_run(self, name, settings)
+        object.__setattr__(self, "runs", runs)
 
 
 @dataclass(frozen=True)
@@ -228,17 +392,54 @@ class VerifyParams:
     holdout_identities: list[str] = field(default_factory=list)
 
 
-def _check_runs(section: Any, name: str) -> None:
-    """The shared checks of a section with ``train`` and ``runs`` mappings and ``nproc_per_node``."""
+def _check_section(section: PretrainParams | FinetuneParams) -> None:
+    """The checks of a section with ``train`` and ``runs`` mappings and ``nproc_per_node``."""
+    name = section.section
     if not isinstance(section.train, dict):
         raise ValueError(f"{name}.train must be a mapping of TrainConfig fields, got {section.train!r}")
     if not isinstance(section.runs, dict):
         raise ValueError(f"{name}.runs must map run names to settings, got {section.runs!r}")
-    for run_name, run in section.runs.items():
-        if not isinstance(run, dict) or not isinstance(run.get("train", {}), dict):
-            raise ValueError(f"{name}.runs.{run_name} must be a mapping (with an optional 'train' mapping)")
     if section.nproc_per_node < 1:
         raise ValueError(f"{name}.nproc_per_node must be >= 1, got {section.nproc_per_node}")
+    _check_train_keys(section.train, f"{name}.train")
+
+
+def _resolve_run(section: PretrainParams | FinetuneParams, name: str, settings: Any) -> RunConfig:
+    """Run ``name`` of ``section`` from its params.yaml mapping."""
+    where = f"{section.section}.runs.{name}"
+    if not isinstance(settings, dict) or not isinstance(settings.get("train", {}), dict):
+        raise ValueError(f"{where} must be a mapping (with an optional 'train' mapping)")
+    kwargs = dict(settings)
+    method = kwargs.pop("method", name)
+    overrides = kwargs.pop("train", None) or {}
+    _check_train_keys(overrides, f"{where}.train")
+    merged = {**section.train, **overrides}
+    required = [f.name for f in dataclasses.fields(TrainConfig) if f.default is dataclasses.MISSING]
+    missing = [key for key in required if key not in merged and key not in SET_BY_STAGE]
+    if missing:
+        raise ValueError(f"{where}.train: {', '.join(missing)} missing (set in {section.section}.train or here)")
+    try:
+        train = TrainConfig(**merged, out_dir=Path(section.out) / name)
+    except (TypeError, ValueError) as e:  # TypeError: a value of the wrong type (a string epochs ...)
+        raise ValueError(f"{where}: {e}") from None
+    return RunConfig(section.section, name, method, kwargs, train)
+
+
+def _check_train_keys(values: dict[str, Any], where: str) -> None:
+    _set_by_stage(values, SET_BY_STAGE, where)
+    _check_keys(values, [f.name for f in dataclasses.fields(TrainConfig) if f.name not in SET_BY_STAGE], where)
+
+
+def _set_by_stage(values: dict[str, Any], keys: Iterable[str], where: str) -> None:
+    for key in keys:
+        if key in values:
+            raise ValueError(f"{where}.{key} is set by the stage; remove it")
+
+
+def _unknown_run(section: str, name: str, runs: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(runs), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {section} run {name!r}{hint}; params.yaml defines: {', '.join(runs) or 'none'}"
 
 
 @dataclass(frozen=True)
@@ -258,30 +459,74 @@ class Params:
     verify: VerifyParams = field(default_factory=VerifyParams)
 
 
-def _check_keys(values: dict[str, Any], known: list[str], where: str) -> None:
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        hints = [
-            f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
-            for k in unknown
-        ]
-        raise ValueError(f"unknown parameter(s) in {where}: {', '.join(hints)}")
+def _check_keys(values: Mapping[str, Any], known: list[str], where: str) -> None:
+    """Unknown keys of ``values`` (the mapping at params.yaml key ``where``, "" = the top) are a ValueError
+    naming each, e.g. ``pretrain.runs.mae.train.lrr: unknown key (did you mean 'lr'?)``."""
+    problems = []
+    for key in (k for k in values if k not in known):
+        close = difflib.get_close_matches(str(key), known, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{where}.{key}: unknown key{hint}" if where else f"{key}: unknown key{hint}")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read ``params.yaml``; missing sections and keys take the defaults above."""
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats (what DVC reads): ``1e-3`` is a number, not the string PyYAML makes it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3"`` -> ``("train.lr", 0.001)``: a dotted key and a YAML value."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set expects KEY=VALUE with a dotted KEY, got {text!r}")
+    return key, yaml.load(value, Loader=_Loader)
+
+
+def load_params(path: Path | str = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read ``params.yaml``; missing sections and keys take the defaults above.
+
+    ``overrides`` maps dotted keys to values (``{"pretrain.runs.mae.train.lr": 1e-3}``, as ``facekit
+    pretrain mae --set train.lr=1e-3`` gives), set before anything is checked; missing mappings below a run
+    are created, a run that params.yaml does not define is an error.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"parameter file not found: {path}")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = yaml.load(path.read_text(), Loader=_Loader) or {}
+    for key, value in (overrides or {}).items():
+        _set_key(values, key, value)
     sections = {f.name: f.default_factory for f in dataclasses.fields(Params)}
-    _check_keys(values, list(sections), path.name)
+    _check_keys(values, list(sections), "")
     built = {}
     for name, cls in sections.items():
         section = values.get(name) or {}
-        _check_keys(section, [f.name for f in dataclasses.fields(cls)], f"{path.name}: {name}")
+        _check_keys(section, [f.name for f in dataclasses.fields(cls)], name)
         built[name] = cls(**section)
     return Params(**built)
+
+
+def _set_key(values: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``values[a][b]...[z] = value`` for ``dotted = "a.b...z"``, creating mappings on the way, but
+    never a run (``<section>.runs.<name>`` must exist)."""
+    *parents, last = dotted.split(".")
+    node = values
+    for depth, key in enumerate(parents):
+        if key not in node or node[key] is None:
+            if depth == 2 and parents[1] == "runs":
+                raise ValueError(_unknown_run(parents[0], key, node))
+            node[key] = {}
+        if not isinstance(node[key], dict):
+            raise ValueError(f"{'.'.join(parents[: depth + 1])} is not a mapping: cannot set {dotted}")
+        node = node[key]
+    node[last] = value
 
 
 def section_hash(*sections: Any) -> str:

@@ -21,13 +21,15 @@ batch (:class:`TokenBatchNorm`; the released code converts them to SyncBatchNorm
 
 Released recipe (:attr:`CAMD.recipe`; the loop owns these): ViT-B/16 at 224, batch 1024, 400 epochs
 (fast: 50), 5 warm-up epochs, AdamW betas (0.9, 0.95), base lr 3.125e-5 (lr = blr * batch / 256 =
-1.25e-4), weight decay 0.05 (none on biases and norms), gradient clipping 1.0, AMP.
+1.25e-4), weight decay 0.05 (none on biases and norms), gradient clipping 1.0, AMP, EMA momentum from
+0.995 to 1 (cosine).
 
 Deviations from the released code, each on purpose:
 
-- The EMA momentum ``1 - (1 - 0.995) * (1 + cos(pi * t / T)) / 2`` is computed here from
-  ``hp.progress`` (= t / T), once per optimizer step, before the target forward as released; the
-  loop's generic ``hp.momentum`` is not used.
+- The EMA momentum is the loop's ``hp.momentum``, its cosine from ``ema_momentum`` (0.995 in the
+  recipe) to 1, applied once per optimizer step before the target forward, as released. The released
+  ``1 - (1 - 0.995) * (1 + cos(pi * t / T)) / 2`` takes t / T = step / steps; the loop's cosine takes
+  step / (steps - 1), so it reaches 1 on the last step.
 - The released target also keeps an EMA mask token it never reads; it is left out.
 - The released global loss skips the target LayerNorm that the token loss applies; that is kept
   (``global_norm_target=False``). It averages ``pred`` and ``target`` over the *batch* axis
@@ -44,7 +46,6 @@ Deviations from the released code, each on purpose:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -56,13 +57,13 @@ from torch import nn
 
 from facekit.data.augment import normalize_batch
 from facekit.data.views import VGGFACE2_MEAN, VGGFACE2_STD, TwoViews, ViewRecipe
+from facekit.distributed import all_reduce_mean
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.ema import copy_as_target, ema_update
 from facekit.nn.masking import block_mask
 from facekit.nn.pos_embed import sincos_1d, sincos_2d
 from facekit.nn.topk_attention import MultiHeadAttentionTopK
 from facekit.nn.vit import BACKBONES, ViT
-from facekit.train.distributed import all_reduce_mean
 
 #: The fraction of patches CAMD hides: 118 of 196 at 224 / 16.
 MASK_FRACTION = 118 / 196
@@ -204,11 +205,6 @@ def agmd_weight(
     return torch.where(loss_agmd.detach() < threshold, weights[0], weights[1]).to(loss_agmd.dtype)
 
 
-def ema_momentum(progress: float, base: float = 0.995) -> float:
-    """CAMD's cosine momentum: ``1 - (1 - base) * (1 + cos(pi * progress)) / 2``; ``base`` at 0, 1 at 1."""
-    return 1.0 - (1.0 - base) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 class TokenBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d over every token of the batch: ``[B, L, C]`` -> ``[B, L, C]``, in float32."""
 
@@ -233,7 +229,7 @@ class CAMD(Method):
     num_masked: patches hidden from view 1 (default 118/196 of them). distill_layers: blocks AGMD
     distils (2, 5, 8, 11), top_k 2. neg_weight 0.02; unigrad_weight 1, global_weight 0.25;
     distill_weights ``(below, above)`` the AGMD ``distill_threshold`` 1; global_mean /
-    global_norm_target: see the module docstring; base_momentum 0.995; crop_scale: view 1's
+    global_norm_target: see the module docstring; crop_scale: view 1's
     RandomResizedCrop scale; normalize: whether views are normalised in the workers (else uint8 views
     are normalised here, on the device).
     """
@@ -247,6 +243,7 @@ class CAMD(Method):
         "betas": (0.9, 0.95),
         "weight_decay": 0.05,
         "clip_grad": 1.0,
+        "ema_momentum": 0.995,
     }
 
     def __init__(
@@ -269,7 +266,6 @@ class CAMD(Method):
         distill_threshold: float = 1.0,
         global_mean: Literal["batch", "token"] = "batch",
         global_norm_target: bool = False,
-        base_momentum: float = 0.995,
         crop_scale: tuple[float, float] = (0.08, 0.6),
         normalize: bool = True,
     ) -> None:
@@ -286,7 +282,7 @@ class CAMD(Method):
         self.neg_weight, self.unigrad_weight, self.global_weight = neg_weight, unigrad_weight, global_weight
         self.distill_weights, self.distill_threshold = distill_weights, distill_threshold
         self.global_mean, self.global_norm_target = global_mean, global_norm_target
-        self.base_momentum, self.crop_scale, self.normalize = base_momentum, crop_scale, normalize
+        self.crop_scale, self.normalize = crop_scale, normalize
 
         self.decoder_embed = nn.Linear(vit.embed_dim, decoder_dim)
         self.projector = _blocks(decoder_dim, projector_depth, decoder_heads, mlp_ratio)
@@ -329,9 +325,8 @@ class CAMD(Method):
         ``[B, N]`` (True = hidden); returns ``loss`` and its detached parts."""
         x1, x2 = self._input(batch["view1"]), self._input(batch["view2"])
         mask = batch["mask"].reshape(x1.shape[0], -1).bool()
-        momentum = ema_momentum(hp.progress, self.base_momentum)
         if self.training and hp.step != self._ema_step:  # once per optimizer step, before the target
-            self.update_target(momentum)
+            self.update_target(hp.momentum)
             self._ema_step = hp.step
 
         local, pred = self._online(x1, mask, batch["view1_box"], batch["view2_box"])
@@ -345,7 +340,7 @@ class CAMD(Method):
         loss = self.unigrad_weight * loss_unigrad + self.global_weight * loss_global + weight * loss_agmd
         parts = {"unigrad": loss_unigrad, "global": loss_global, "agmd": loss_agmd, "agmd_weight": weight}
         parts = {k: v.detach() for k, v in parts.items()}
-        return {"loss": loss, **parts, "momentum": torch.tensor(momentum, device=pred.device)}
+        return {"loss": loss, **parts, "momentum": torch.tensor(hp.momentum, device=pred.device)}
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from facekit import distributed
 from facekit.data.augment import normalize_batch
 from facekit.data.augment_gpu import BatchPhotometric
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, add_views, crop_views
@@ -36,7 +37,6 @@ from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.ema import ema_update
 from facekit.nn.heads import DINOHead
 from facekit.nn.vit import BACKBONES, LinearPatchEmbed, ViT
-from facekit.train import distributed
 
 #: Where the photometric augmentations run: in the DataLoader workers (OpenCV, per image) or on the device
 #: in the training step (:class:`~facekit.data.augment_gpu.BatchPhotometric`; the workers only crop and flip).

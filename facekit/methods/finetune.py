@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import facekit.nn.iresnet  # noqa: F401  (registers ir50 / ir100 in BACKBONES)
+from facekit import distributed
 from facekit.data.images import ImageError, decode_jpeg_rgb
 from facekit.data.record import FaceRecord
 from facekit.data.views import ViewRecipe
@@ -35,7 +36,6 @@ from facekit.nn.margins import MARGINS
 from facekit.nn.partial_fc import PartialFC
 from facekit.nn.vit import BACKBONES, ViT
 from facekit.registry import Registry
-from facekit.train import distributed
 from facekit.train.checkpoint import LoadReport, load_backbone_weights
 
 

@@ -17,8 +17,9 @@ with ``mask_type="attn"``). Per view, for the online network and its EMA target:
            + 0.1 * mean over views of the cluster loss, online vs target dots  (:func:`cluster_loss`)
 
 Evaluation heatmaps (:meth:`FRA.heatmaps`) use ``proto``, an EMA (0.9) of the batch-mean embeddings,
-instead of the batch's own. The target is updated after every optimizer step with
-``m = 1 - (1 - 0.996) (cos(pi k / K) + 1) / 2`` (parameters only; buffers keep their own values).
+instead of the batch's own. The target is updated after every optimizer step with the loop's
+``hp.momentum``, its cosine from ``ema_momentum`` (0.996 in the recipe) to 1 (parameters only; buffers keep
+their own values).
 
 Why the heatmaps start (and in short runs stay) flat at ``1 / K``, as in the released code: the K mask
 embeddings leave the decoder nearly equal (cosine ~0.99 at init: the targets start at zero, so the queries
@@ -43,6 +44,8 @@ decay, so those parameters get plain SGD-momentum updates, as released.
 
 Deviations, on purpose:
 
+- BYOL's momentum ``1 - (1 - 0.996) (cos(pi k / K) + 1) / 2`` takes step k of K steps; the loop's cosine
+  takes k / (K - 1), so it reaches 1 on the last step.
 - The released LARS excluded parameters by name (``bn``, ``downsample.1``, ``bias``), which missed the
   neck's BN (``mlp.1``) and the transformer's LayerNorms; here every 1-d parameter is excluded.
   timm's ``Lars`` applies the lr after the momentum buffer (the released one before it); they differ
@@ -68,13 +71,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facekit import distributed
 from facekit.data.augment import normalize_batch
 from facekit.data.views import VGGFACE2_MEAN, VGGFACE2_STD, TwoViews, ViewRecipe
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.ema import copy_as_target, ema_update
 from facekit.nn.heads import MLPHead
 from facekit.nn.resnet import RESNETS, ResNetTrunk
-from facekit.train import distributed
 
 HEATMAP_EPS = 1e-7  # added to the softmax heatmaps, as released
 
@@ -147,11 +150,6 @@ def region_cosine(mask_embed: torch.Tensor) -> torch.Tensor:
     e = F.normalize(mask_embed.detach().float().mean(0), dim=-1)
     k = e.shape[0]
     return ((e @ e.T).sum() - k) / (k * (k - 1))
-
-
-def ema_momentum(progress: float, base: float = 0.996) -> float:
-    """BYOL's cosine momentum ``1 - (1 - base) (cos(pi * progress) + 1) / 2``: ``base`` at 0, 1 at 1."""
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
 def region_heatmaps(
@@ -338,7 +336,7 @@ class FRA(Method):
     backbone / backbone_kwargs: a :data:`facekit.nn.resnet.RESNETS` name and timm ``ResNet`` overrides.
     dim 256, hidden_dim 4096 (MLP1D necks and predictors); num_regions K = 8; scale 1 (heatmap softmax);
     proto_momentum 0.9; attn_heads 8, attn_depth 2, attn_dropout 0.1 (the mask-embedding transformer,
-    FFN width ``dim``); base_momentum 0.996; inst_weight 0.5 (region part: 1 − inst_weight);
+    FFN width ``dim``); inst_weight 0.5 (region part: 1 − inst_weight);
     neg_weight 0.02; cluster_weight 0.1; student_temp 0.1, teacher_temp 0.04, sinkhorn_iters 3;
     image_size: side of the views (224; maps are ``ceil(S / 32)`` wide); normalize: whether the
     views are normalised in the workers (else uint8 views are normalised here, on the device).
@@ -347,15 +345,15 @@ class FRA(Method):
     mean, std = VGGFACE2_MEAN, VGGFACE2_STD
     recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 512, "epochs": 50, "warmup_epochs": 10, "optimizer": "lars", "lr": 0.9, "momentum": 0.9,
-        "weight_decay": 1e-6, "amp": True, "sync_batchnorm": True,
+        "weight_decay": 1e-6, "amp": True, "sync_batchnorm": True, "ema_momentum": 0.996,
     }  # fmt: skip
 
     def __init__(
         self, backbone: str = "resnet50", backbone_kwargs: dict[str, Any] | None = None, *, dim: int = 256,
         hidden_dim: int = 4096, num_regions: int = 8, scale: float = 1.0, proto_momentum: float = 0.9,
-        attn_heads: int = 8, attn_depth: int = 2, attn_dropout: float = 0.1, base_momentum: float = 0.996,
-        inst_weight: float = 0.5, neg_weight: float = 0.02, cluster_weight: float = 0.1, student_temp: float = 0.1,
-        teacher_temp: float = 0.04, sinkhorn_iters: int = 3, image_size: int = 224, normalize: bool = True,
+        attn_heads: int = 8, attn_depth: int = 2, attn_dropout: float = 0.1, inst_weight: float = 0.5,
+        neg_weight: float = 0.02, cluster_weight: float = 0.1, student_temp: float = 0.1, teacher_temp: float = 0.04,
+        sinkhorn_iters: int = 3, image_size: int = 224, normalize: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
         self.backbone: ResNetTrunk = RESNETS.create(backbone, **(backbone_kwargs or {}))
@@ -367,7 +365,7 @@ class FRA(Method):
         self.predictor_obj = MLP1D(dim, hidden_dim, dim)
         self.target_backbone = copy_as_target(self.backbone)
         self.target_neck = copy_as_target(self.neck)
-        self.base_momentum, self.inst_weight, self.neg_weight = base_momentum, inst_weight, neg_weight
+        self.inst_weight, self.neg_weight = inst_weight, neg_weight
         self.cluster_weight, self.sinkhorn_iters = cluster_weight, sinkhorn_iters
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
         self.image_size, self.normalize = image_size, normalize
@@ -400,14 +398,13 @@ class FRA(Method):
         cluster = 0.5 * (self._cluster(online1, target1) + self._cluster(online2, target2))
         loss = inst + obj + self.cluster_weight * cluster
         parts = {"inst": inst, "obj": obj, "cluster": cluster, "region_cos": region_cosine(online1.mask_embed)}
-        momentum = torch.tensor(ema_momentum(hp.progress, self.base_momentum), device=loss.device)
+        momentum = torch.tensor(hp.momentum, device=loss.device)
         return {"loss": loss, **{k: v.detach() for k, v in parts.items()}, "momentum": momentum}
 
     def after_step(self, hp: StepValues) -> None:
-        """EMA of the online backbone and neck into the target with :func:`ema_momentum` of ``hp.progress``."""
-        momentum = ema_momentum(hp.progress, self.base_momentum)
-        ema_update(self.target_backbone, self.backbone, momentum)
-        ema_update(self.target_neck, self.neck, momentum)
+        """EMA of the online backbone and neck into the target with the loop's ``hp.momentum``."""
+        ema_update(self.target_backbone, self.backbone, hp.momentum)
+        ema_update(self.target_neck, self.neck, hp.momentum)
 
     @torch.no_grad()
     def heatmaps(self, images: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from facekit import distributed
 from facekit.nn.margins import MarginHead
-from facekit.train import distributed
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
-from facekit.train import distributed
+from facekit import distributed
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"

@@ -17,21 +17,17 @@ unused classes), so verification can score people the model never saw.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from torch.utils.data import Subset
 
-from facekit.config import Params, PretrainParams
+from facekit.config import Params, RunConfig
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME, read_index
-from facekit.train.pretrain import BACKBONE_SPEC, PretrainRun, resolve_run, train_and_export
-
-if TYPE_CHECKING:
-    from facekit.train.loop import TrainResult
-
-_SET_BY_STAGE = ("init_from", "num_classes", "method")
+from facekit.train.loop import TrainResult
+from facekit.train.pretrain import BACKBONE_SPEC, train_and_export
 
 
 def num_identities(shards: Path) -> int:
@@ -44,27 +40,15 @@ def num_identities(shards: Path) -> int:
     return len(identities)
 
 
-def resolve_finetune_run(params: Params, name: str) -> PretrainRun:
-    """The ``FineTune`` run ``name``: ``finetune.method`` + the run's keys + ``init_from`` + ``num_classes``."""
-    section = params.finetune
-    if name in section.runs:
-        for key in _SET_BY_STAGE:
-            if key in section.runs[name] or key in section.method:
-                raise ValueError(f"finetune: {key!r} is set by the stage; remove it from params.yaml")
-    init_from = Path(section.pretrained) / name
-    if name in section.runs and not (init_from / BACKBONE_SPEC).is_file():
-        raise FileNotFoundError(
-            f"finetune.runs.{name}: no pre-trained backbone at {init_from}; run `facekit pretrain {name}`"
-        )
-    runs = {
-        run: {**section.method, **settings, "method": "finetune", "init_from": str(Path(section.pretrained) / run)}
-        for run, settings in section.runs.items()
-    }
-    resolved = resolve_run(
-        PretrainParams(section.shards, section.out, section.nproc_per_node, section.train, runs), name, "finetune"
-    )
-    resolved.method_kwargs["num_classes"] = num_identities(Path(section.shards))
-    return resolved
+def resolve_finetune_run(params: Params, name: str) -> RunConfig:
+    """The ``FineTune`` run ``name`` of ``params.finetune`` (``finetune.method`` + the run's keys +
+    ``init_from``), its pre-trained backbone checked, with ``num_classes`` from the shards added."""
+    run = params.finetune.run(name)
+    init_from = Path(run.method_kwargs["init_from"])
+    if not (init_from / BACKBONE_SPEC).is_file():
+        raise FileNotFoundError(f"{run.where}: no pre-trained backbone at {init_from}; run `facekit pretrain {name}`")
+    num_classes = num_identities(Path(params.finetune.shards))
+    return dataclasses.replace(run, method_kwargs={**run.method_kwargs, "num_classes": num_classes})
 
 
 def without_identities(dataset: FaceShardDataset, names: Sequence[str]) -> Subset:
@@ -84,12 +68,9 @@ def run_finetune(params: Params, run: str, *, progress: bool = True, report: Pat
     """Fine-tune run ``run`` of ``params.finetune`` (see the module docstring) on every identity but
     ``verify.holdout_identities``; returns the loop's result."""
     resolved = resolve_finetune_run(params, run)
-    out_dir = Path(params.finetune.out) / run
     holdout = params.verify.holdout_identities
     select = (lambda dataset: without_identities(dataset, holdout)) if holdout else None
     extra = {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")} | {"holdout_identities": holdout}
     report = Path(report or Path("metrics") / f"finetune_{run}.json")
     shards = Path(params.finetune.shards)
-    return train_and_export(
-        resolved, shards, out_dir, progress=progress, report=report, select=select, report_extra=extra
-    )
+    return train_and_export(resolved, shards, progress=progress, report=report, select=select, report_extra=extra)

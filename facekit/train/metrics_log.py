@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
-from facekit.train import distributed
+from facekit import distributed
 
 LOG_NAME = "train_log.csv"
 METRICS_NAME = "metrics.json"

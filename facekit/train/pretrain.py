@@ -1,7 +1,8 @@
 """The ``pretrain`` stage: one named run of ``params.yaml``'s ``pretrain.runs`` → trained method + backbone.
 
-A run is ``{"method": <METHODS name, default the run name>, <method keyword arguments>, "train": {...}}``;
-its TrainConfig is ``pretrain.train`` updated by the run's ``train``. :func:`run_pretrain` builds the
+A run is ``{"method": <METHODS name, default the run name>, <method keyword arguments>, "train": {...}}``,
+resolved when params.yaml is loaded (:class:`~facekit.config.RunConfig`; its TrainConfig is ``pretrain.train``
+updated by the run's ``train``). :func:`run_pretrain` builds the
 method, trains it on ``FaceShardDataset(pretrain.shards, transform=method.views())`` into
 ``pretrain.out/<run>/`` (resuming from a checkpoint there) and writes
 
@@ -16,37 +17,28 @@ Under torchrun every rank trains (the engine handles DDP); rank 0 writes. Any me
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
-import inspect
 import json
 import shutil
 import sys
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
-from facekit.config import Params, PretrainParams
+from facekit import distributed
+from facekit.config import Params, RunConfig
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME
+from facekit.methods.base import METHODS, Method  # the package registers every method (and ir50 / ir100)
 from facekit.nn.vit import BACKBONES
 from facekit.registry import Registry, RegistrySpec
-from facekit.train import distributed
+from facekit.train.loop import TrainResult, train
 from facekit.train.metrics_log import LOG_NAME
-
-if TYPE_CHECKING:
-    from facekit.methods.base import Method
-    from facekit.train.loop import TrainConfig, TrainResult
-
-# facekit.methods (fine-tuning) imports the file names below, so the methods and the loop (which imports
-# them) are imported inside the functions that need them, never while this module loads.
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
 RANDOM_INIT = "random_init"  # the method name of a run that exports its backbone untrained
@@ -54,94 +46,20 @@ BACKBONE_SPEC = "backbone.json"
 Stats = tuple[float, float, float]
 #: Input normalisation of fine-tuning (and of specs that record none): pixels to [−1, 1].
 DEFAULT_NORMALIZATION: tuple[Stats, Stats] = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-_SET_BY_STAGE = ("out_dir", "progress")  # TrainConfig fields the stage sets itself
 
 
-@dataclass(frozen=True)
-class PretrainRun:
-    """One resolved run: ``METHODS.create(method, **method_kwargs)`` trained with ``TrainConfig(**train)``
-    (``train`` holds every field but ``out_dir`` and ``progress``)."""
-
-    name: str
-    method: str
-    method_kwargs: dict[str, Any]
-    train: dict[str, Any]
-    section: str = "pretrain"  # the params.yaml section the run comes from (in error messages)
-
-    @property
-    def where(self) -> str:
-        return f"{self.section}.runs.{self.name}"
-
-
-def resolve_run(params: PretrainParams, name: str, section: str = "pretrain") -> PretrainRun:
-    """Look ``name`` up in ``params.runs`` and merge its TrainConfig; unknown names and keys are ValueErrors.
-
-    ``section`` names the params.yaml section in messages (fine-tuning runs use the same format).
-    """
-    from facekit.train.loop import TrainConfig
-
-    if name not in params.runs:
-        close = difflib.get_close_matches(name, params.runs, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        defined = ", ".join(params.runs) or "none"
-        raise ValueError(f"unknown {section} run {name!r}{hint}; params.yaml defines: {defined}")
-    settings = dict(params.runs[name])
-    method = settings.pop("method", name)
-    overrides = settings.pop("train", None) or {}
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for where, values in ((f"{section}.train", params.train), (f"{section}.runs.{name}.train", overrides)):
-        for key in values:
-            if key in _SET_BY_STAGE:
-                raise ValueError(f"{where}.{key} is set by the stage (out_dir = {section}.out/<run>); remove it")
-            if key not in fields:
-                valid = sorted(set(fields) - set(_SET_BY_STAGE))
-                raise ValueError(f"{where}: unknown TrainConfig key {key!r}{_suggest(key, valid)}; valid: {valid}")
-    merged = {**params.train, **overrides}
-    for key, value in merged.items():  # YAML gives lists where TrainConfig takes tuples (betas)
-        if isinstance(fields[key].default, tuple) and isinstance(value, list):
-            merged[key] = tuple(value)
-    return PretrainRun(name, method, settings, merged, section)
-
-
-def train_config(run: PretrainRun, out_dir: Path, progress: bool = True) -> TrainConfig:
-    """The run's TrainConfig writing to ``out_dir``; its own checks (lr vs blr, sizes) name the run."""
-    from facekit.train.loop import TrainConfig
-
-    try:
-        return TrainConfig(**run.train, out_dir=out_dir, progress=progress)
-    except TypeError as e:  # a required field (epochs, batch_size) missing
-        raise ValueError(f"{run.where}: TrainConfig {e}") from None
-    except ValueError as e:
-        raise ValueError(f"{run.where}: {e}") from None
-
-
-def build_method(run: PretrainRun) -> tuple[Method, dict[str, Any]]:
+def build_method(run: RunConfig) -> tuple[Method, dict[str, Any]]:
     """``METHODS.create(run.method, **run.method_kwargs)`` and the spec of its exported backbone.
 
     The spec ``{"backbone": name, "kwargs": {...}, "registry": "module:NAME"}`` is the ``Registry.create``
-    call (``BACKBONES``, ``RESNETS`` ...) that built the module ``export_backbone()`` returns. A bad keyword
-    is a ValueError naming the run and the method's parameters.
+    call (``BACKBONES``, ``RESNETS`` ...) that built the module ``export_backbone()`` returns. An unknown
+    method, a keyword it does not take (the registry names it) or a value it refuses is a ValueError that
+    starts with the run's params.yaml key.
     """
-    import facekit.methods  # noqa: F401  (registers the built-in methods)
-    from facekit.methods.base import METHODS
-
-    if run.method not in METHODS:
-        raise ValueError(f"{run.where}: unknown method {run.method!r}; registered: {METHODS.names()}")
-    factory = METHODS.get(run.method)
-    valid, open_ended = _keywords(factory)
-    unknown = [k for k in run.method_kwargs if k not in valid]
-    if unknown and not open_ended:
-        hints = ", ".join(f"{k!r}{_suggest(k, valid)}" for k in unknown)
-        raise ValueError(
-            f"{run.where}: method {run.method!r} does not take {hints}; "
-            f"its parameters: {', '.join(valid)} (plus 'method' and 'train')"
-        )
     try:
-        method = factory(**run.method_kwargs)
-    except TypeError as e:  # e.g. an unknown key inside backbone_kwargs
-        if "argument" not in str(e):
-            raise
-        raise ValueError(f"{run.where} (method {run.method!r}): {e}") from None
+        method = METHODS.create(run.method, **run.method_kwargs)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{run.where}: {e.args[0] if isinstance(e, KeyError) else e}") from None
     return method, _backbone_spec(method, run)
 
 
@@ -152,17 +70,15 @@ def run_pretrain(params: Params, run: str, *, progress: bool = True, report: Pat
     A run with ``method: random_init`` trains nothing: it exports its backbone at random init (the
     "no pre-training" baseline that fine-tuning and the leaderboard compare against).
     """
-    resolved = resolve_run(params.pretrain, run)
-    out_dir = Path(params.pretrain.out) / run
-    if resolved.method == RANDOM_INIT:
-        return export_random_init(resolved, out_dir, report or Path("metrics") / f"pretrain_{run}.json")
-    return train_and_export(resolved, Path(params.pretrain.shards), out_dir, progress=progress, report=report)
+    config = params.pretrain.run(run)
+    if config.method == RANDOM_INIT:
+        return export_random_init(config, config.train.out_dir, report or Path("metrics") / f"pretrain_{run}.json")
+    return train_and_export(config, Path(params.pretrain.shards), progress=progress, report=report)
 
 
 def train_and_export(
-    run: PretrainRun,
+    run: RunConfig,
     shards: Path,
-    out_dir: Path,
     *,
     progress: bool = True,
     report: Path | None = None,
@@ -170,11 +86,10 @@ def train_and_export(
     report_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``run`` on ``FaceShardDataset(shards, transform=method.views())`` (or the part ``select``
-    returns) into ``out_dir`` and export its backbone there; rank 0 writes ``report`` (default
+    returns) into ``run.train.out_dir`` and export its backbone there; rank 0 writes ``report`` (default
     ``metrics/<section>_<run>.json``, with ``report_extra`` added) and its loss curve next to it as ``.csv``."""
-    from facekit.train.loop import train
-
-    cfg = train_config(run, out_dir, progress)
+    cfg = dataclasses.replace(run.train, progress=progress)
+    out_dir = cfg.out_dir
     if not (shards / INDEX_NAME).is_file():
         raise FileNotFoundError(f"{run.section}.shards: no {INDEX_NAME} in {shards}; run `facekit data pack` first")
     torch.manual_seed(cfg.seed)  # the same initial weights on every run (and every rank)
@@ -196,17 +111,14 @@ def train_and_export(
     return result
 
 
-def export_random_init(run: PretrainRun, out_dir: Path, report: Path) -> TrainResult:
+def export_random_init(run: RunConfig, out_dir: Path, report: Path) -> TrainResult:
     """``BACKBONES.create(backbone, **backbone_kwargs)`` at random init (seed ``train.seed``), exported to
     ``out_dir`` like a trained run; ``report`` says 0 steps and gets a loss curve with no rows."""
-    import facekit.methods  # noqa: F401  (registers the backbones that methods bring, e.g. ir50)
-    from facekit.train.loop import TrainResult
-
     settings = dict(run.method_kwargs)
     name, kwargs = settings.pop("backbone", None), settings.pop("backbone_kwargs", None) or {}
     if name is None or settings:
         raise ValueError(f"{run.where}: method {RANDOM_INIT!r} takes backbone and backbone_kwargs only, got {settings}")
-    torch.manual_seed(int(run.train.get("seed", 0)))
+    torch.manual_seed(run.train.seed)
     backbone = BACKBONES.create(name, **kwargs)
     spec = {"backbone": name, "kwargs": json.loads(json.dumps(kwargs)), "registry": _registry_path(BACKBONES, name)}
     spec |= {"mean": list(DEFAULT_NORMALIZATION[0]), "std": list(DEFAULT_NORMALIZATION[1])}  # as fine-tuning feeds it
@@ -270,11 +182,18 @@ def spec_registry(spec: dict[str, Any]) -> Registry:
 
 
 def torchrun_command(
-    run: str, params_path: Path, nproc_per_node: int, quiet: bool = False, stage: str = "pretrain"
+    run: str,
+    params_path: Path,
+    nproc_per_node: int,
+    quiet: bool = False,
+    stage: str = "pretrain",
+    settings: Sequence[str] = (),
 ) -> list[str]:
-    """``python -m torch.distributed.run --nproc_per_node N -m facekit.cli <stage> RUN ...`` (one node)."""
+    """``python -m torch.distributed.run --nproc_per_node N -m facekit.cli <stage> RUN ...`` (one node);
+    ``settings`` are the command's ``--set KEY=VALUE`` overrides, passed on."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}"]
     command += ["-m", "facekit.cli", stage, run, "--params", str(params_path)]
+    command += [arg for setting in settings for arg in ("--set", setting)]
     return command + (["--quiet"] if quiet else [])
 
 
@@ -287,7 +206,7 @@ def _registry_path(registry: Registry, name: str) -> str:
     return f"{module.__name__}:{attr}"
 
 
-def _backbone_spec(method: Method, run: PretrainRun) -> dict:
+def _backbone_spec(method: Method, run: RunConfig) -> dict:
     """``{"backbone", "kwargs", "registry", "mean", "std"}`` of the exported backbone: the ``Registry.create``
     call that built it (presets and the method's own overrides included; EMA copies carry it too) and the
     input normalisation of the method's views."""
@@ -304,26 +223,3 @@ def _backbone_spec(method: Method, run: PretrainRun) -> dict:
         return json.loads(json.dumps(out))  # tuples become lists, as they will be read back
     except TypeError as e:
         raise ValueError(f"{run.where}: backbone arguments are not JSON-serialisable: {e}") from None
-
-
-def _keywords(factory: Any) -> tuple[list[str], bool]:
-    """(keyword parameters of a method factory, whether it takes others too). A preset taking
-    ``**overrides`` and annotated to return a class adds that class's parameters."""
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    params = list(inspect.signature(target).parameters.values())
-    names = [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
-        return names, False
-    try:
-        returned = None if inspect.isclass(factory) else typing.get_type_hints(factory).get("return")
-    except NameError:
-        returned = None
-    if not inspect.isclass(returned):
-        return names, True
-    inner, open_ended = _keywords(returned)
-    return names + [n for n in inner if n not in names], open_ended
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

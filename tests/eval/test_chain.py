@@ -181,7 +181,7 @@ def test_finetune_runs_name_their_missing_pre_training_and_stage_keys(in_project
         resolve_finetune_run(load_params("other.yaml"), "mae")
     params["finetune"]["runs"] = {"scratch": {"num_classes": 5}}
     Path("other.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ValueError, match="'num_classes' is set by the stage"):
+    with pytest.raises(ValueError, match=r"finetune\.runs\.scratch\.num_classes is set by the stage"):
         resolve_finetune_run(load_params("other.yaml"), "scratch")
 
 

@@ -27,7 +27,7 @@ from facekit.eval.knn import (
 )
 from facekit.methods.lafs import LAFS
 from facekit.nn.vit import BACKBONES
-from facekit.train.pretrain import build_method, export_backbone, resolve_run
+from facekit.train.pretrain import build_method, export_backbone
 
 TINY_VIT = {"img_size": 112, "depth": 2, "embed_dim": 192, "num_heads": 3}
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # LAFS's normalisation
@@ -106,10 +106,8 @@ def test_a_face_recognition_model_separates_the_identities(faces: ShardFaces, as
 
 def _untrained_run(tmp_path: Path, name: str, settings: dict[str, Any], seed: int = 3) -> tuple[Path, torch.nn.Module]:
     """A run folder holding the backbone a run ``name`` starts from (built as ``run_pretrain`` builds it)."""
-    params = PretrainParams(
-        shards="unused", out=str(tmp_path), train={"epochs": 1, "batch_size": 4}, runs={name: settings}
-    )
-    run = resolve_run(params, name)
+    train = {"epochs": 1, "batch_size": 4, "lr": 1e-3}
+    run = PretrainParams(shards="unused", out=str(tmp_path), train=train, runs={name: settings}).run(name)
     torch.manual_seed(seed)
     method, spec = build_method(run)
     out = tmp_path / name

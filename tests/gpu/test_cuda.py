@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from facekit.config import Params, PretrainParams, load_params
+from facekit.config import load_params
 from facekit.data.augment_gpu import BatchPhotometric, PhotometricParams
 from facekit.data.views import ViewRecipe
 from facekit.train.pretrain import RANDOM_INIT, load_backbone, run_pretrain
@@ -28,8 +28,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 SAMPLE = load_params(PROJECT / "params.yaml").pretrain
 #: every sample run that trains; LAFS takes its landmarks from its own head, trained alongside (the pack-only
 #: shards here have no dense landmarks)
-RUNS = {name: run for name, run in SAMPLE.runs.items() if run.get("method") != RANDOM_INIT}
-RUNS["lafs"] = {**RUNS["lafs"], "landmarks": "learned", "train_landmark_head": True}
+RUNS = [name for name, run in SAMPLE.runs.items() if run.method != RANDOM_INIT]
+RUN_OVERRIDES = {"lafs": {"landmarks": "learned", "train_landmark_head": True}}
 STEPS = 24  # 61 faces // 16 = 3 steps per epoch
 #: self-distillation losses need not fall in 24 steps: the teacher's targets sharpen as its temperature warms up
 NOT_FALLING = {"dino", "lafs"}
@@ -62,14 +62,18 @@ def test_batch_photometric_on_cuda_gives_the_cpu_images(cuda: torch.device) -> N
     assert d.max() <= 2 and (d > 0).float().mean() < 0.01, (d.max(), (d > 0).float().mean())
 
 
-@pytest.mark.parametrize("run", list(RUNS))
+@pytest.mark.parametrize("run", RUNS)
 def test_each_sample_run_trains_on_cuda_and_its_backbone_runs_on_the_cpu(
     run: str, cuda: torch.device, sample_shards: Path, tmp_path: Path
 ) -> None:
-    train = {**SAMPLE.train, "epochs": STEPS // 3, "warmup_epochs": 1}
-    spec = {**RUNS[run], "train": {**RUNS[run].get("train", {}), "epochs": STEPS // 3}}
-    section = PretrainParams(shards=str(sample_shards), out=str(tmp_path), train=train, runs={run: spec})
-    params = Params(pretrain=section)
+    overrides = {
+        "pretrain.shards": str(sample_shards),
+        "pretrain.out": str(tmp_path),
+        "pretrain.train.warmup_epochs": 1,
+    }
+    overrides |= {"pretrain.train.epochs": STEPS // 3, f"pretrain.runs.{run}.train.epochs": STEPS // 3}
+    overrides |= {f"pretrain.runs.{run}.{key}": value for key, value in RUN_OVERRIDES.get(run, {}).items()}
+    params = load_params(PROJECT / "params.yaml", overrides)
     torch.cuda.reset_peak_memory_stats(cuda)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "MCF perceptual teacher has no checkpoint")

@@ -10,23 +10,24 @@ import numpy as np
 import pytest
 import torch
 
+from facekit.config import TrainConfig
 from facekit.methods.base import StepValues
 from facekit.methods.camd import (
     CAMD,
     CAMDViews,
     agmd_weight,
-    ema_momentum,
     global_unigrad_loss,
     relative_positions,
     unigrad_loss,
 )
 from facekit.nn.topk_attention import MultiHeadAttentionTopK
+from facekit.train.schedules import cosine_schedule
 
 TINY = dict(img_size=64, embed_dim=32, depth=12, num_heads=4)  # 16 patches, blocks 2, 5, 8, 11 exist
 
 
-def _hp(step: int = 0, progress: float = 0.0) -> StepValues:
-    return StepValues(step=step, epoch=0.0, progress=progress, lr=1e-3, weight_decay=0.0, momentum=0.0)
+def _hp(step: int = 0, momentum: float = 0.995) -> StepValues:
+    return StepValues(step=step, epoch=0.0, progress=0.0, lr=1e-3, weight_decay=0.0, momentum=momentum)
 
 
 def _tiny_camd() -> CAMD:
@@ -209,13 +210,11 @@ def test_relative_positions_agree_with_the_released_flipped_frame_formula() -> N
     assert torch.allclose(cols, expected_cols, atol=1e-4) and torch.allclose(rows, expected_rows, atol=1e-4)
 
 
-# ---------------------------------------------------------------- EMA
+# ---------------------------------------------------------------- EMA (the loop's schedule: tests/train/test_loop.py)
 
 
-def test_ema_momentum_cosine_from_base_to_one() -> None:
-    assert ema_momentum(0.0) == pytest.approx(0.995)
-    assert ema_momentum(1.0) == pytest.approx(1.0)
-    assert ema_momentum(0.5) == pytest.approx(0.9975)
+def test_the_recipe_starts_the_loops_ema_momentum_at_the_released_base(tmp_path) -> None:
+    assert TrainConfig(**CAMD.recipe, out_dir=tmp_path).ema_momentum == 0.995
 
 
 # ---------------------------------------------------------------- the Method
@@ -252,10 +251,11 @@ def test_target_is_an_ema_of_the_online_branch_once_per_step() -> None:
     with torch.no_grad():
         online[name].add_(1.0)
     before = target[name].detach().clone()
-    method(batch, _hp(step=1, progress=0.5))  # momentum 0.9975
+    out = method(batch, _hp(step=1, momentum=0.9975))  # the loop's hp.momentum halfway from 0.995 to 1
     expected = 0.9975 * before + 0.0025 * online[name].detach()
     assert torch.allclose(target[name], expected, atol=1e-6)
-    method(batch, _hp(step=1, progress=0.5))  # same optimizer step (gradient accumulation): no update
+    assert out["momentum"].item() == pytest.approx(0.9975)
+    method(batch, _hp(step=1, momentum=0.9975))  # same optimizer step (gradient accumulation): no update
     assert torch.allclose(target[name], expected, atol=1e-6)
 
 
@@ -265,8 +265,9 @@ def test_a_few_optimizer_steps_lower_the_loss_on_a_fixed_batch() -> None:
     batch = _batch(method)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
     losses = []
+    momenta = cosine_schedule(CAMD.recipe["ema_momentum"], 1.0, 8)  # as the loop schedules hp.momentum
     for step in range(8):
-        loss = method(batch, _hp(step=step, progress=step / 8))["loss"]
+        loss = method(batch, _hp(step=step, momentum=float(momenta[step])))["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

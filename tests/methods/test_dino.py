@@ -13,9 +13,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from facekit.config import TrainConfig
 from facekit.methods.base import METHODS, StepValues
 from facekit.methods.dino import DINO, dino_loss, target_entropy, update_center
-from facekit.train.loop import TrainConfig, train
+from facekit.train.loop import train
 
 TINY = dict(img_size=32, embed_dim=32, depth=1, num_heads=2)  # 4 × 4 tokens of 8 px
 HEAD = dict(out_dim=64, head_hidden_dim=64, head_bottleneck_dim=16)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import facekit.methods  # noqa: F401  (registers the methods)
+from facekit.config import TrainConfig
 from facekit.data.augment import hflip
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.images import decode_jpeg_rgb, encode_jpeg
@@ -22,7 +23,7 @@ from facekit.methods.base import METHODS, StepValues
 from facekit.methods.finetune import FINETUNE_RECIPES, FaceRecognitionView, FineTune
 from facekit.nn.iresnet import IResNet
 from facekit.nn.vit import BACKBONES
-from facekit.train.loop import TrainConfig, param_groups, train
+from facekit.train.loop import param_groups, train
 from facekit.train.pretrain import export_backbone
 
 TINY = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_prompts": 2, "head_dim": 16}

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 import torchvision
 from timm.optim import Lars
 
+from facekit.config import TrainConfig
 from facekit.methods.base import METHODS, StepValues
 from facekit.methods.fra import (
     FRA,
     byol_loss,
     cluster_loss,
-    ema_momentum,
     region_cosine,
     region_heatmaps,
     region_loss,
@@ -29,14 +29,20 @@ from facekit.methods.fra import (
     sinkhorn,
 )
 from facekit.nn.resnet import RESNETS, ResNetTrunk
-from facekit.train.loop import TrainConfig, build_optimizer
+from facekit.train.loop import build_optimizer
+from facekit.train.schedules import cosine_schedule
 
 TINY_TRUNK: dict = {"channels": (16, 32, 64, 128)}  # a narrow ResNet-18: 128 channels out
 TINY: dict = dict(backbone="resnet18", backbone_kwargs=TINY_TRUNK, dim=16, hidden_dim=32, image_size=64)  # 2×2 maps
 
 
-def _hp(step: int = 0, progress: float = 0.0) -> StepValues:
-    return StepValues(step=step, epoch=0.0, progress=progress, lr=1e-3, weight_decay=0.0, momentum=0.0)
+def _hp(step: int = 0, momentum: float = 0.996) -> StepValues:
+    return StepValues(step=step, epoch=0.0, progress=0.0, lr=1e-3, weight_decay=0.0, momentum=momentum)
+
+
+def _momenta(steps: int) -> list[float]:
+    """The loop's ``hp.momentum`` over ``steps`` steps of the released recipe (0.996 to 1)."""
+    return cosine_schedule(FRA.recipe["ema_momentum"], 1.0, steps).tolist()
 
 
 def _batch(method: FRA, n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -177,13 +183,11 @@ def test_sine_positions_match_detr_formula() -> None:
     assert np.allclose(pos[3].numpy(), row + col, atol=1e-5)
 
 
-# ---------------------------------------------------------------- EMAs
+# ---------------------------------------------------------------- EMAs (the loop's schedule: tests/train/test_loop.py)
 
 
-def test_ema_momentum_at_start_and_end() -> None:
-    assert ema_momentum(0.0) == pytest.approx(0.996)
-    assert ema_momentum(1.0) == pytest.approx(1.0)
-    assert ema_momentum(0.5) == pytest.approx(0.998)
+def test_the_recipe_starts_the_loops_ema_momentum_at_byols_base(tmp_path) -> None:
+    assert TrainConfig(**FRA.recipe, out_dir=tmp_path).ema_momentum == 0.996
 
 
 def test_after_step_moves_target_parameters_only() -> None:
@@ -194,7 +198,7 @@ def test_after_step_moves_target_parameters_only() -> None:
         online["backbone.conv1.weight"].add_(1.0)
         method.backbone.bn1.running_mean.add_(5.0)
     before = target["conv1.weight"].detach().clone()
-    method.after_step(_hp(step=3, progress=0.5))  # m = 0.998
+    method.after_step(_hp(step=3, momentum=0.998))  # the loop's hp.momentum halfway from 0.996 to 1
     expected = 0.998 * before + 0.002 * online["backbone.conv1.weight"].detach()
     assert torch.allclose(target["conv1.weight"], expected, atol=1e-6)
     assert torch.equal(method.target_backbone.bn1.running_mean, torch.zeros(64))  # buffers not averaged
@@ -298,8 +302,8 @@ def test_a_few_optimizer_steps_lower_the_loss_on_a_fixed_batch() -> None:
     batch = _batch(method)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
     losses = []
-    for step in range(4):
-        hp = _hp(step=step, progress=step / 4)
+    for step, momentum in enumerate(_momenta(4)):
+        hp = _hp(step=step, momentum=momentum)
         loss = method(batch, hp)["loss"]
         optimizer.zero_grad()
         loss.backward()
@@ -409,9 +413,9 @@ def test_instance_branch_learns_the_invariance_its_views_teach() -> None:
     at_init = nearest_neighbour_accuracy(copy.deepcopy(method.backbone))
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
     method.train()
-    for step in range(100):
+    for step, momentum in enumerate(_momenta(100)):
         index = torch.randint(0, 8, (32,))
-        hp = _hp(step=step, progress=step / 100)
+        hp = _hp(step=step, momentum=momentum)
         loss = method({"view1": views(index), "view2": views(index)}, hp)["loss"]
         optimizer.zero_grad()
         loss.backward()

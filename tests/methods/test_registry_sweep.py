@@ -4,6 +4,7 @@ fp32 and under bf16 autocast (what the engine uses on CUDA; CPU autocast casts t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from facekit.data.ops.detect import create_detector, select_face
 from facekit.data.ops.landmarks import FaceMesh, mesh_aligned_face
 from facekit.data.record import FaceRecord
 from facekit.methods.base import METHODS, StepValues
-from facekit.train.pretrain import RANDOM_INIT, build_method, resolve_run
+from facekit.train.pretrain import RANDOM_INIT, build_method
 
 PROJECT = Path(__file__).resolve().parents[2]
 SAMPLE_RUNS = load_params(PROJECT / "params.yaml").pretrain
@@ -66,7 +67,7 @@ def _batch(views: Any, faces: list[tuple[np.ndarray, FaceRecord]]) -> dict[str, 
 
 
 #: the sample's runs that train a method (``random_init`` exports an untrained backbone)
-TRAINED_RUNS = [name for name, run in SAMPLE_RUNS.runs.items() if run.get("method") != RANDOM_INIT]
+TRAINED_RUNS = [name for name, run in SAMPLE_RUNS.runs.items() if run.method != RANDOM_INIT]
 
 
 def _cases() -> list[tuple[str, dict[str, Any]]]:
@@ -78,9 +79,8 @@ def _cases() -> list[tuple[str, dict[str, Any]]]:
 def test_forward_and_backward_are_finite(run: str, overrides: dict[str, Any], amp: bool, faces: list) -> None:
     torch.manual_seed(0)
     np.random.seed(0)
-    spec = {**SAMPLE_RUNS.runs[run], **overrides}
-    params = type(SAMPLE_RUNS)(shards="x", out="x", train=SAMPLE_RUNS.train, runs={run: spec})
-    method, _ = build_method(resolve_run(params, run))
+    config = SAMPLE_RUNS.runs[run]
+    method, _ = build_method(dataclasses.replace(config, method_kwargs={**config.method_kwargs, **overrides}))
     extra = {k: float(v[0]) for k, v in method.schedules(10, 5).items()}
     hp = StepValues(step=0, epoch=0.0, progress=0.0, lr=1e-3, weight_decay=0.05, momentum=0.99, extra=extra)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -93,5 +93,5 @@ def test_forward_and_backward_are_finite(run: str, overrides: dict[str, Any], am
 
 
 def test_every_pretraining_method_is_swept() -> None:
-    swept = {SAMPLE_RUNS.runs[name].get("method", name) for name in TRAINED_RUNS}
+    swept = {SAMPLE_RUNS.runs[name].method for name in TRAINED_RUNS}
     assert swept == set(METHODS.names()) - {"finetune"}

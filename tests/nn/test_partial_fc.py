@@ -140,7 +140,7 @@ def _mean_target_cos(weight: torch.Tensor, emb: torch.Tensor, labels: torch.Tens
 
 def _ddp_worker(out_dir: Path) -> None:
     """One rank: PartialFC over its shard of the centres, fed its half of the global batch."""
-    from facekit.train import distributed
+    from facekit import distributed
 
     distributed.init_from_env()
     rank = distributed.rank()

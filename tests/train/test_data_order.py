@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facekit.train.distributed import EpochSampler, SeededSamples
 from facekit.train.metrics_log import MetricsLogger
+from facekit.train.samplers import EpochSampler, SeededSamples
 
 
 class Draws(Dataset):

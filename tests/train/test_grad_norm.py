@@ -7,7 +7,7 @@ import math
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from facekit.train.distributed import global_grad_norm
+from facekit.distributed import global_grad_norm
 
 
 def test_norm_counts_shared_and_ignored_gradients_once_in_one_process() -> None:

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import pytest
 import timm
@@ -7,9 +8,11 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from train_toy import ToyMethod, ToySamples, toy_config
 
-from facekit.config import PretrainParams
-from facekit.train.loop import TrainConfig, param_groups, train
-from facekit.train.pretrain import resolve_run, train_config
+from facekit.config import PretrainParams, TrainConfig
+from facekit.methods.base import StepValues
+from facekit.methods.camd import CAMD
+from facekit.methods.fra import FRA
+from facekit.train.loop import param_groups, train
 from facekit.train.schedules import cosine_schedule
 
 
@@ -77,8 +80,7 @@ def test_config_rejects_bad_lr_schedules(tmp_path, overrides, message) -> None:
 
 def test_yaml_milestone_lists_become_tuples(tmp_path) -> None:
     train = {"epochs": 20, "batch_size": 8, "lr": 0.1, "lr_schedule": "step", "lr_milestones": [8, 12, 16]}
-    run = resolve_run(PretrainParams(train=train, runs={"ir100": {"method": "finetune"}}), "ir100")
-    cfg = train_config(run, tmp_path)
+    cfg = PretrainParams(out=str(tmp_path), train=train, runs={"ir100": {"method": "finetune"}}).run("ir100").train
     assert cfg.lr_milestones == (8, 12, 16) and isinstance(cfg.lr_milestones, tuple)
 
 
@@ -162,3 +164,29 @@ def test_gradients_are_clipped_to_clip_grad(tmp_path) -> None:
     for name, p in method.named_parameters():
         if p.requires_grad:  # plain SGD: the update is lr times the clipped gradient
             torch.testing.assert_close(p.detach(), before[name] - lr * method.first_grads[name], atol=1e-7, rtol=0)
+
+
+class _MomentumRecorder(ToyMethod):
+    """The toy method, keeping the ``hp.momentum`` of every step it takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.momenta: list[float] = []
+
+    def after_step(self, hp: StepValues) -> None:
+        self.momenta.append(hp.momentum)
+        super().after_step(hp)
+
+
+@pytest.mark.parametrize(("recipe", "halfway"), [(CAMD.recipe, 0.9975), (FRA.recipe, 0.998)], ids=["camd", "fra"])
+def test_ema_momentum_is_the_released_cosine_from_the_recipes_base_to_one(recipe, halfway, tmp_path) -> None:
+    """CAMD's and BYOL's (FRA's) ``1 - (1 - base) (1 + cos(pi t / T)) / 2``, with the loop's t / T:
+    step / (steps - 1), so the base at the first step and 1 at the last."""
+    base = recipe["ema_momentum"]
+    method = _MomentumRecorder()
+    train(method, ToySamples(n=72), toy_config(tmp_path, epochs=1, ema_momentum=base))  # 72 / 8 = 9 steps
+    steps = 9
+    expected = [1 - (1 - base) * (1 + math.cos(math.pi * t / (steps - 1))) / 2 for t in range(steps)]
+    assert method.momenta == pytest.approx(expected, rel=0, abs=1e-15)
+    assert method.momenta[0] == pytest.approx(base, abs=1e-15) and method.momenta[-1] == 1.0
+    assert method.momenta[4] == pytest.approx(halfway, abs=1e-15)

@@ -24,7 +24,6 @@ from facekit.train.pretrain import (
     build_method,
     input_normalization,
     load_backbone,
-    resolve_run,
     run_pretrain,
 )
 
@@ -60,7 +59,7 @@ RUNS: dict[str, dict[str, Any]] = {
         "projector_depth": 1,
         "predictor_depth": 1,
         "distill_layers": [0, 1],
-        "train": {"betas": [0.9, 0.95], "clip_grad": 1.0},
+        "train": {"betas": [0.9, 0.95], "clip_grad": 1.0, "ema_momentum": 0.995},
     },
 }
 #: the backbone each run exports, keyword arguments that only the method (or preset) adds, and the input
@@ -114,7 +113,7 @@ def test_method_learns_and_its_backbone_loads_back(run: str, sample_shards: Path
     # the method rebuilt from params and restored from the training checkpoint exports the same network
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "MCF perceptual teacher has no checkpoint")
-        method, _ = build_method(resolve_run(params.pretrain, run))
+        method, _ = build_method(params.pretrain.run(run))
     load_checkpoint(out / "checkpoints", method)
     trained = method.export_backbone().eval()
     for key, tensor in trained.state_dict().items():
@@ -153,21 +152,23 @@ def test_the_cli_trains_a_run_from_a_params_file(sample_shards: Path, tmp_path: 
             r"pretrain.runs.facet_mae: method 'facet_mae' does not take "
             r"'mask_ration' \(did you mean 'mask_ratio'\?\)",
         ),
-        ({"mae": {"backbone_kwargs": {"dpth": 2}}}, {}, r"pretrain.runs.mae \(method 'mae'\): .*'dpth'"),
-        ({"x": {"method": "maee"}}, {}, r"pretrain.runs.x: unknown method 'maee'; registered: .*'mae'"),
-        ({"mae": {}}, {"epoch": 3}, r"pretrain.train: unknown TrainConfig key 'epoch' \(did you mean 'epochs'\?\)"),
-        ({"mae": {"train": {"bach_size": 3}}}, {}, r"pretrain.runs.mae.train: unknown TrainConfig key 'bach_size'"),
+        (
+            {"mae": {"backbone_kwargs": {"dpth": 2}}},
+            {},
+            r"pretrain.runs.mae: backbone 'vit_small_patch16_224' does not take 'dpth' \(did you mean 'depth'\?\)",
+        ),
+        ({"x": {"method": "maee"}}, {}, r"pretrain.runs.x: unknown method 'maee'; did you mean 'mae'\?"),
+        ({"mae": {}}, {"epoch": 3}, r"pretrain.train.epoch: unknown key \(did you mean 'epochs'\?\)"),
+        ({"mae": {"train": {"bach_size": 3}}}, {}, r"pretrain.runs.mae.train.bach_size: unknown key"),
+        ({"mae": {"train": {"lrr": 1e-3}}}, {}, r"pretrain.runs.mae.train.lrr: unknown key \(did you mean 'lr'\?\)"),
         ({"mae": {}}, {"out_dir": "elsewhere"}, r"pretrain.train.out_dir is set by the stage"),
         ({"mae": {"train": {"blr": 1e-4}}}, {}, r"pretrain.runs.mae: set exactly one of lr and blr"),
     ],
 )
 def test_bad_params_name_the_run_and_the_key(runs: dict, train: dict, message: str, tmp_path: Path) -> None:
-    params = _params(tmp_path / "shards", tmp_path / "runs", runs, **train).pretrain
-    run = next(iter(runs))
-    with pytest.raises(ValueError, match=message):
-        resolved = resolve_run(params, run)
-        build_method(resolved)
-        run_pretrain(Params(pretrain=params), run)
+    with pytest.raises(ValueError, match=message):  # TrainConfig keys and values when loaded, method keys when built
+        params = _params(tmp_path / "shards", tmp_path / "runs", runs, **train).pretrain
+        build_method(params.run(next(iter(runs))))
 
 
 def test_unknown_runs_and_missing_shards_are_clear_errors(tmp_path: Path, capsys) -> None:
@@ -177,10 +178,10 @@ def test_unknown_runs_and_missing_shards_are_clear_errors(tmp_path: Path, capsys
     with pytest.raises(FileNotFoundError, match=r"pretrain.shards: no index.json in .*no-shards"):
         run_pretrain(params, "mae")
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"pretrain": {"runs": {"mae": {}}, "trian": {}}}))
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) in params.yaml: pretrain: 'trian'"):
+    params_file.write_text(yaml.safe_dump({"pretrain": {"train": TRAIN, "runs": {"mae": {}}, "trian": {}}}))
+    with pytest.raises(ValueError, match=r"pretrain.trian: unknown key \(did you mean 'train'\?\)"):
         load_params(params_file)
-    params_file.write_text(yaml.safe_dump({"pretrain": {"runs": {"mae": {}}}}))
+    params_file.write_text(yaml.safe_dump({"pretrain": {"train": TRAIN, "runs": {"mae": {}}}}))
     assert main(["pretrain", "mea", "--params", str(params_file)]) == 2
     assert "facekit: error: unknown pretrain run 'mea' (did you mean 'mae'?)" in capsys.readouterr().err
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from train_toy import CLASSES, EMB, ToyPartialFC, ToySamples, toy_config
 
-from facekit.train import distributed
+from facekit import distributed
 from facekit.train.checkpoint import full_state_dict
 from facekit.train.loop import train
 

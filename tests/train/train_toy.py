@@ -21,11 +21,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from facekit import distributed
+from facekit.config import TrainConfig
 from facekit.methods.base import Method, StepValues
 from facekit.nn.margins import ArcFace
 from facekit.nn.partial_fc import PartialFC
-from facekit.train import distributed
-from facekit.train.loop import TrainConfig, train
+from facekit.train.loop import train
 
 DIM, HIDDEN, OUT = 8, 16, 4
 EMB, CLASSES = 6, 23  # Partial FC: 23 classes split 12 / 11 over two ranks
