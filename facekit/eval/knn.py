@@ -29,10 +29,10 @@ from torch import nn
 
 from facekit.data.augment import normalize_batch
 from facekit.data.dataset import FaceShardDataset
+from facekit.data.ops.landmarks import mesh_196
 from facekit.data.record import FaceRecord
 from facekit.eval.benchmarks import write_metrics
 from facekit.methods.dino import encode_tokens
-from facekit.methods.lafs import mesh_196
 from facekit.nn.landmark_patches import landmark_patches
 from facekit.train.pretrain import BACKBONE_SPEC, Stats, input_normalization, load_backbone
 

@@ -15,6 +15,7 @@ from facekit.config import AlignParams, DetectParams, LandmarkParams, Params, Sh
 from facekit.data.images import decode_jpeg_rgb, encode_jpeg
 from facekit.data.ops.align import ARCFACE_TEMPLATE
 from facekit.data.ops.landmarks import (
+    DENSE_KEY,
     LEFT_EYE,
     MESH_68,
     MESH_196,
@@ -28,7 +29,7 @@ from facekit.data.ops.landmarks import (
 from facekit.data.record import FaceRecord, RawRecord
 from facekit.data.shards import ShardReader, ShardWriter
 from facekit.data.stages.detect_align import align_record
-from facekit.data.stages.landmarks import DENSE_KEY, landmarks_shard, run_landmarks
+from facekit.data.stages.landmarks import landmarks_shard, run_landmarks
 
 MODEL = "models/mediapipe_face_landmark_468.tflite"
 

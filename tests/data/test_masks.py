@@ -13,6 +13,7 @@ from PIL import Image
 from facekit.config import MASK_KINDS, AlignParams, DetectParams, MaskParams, Params, ShardingParams
 from facekit.data.images import decode_jpeg_rgb
 from facekit.data.ops.landmarks import (
+    DENSE_KEY,
     LEFT_EYE,
     MOUTH_LEFT,
     MOUTH_RIGHT,
@@ -34,7 +35,6 @@ from facekit.data.record import FaceRecord, RawRecord
 from facekit.data.shards import ShardReader, ShardWriter
 from facekit.data.stages.detect_align import align_record
 from facekit.data.stages.masks import (
-    DENSE_KEY,
     mask_quality_report,
     run_masks,
     save_mask_grid,

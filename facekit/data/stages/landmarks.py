@@ -24,16 +24,13 @@ from tqdm import tqdm
 
 from facekit.config import LandmarkParams, Params, section_hash
 from facekit.data.images import ImageError, decode_jpeg_rgb
-from facekit.data.ops.landmarks import FaceMesh, MeshResult, agreement, mesh_aligned_face
+from facekit.data.ops.landmarks import DENSE_KEY, FaceMesh, MeshResult, agreement, mesh_aligned_face
 from facekit.data.record import FaceRecord
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardReader, ShardWriter
 from facekit.data.stages.detect_align import resolve_model
 from facekit.data.stages.fanout import ShardMap, process_map, shard_to_shard_ids
 from facekit.data.stages.sharding import shard_name
-
-#: The ``FaceRecord.extra`` key the stage writes.
-DENSE_KEY = "dense_landmarks"
 
 
 @lru_cache(maxsize=2)

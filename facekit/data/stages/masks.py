@@ -27,6 +27,7 @@ from tqdm import tqdm
 from facekit.config import MaskParams, Params, section_hash
 from facekit.data.grid import save_grid
 from facekit.data.images import decode_jpeg_rgb, encode_jpeg
+from facekit.data.ops.landmarks import DENSE_KEY
 from facekit.data.ops.masks import MaskTemplate, choose_mask, draw_mask, head_yaw, load_templates
 from facekit.data.record import FaceRecord
 from facekit.data.report import StageReport
@@ -36,9 +37,6 @@ from facekit.data.stages.fanout import ShardMap, process_map, shard_to_shard_ids
 from facekit.data.stages.sharding import shard_name
 from facekit.eval.embedder import OnnxEmbedder
 from facekit.eval.verification import verify
-
-#: The ``FaceRecord.extra`` key written by the landmarks stage: [468, 2] float16 crop pixels.
-DENSE_KEY = "dense_landmarks"
 
 
 #: Every mask kind of the shared templates.
