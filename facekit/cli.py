@@ -295,6 +295,12 @@ def _cmd_eval(args: argparse.Namespace) -> str:
     return run_command(args)
 
 
+def _cmd_eval_knn(args: argparse.Namespace) -> str:
+    from facekit.eval.knn import run_command
+
+    return run_command(args)
+
+
 def _cmd_export(args: argparse.Namespace) -> int | str:
     from facekit.eval.export import run_command
 
@@ -359,7 +365,7 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", type=Path, default=Path("data/shards"), help="packed faces with identities")
     p.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
     p.add_argument("--metrics", type=Path, default=None, help="write the result as a DVC metrics JSON")
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=_cmd_eval_knn)
 
 
 def _export_commands(sub: argparse._SubParsersAction) -> None:

@@ -29,7 +29,8 @@ from facekit.data.augment import normalize_to_tensor
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import create_detector, select_face
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD
-from facekit.eval.benchmarks import far_key, write_metrics
+from facekit.eval.benchmarks import write_metrics
+from facekit.eval.verification import far_key
 from facekit.hub.cards import LINEAGE_STAGES
 from facekit.hub.models import MODEL_FILES, from_pretrained, model_files, push_model, save_model_folder
 from facekit.hub.tokens import HubError
