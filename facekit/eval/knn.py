@@ -10,7 +10,8 @@ its own random init has learned nothing identity-related (or is embedded the wro
 Each backbone is embedded the way its method trains it: with the input normalisation its ``backbone.json``
 records (:func:`facekit.train.pretrain.input_normalization`), and its natural feature: a ViT's pooled
 output (cls token or mean of patch tokens), FRA's ResNet trunk's averaged map, and for LAFS the cls token of
-the 8 × 8 patches cut at the shards' 196 mesh landmarks (the tokens LAFS trains on), not at a regular grid.
+the 8 × 8 patches cut at the shards' 196 mesh landmarks (the tokens LAFS trains on;
+:meth:`~facekit.nn.vit.ViT.embed_patches`), not at a regular grid.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from facekit.data.dataset import FaceShardDataset
 from facekit.data.ops.landmarks import mesh_196
 from facekit.data.record import FaceRecord
 from facekit.eval.benchmarks import write_metrics
-from facekit.methods.dino import encode_tokens
 from facekit.nn.landmark_patches import landmark_patches
 from facekit.train.pretrain import BACKBONE_SPEC, Stats, input_normalization, load_backbone
 
@@ -149,11 +149,7 @@ def embed_faces(
         if landmark_tokens:
             points = faces.mesh[start : start + batch_size].to(device)
             patches = landmark_patches(x, points, backbone.patch_size)  # [B, 196, p·p·3]
-            start_pos = backbone.num_prefix_tokens
-            tokens = (
-                backbone.patch_embed.proj(patches) + backbone.pos_embed[:, start_pos : start_pos + patches.shape[1]]
-            )
-            out.append(encode_tokens(backbone, tokens).float().cpu())
+            out.append(backbone.encode_tokens(backbone.embed_patches(patches)).float().cpu())
         else:
             out.append(backbone(x).float().cpu())
     return torch.cat(out).numpy()

@@ -257,6 +257,30 @@ class ViT(nn.Module):
             pooled = patches.mean(dim=1)
         return ViTOutput(cls=cls_out, patches=patches, layers=[layers[i] for i in wanted], pooled=pooled)
 
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Pre-cut patches ``[B, n, p·p·3]`` (:func:`patchify`'s layout, e.g. LAFS's landmark patches) ->
+        tokens ``[B, n, D]``: the Linear patch embedding plus the first ``n`` patch positions (1 .. n after a
+        cls token's 0)."""
+        if not isinstance(self.patch_embed, LinearPatchEmbed):
+            raise ValueError("pre-cut patches need a backbone with patch_embed='linear'")
+        if patches.shape[1] > self.num_patches:
+            raise ValueError(f"{patches.shape[1]} patch tokens, but the backbone has {self.num_patches} positions")
+        start = self.num_prefix_tokens
+        return self.patch_embed.proj(patches) + self.pos_embed[:, start : start + patches.shape[1]]
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the encoder on tokens that already carry their positions: ``[B, n, D]`` -> ``[B, out_dim]``
+        (cls with its position prepended, blocks, final norm, pooling, head), as ``forward`` does on
+        images; prompts are not used."""
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([cls, tokens], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        tokens = self.norm(tokens)
+        pooled = tokens[:, 0] if self.global_pool == "token" else tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        return self.head(pooled)
+
     def _block_index(self, index: int) -> int:
         if not -self.depth <= index < self.depth:
             raise IndexError(f"block {index} out of range for depth {self.depth}")

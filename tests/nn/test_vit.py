@@ -94,6 +94,22 @@ def test_patchify_layout_and_round_trip() -> None:
     torch.testing.assert_close(model.unpatchify(patches), imgs, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_token_api_reproduces_forward(pool: str) -> None:
+    """Patches cut by patchify, embedded by embed_patches and encoded by encode_tokens give forward's output."""
+    torch.manual_seed(0)
+    model = ViT(**TINY, patch_embed="linear", pos_embed="learned", global_pool=pool, head_dim=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    tokens = model.embed_patches(model.patchify(x))
+    assert tokens.shape == (2, 16, model.embed_dim)
+    torch.testing.assert_close(model.encode_tokens(tokens), model(x))
+    assert model.encode_tokens(tokens[:, :5]).shape == (2, 8)  # fewer tokens, at the first positions
+    with pytest.raises(ValueError, match="16 positions"):
+        model.embed_patches(torch.randn(2, 17, 8 * 8 * 3))
+    with pytest.raises(ValueError, match="patch_embed='linear'"):
+        ViT(**TINY).embed_patches(model.patchify(x))
+
+
 def test_sincos_buffer_and_weight_decay_names() -> None:
     sincos = ViT(**TINY)
     assert "pos_embed" not in dict(sincos.named_parameters())
