@@ -23,6 +23,7 @@ from facekit.data.stages.detect_align import resolve_model
 from facekit.eval.benchmarks import BenchmarkResult, evaluate_bin, write_reports
 from facekit.eval.embedding_model import EmbeddingModel, TorchEmbedder, load_embedding_model
 from facekit.eval.make_bin import AlignedFaces, PairList, build_bin, read_pairs
+from facekit.nn import backbones
 
 #: The run name of the external model of ``verify.reference``.
 REFERENCE = "reference"
@@ -103,14 +104,12 @@ def run_model(params: Params, run: str) -> EmbeddingModel:
         if not params.verify.reference:
             raise ValueError("verify.reference is empty: no external model to score")
         return load_embedding_model(resolve_model(params.verify.reference))
-    from facekit.train.pretrain import load_backbone  # torch-heavy; only a run needs it
-
     run_dir = Path(params.finetune.out) / run
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no fine-tuned model; run `facekit finetune {run}` first")
-    backbone = load_backbone(run_dir)
-    size = getattr(backbone, "img_size", 112)
-    return TorchEmbedder(backbone, size=size if isinstance(size, int) else size[0])
+    spec = backbones.read(run_dir)
+    backbone = backbones.build(spec, backbones.weights_file(run_dir))
+    return TorchEmbedder(backbone, size=spec.input_size)
 
 
 def verify_run(params: Params, run: str, metrics_dir: Path = Path("metrics"), plots_dir: Path = Path("plots")) -> str:

@@ -33,9 +33,10 @@ from facekit.data.augment import normalize_batch
 from facekit.data.augment_gpu import BatchPhotometric
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, add_views, crop_views
 from facekit.methods.base import METHODS, Method, StepValues
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.ema import ema_update
 from facekit.nn.heads import DINOHead
-from facekit.nn.vit import BACKBONES, LinearPatchEmbed, ViT
+from facekit.nn.vit import LinearPatchEmbed, ViT
 from facekit.train import distributed
 
 #: Where the photometric augmentations run: in the DataLoader workers (OpenCV, per image) or on the device

@@ -7,7 +7,7 @@ Its keyword arguments are ``finetune.method`` updated by the run's own keys, plu
 ``num_classes`` (the shards' identity table), which the stage sets. It writes, like pre-training,
 
 - ``finetune.out/R/backbone.safetensors`` + ``backbone.json``: the embedding network
-  (:func:`~facekit.train.pretrain.load_backbone` rebuilds it; ``facekit verify R`` scores it);
+  (:func:`facekit.nn.backbones.load` rebuilds it; ``facekit verify R`` scores it);
 - ``metrics/finetune_R.json`` (DVC metrics, with the load report of the initialisation) and
   ``metrics/finetune_R.csv`` (the loss curve).
 
@@ -26,7 +26,8 @@ from torch.utils.data import Subset
 from facekit.config import Params, PretrainParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME, read_index
-from facekit.train.pretrain import BACKBONE_SPEC, PretrainRun, resolve_run, train_and_export
+from facekit.nn import backbones
+from facekit.train.pretrain import PretrainRun, resolve_run, train_and_export
 
 if TYPE_CHECKING:
     from facekit.train.loop import TrainResult
@@ -52,7 +53,7 @@ def resolve_finetune_run(params: Params, name: str) -> PretrainRun:
             if key in section.runs[name] or key in section.method:
                 raise ValueError(f"finetune: {key!r} is set by the stage; remove it from params.yaml")
     init_from = Path(section.pretrained) / name
-    if name in section.runs and not (init_from / BACKBONE_SPEC).is_file():
+    if name in section.runs and not (init_from / backbones.SPEC_FILE).is_file():
         raise FileNotFoundError(
             f"finetune.runs.{name}: no pre-trained backbone at {init_from}; run `facekit pretrain {name}`"
         )

@@ -5,8 +5,8 @@ its TrainConfig is ``pretrain.train`` updated by the run's ``train``. :func:`run
 method, trains it on ``FaceShardDataset(pretrain.shards, transform=method.views())`` into
 ``pretrain.out/<run>/`` (resuming from a checkpoint there) and writes
 
-- ``<run>/backbone.safetensors`` + ``<run>/backbone.json``: ``method.export_backbone()``'s weights, and the
-  registry (``BACKBONES`` ...), name and keyword arguments that rebuild it (:func:`load_backbone`);
+- ``<run>/backbone.safetensors`` + ``<run>/backbone.json``: ``method.export_backbone()``'s weights and its
+  :class:`~facekit.nn.backbones.BackboneSpec` (:func:`facekit.nn.backbones.load` rebuilds it);
 - ``metrics/pretrain_<run>.json`` (DVC metrics) and ``metrics/pretrain_<run>.csv`` (the loss curve).
 
 Under torchrun every rank trains (the engine handles DDP); rank 0 writes. Any method registered in
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import inspect
 import json
 import shutil
@@ -29,15 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_model, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
 from facekit.config import Params, PretrainParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME
-from facekit.nn.vit import BACKBONES
-from facekit.registry import Registry, RegistrySpec
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES, DEFAULT_NORMALIZATION, RANDOM_INIT, BackboneSpec
 from facekit.train import distributed
 from facekit.train.metrics_log import LOG_NAME
 
@@ -45,15 +43,6 @@ if TYPE_CHECKING:
     from facekit.methods.base import Method
     from facekit.train.loop import TrainConfig, TrainResult
 
-# facekit.methods (fine-tuning) imports the file names below, so the methods and the loop (which imports
-# them) are imported inside the functions that need them, never while this module loads.
-
-BACKBONE_WEIGHTS = "backbone.safetensors"
-RANDOM_INIT = "random_init"  # the method name of a run that exports its backbone untrained
-BACKBONE_SPEC = "backbone.json"
-Stats = tuple[float, float, float]
-#: Input normalisation of fine-tuning (and of specs that record none): pixels to [−1, 1].
-DEFAULT_NORMALIZATION: tuple[Stats, Stats] = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 _SET_BY_STAGE = ("out_dir", "progress")  # TrainConfig fields the stage sets itself
 
 
@@ -115,12 +104,11 @@ def train_config(run: PretrainRun, out_dir: Path, progress: bool = True) -> Trai
         raise ValueError(f"{run.where}: {e}") from None
 
 
-def build_method(run: PretrainRun) -> tuple[Method, dict[str, Any]]:
-    """``METHODS.create(run.method, **run.method_kwargs)`` and the spec of its exported backbone.
-
-    The spec ``{"backbone": name, "kwargs": {...}, "registry": "module:NAME"}`` is the ``Registry.create``
-    call (``BACKBONES``, ``RESNETS`` ...) that built the module ``export_backbone()`` returns. A bad keyword
-    is a ValueError naming the run and the method's parameters.
+def build_method(run: PretrainRun) -> tuple[Method, BackboneSpec]:
+    """``METHODS.create(run.method, **run.method_kwargs)`` and the spec of its exported backbone (the
+    ``BACKBONES.create`` call that built the module ``export_backbone()`` returns, the input normalisation of
+    the method's views, the run and method). A bad keyword is a ValueError naming the run and the method's
+    parameters.
     """
     import facekit.methods  # noqa: F401  (registers the built-in methods)
     from facekit.methods.base import METHODS
@@ -183,9 +171,9 @@ def train_and_export(
     result = train(method, select(dataset) if select else dataset, cfg)
     if distributed.is_main():
         backbone = method.export_backbone()
-        export_backbone(backbone, spec, out_dir, {"run": run.name, "method": run.method})
+        backbones.save(backbone, spec, out_dir)
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
-        summary |= {"run": run.name, "method": run.method, "backbone": spec["backbone"]}
+        summary |= {"run": run.name, "method": run.method, "backbone": spec.name}
         load_report = getattr(method, "load_report", None)  # fine-tuning: how the initialisation loaded
         if load_report is not None:
             summary["init_load"] = {"loaded": len(load_report.loaded), "missing": load_report.missing}
@@ -199,7 +187,6 @@ def train_and_export(
 def export_random_init(run: PretrainRun, out_dir: Path, report: Path) -> TrainResult:
     """``BACKBONES.create(backbone, **backbone_kwargs)`` at random init (seed ``train.seed``), exported to
     ``out_dir`` like a trained run; ``report`` says 0 steps and gets a loss curve with no rows."""
-    import facekit.methods  # noqa: F401  (registers the backbones that methods bring, e.g. ir50)
     from facekit.train.loop import TrainResult
 
     settings = dict(run.method_kwargs)
@@ -208,9 +195,11 @@ def export_random_init(run: PretrainRun, out_dir: Path, report: Path) -> TrainRe
         raise ValueError(f"{run.where}: method {RANDOM_INIT!r} takes backbone and backbone_kwargs only, got {settings}")
     torch.manual_seed(int(run.train.get("seed", 0)))
     backbone = BACKBONES.create(name, **kwargs)
-    spec = {"backbone": name, "kwargs": json.loads(json.dumps(kwargs)), "registry": _registry_path(BACKBONES, name)}
-    spec |= {"mean": list(DEFAULT_NORMALIZATION[0]), "std": list(DEFAULT_NORMALIZATION[1])}  # as fine-tuning feeds it
-    export_backbone(backbone, spec, out_dir, {"run": run.name, "method": RANDOM_INIT})
+    try:  # fed as fine-tuning feeds it
+        spec = backbones.spec_of(backbone, *DEFAULT_NORMALIZATION, run=run.name, method=RANDOM_INIT)
+    except ValueError as e:
+        raise ValueError(f"{run.where}: {e}") from None
+    backbones.save(backbone, spec, out_dir)
     summary = {"steps": 0, "run": run.name, "method": RANDOM_INIT, "backbone": name}
     report = _write_report(report, summary, backbone)
     report.with_suffix(".csv").write_text("step,loss\n")
@@ -226,49 +215,6 @@ def _write_report(path: Path, summary: dict[str, Any], backbone: nn.Module) -> P
     return path
 
 
-def export_backbone(backbone: nn.Module, spec: dict[str, Any], out_dir: Path, extra: dict[str, Any]) -> Path:
-    """Write ``backbone.safetensors`` (CPU float weights) and ``backbone.json`` (spec + ``extra``) to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach().cpu().contiguous() for name, t in backbone.state_dict().items()}
-    save_file(state, str(out_dir / BACKBONE_WEIGHTS))
-    (out_dir / BACKBONE_SPEC).write_text(json.dumps({**spec, **extra, "weights": BACKBONE_WEIGHTS}, indent=2) + "\n")
-    return out_dir / BACKBONE_WEIGHTS
-
-
-def load_backbone(run_dir: Path | str) -> nn.Module:
-    """Rebuild an exported backbone from ``run_dir/backbone.json`` and load its weights strictly."""
-    import facekit.methods  # noqa: F401  (registers the backbones that methods bring, e.g. ir50)
-
-    run_dir = Path(run_dir)
-    spec_path = run_dir / BACKBONE_SPEC
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path} not found: not a pretrain run folder")
-    spec = json.loads(spec_path.read_text())
-    backbone = spec_registry(spec).create(spec["backbone"], **spec["kwargs"])
-    missing, unexpected = load_model(backbone, str(run_dir / spec["weights"]), strict=False)
-    if missing or unexpected:
-        weights = run_dir / spec["weights"]
-        raise ValueError(f"{weights}: missing keys {sorted(missing)}, unexpected {sorted(unexpected)}")
-    return backbone
-
-
-def input_normalization(spec: dict[str, Any]) -> tuple[Stats, Stats]:
-    """(mean, std) a ``backbone.json`` spec's backbone expects: ``(pixels / 255 − mean) / std`` per RGB channel.
-    Specs written before the fields existed get :data:`DEFAULT_NORMALIZATION` (fine-tuning's)."""
-    mean, std = spec.get("mean", DEFAULT_NORMALIZATION[0]), spec.get("std", DEFAULT_NORMALIZATION[1])
-    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
-        raise ValueError(f"backbone spec: mean and std need 3 values each (std > 0), got {mean} and {std}")
-    r, g, b = map(float, mean)
-    sr, sg, sb = map(float, std)
-    return (r, g, b), (sr, sg, sb)
-
-
-def spec_registry(spec: dict[str, Any]) -> Registry:
-    """The registry a ``backbone.json`` spec names (``"module:ATTRIBUTE"``; default ``BACKBONES``)."""
-    module, attr = spec.get("registry", "facekit.nn.vit:BACKBONES").split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def torchrun_command(
     run: str, params_path: Path, nproc_per_node: int, quiet: bool = False, stage: str = "pretrain"
 ) -> list[str]:
@@ -278,32 +224,15 @@ def torchrun_command(
     return command + (["--quiet"] if quiet else [])
 
 
-def _registry_path(registry: Registry, name: str) -> str:
-    """``"module:ATTRIBUTE"`` of ``registry``, found in the module that defines the ``name`` factory."""
-    module = sys.modules[registry.get(name).__module__]
-    attr = next((k for k, v in vars(module).items() if v is registry), None)
-    if attr is None:
-        raise ValueError(f"the {registry.kind} registry holding {name!r} is not a name in {module.__name__}")
-    return f"{module.__name__}:{attr}"
-
-
-def _backbone_spec(method: Method, run: PretrainRun) -> dict:
-    """``{"backbone", "kwargs", "registry", "mean", "std"}`` of the exported backbone: the ``Registry.create``
-    call that built it (presets and the method's own overrides included; EMA copies carry it too) and the
-    input normalisation of the method's views."""
+def _backbone_spec(method: Method, run: PretrainRun) -> BackboneSpec:
+    """The spec of the method's exported backbone: the ``BACKBONES.create`` call that built it (presets and
+    the method's own overrides included; EMA copies carry it too), the input normalisation of the method's
+    views, and the run."""
     exported = method.export_backbone()
-    spec: RegistrySpec | None = getattr(exported, "registry_spec", None)
-    if spec is None:
-        raise ValueError(
-            f"{run.where}: {run.method}.export_backbone() returns a {type(exported).__name__} not built "
-            "by a facekit Registry (BACKBONES.create ...), so fine-tuning could not rebuild it"
-        )
-    out = {"backbone": spec.name, "kwargs": spec.kwargs, "registry": _registry_path(spec.registry, spec.name)}
-    out |= {"mean": list(method.mean), "std": list(method.std)}
     try:
-        return json.loads(json.dumps(out))  # tuples become lists, as they will be read back
-    except TypeError as e:
-        raise ValueError(f"{run.where}: backbone arguments are not JSON-serialisable: {e}") from None
+        return backbones.spec_of(exported, method.mean, method.std, run=run.name, method=run.method)
+    except ValueError as e:
+        raise ValueError(f"{run.where}: {run.method}.export_backbone(): {e}") from None
 
 
 def _keywords(factory: Any) -> tuple[list[str], bool]:

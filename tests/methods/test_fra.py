@@ -29,7 +29,8 @@ from facekit.methods.fra import (
     sine_positions,
     sinkhorn,
 )
-from facekit.nn.resnet import RESNETS, ResNetTrunk
+from facekit.nn.backbones import BACKBONES
+from facekit.nn.resnet import ResNetTrunk
 from facekit.train.loop import TrainConfig, build_optimizer
 
 TINY_TRUNK: dict = {"channels": (16, 32, 64, 128)}  # a narrow ResNet-18: 128 channels out
@@ -324,7 +325,7 @@ def test_export_backbone_is_the_resnet_trunk_and_loads_into_a_fresh_one() -> Non
     method = FRA(**TINY)
     trunk = method.export_backbone()
     assert isinstance(trunk, ResNetTrunk) and trunk is method.backbone
-    fresh = RESNETS.create("resnet18", **TINY_TRUNK)
+    fresh = BACKBONES.create("resnet18", **TINY_TRUNK)
     fresh.load_state_dict(trunk.state_dict())
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(fresh.eval()(x), trunk.eval()(x))
@@ -334,7 +335,7 @@ def test_export_backbone_is_the_resnet_trunk_and_loads_into_a_fresh_one() -> Non
 def test_resnet50_trunk_matches_torchvision_without_pool_and_fc() -> None:
     torch.manual_seed(0)
     reference = torchvision.models.resnet50(weights=None).eval()
-    trunk = RESNETS.create("resnet50").eval()
+    trunk = BACKBONES.create("resnet50").eval()
     result = trunk.load_state_dict(reference.state_dict(), strict=False)
     assert result.missing_keys == [] and sorted(result.unexpected_keys) == ["fc.bias", "fc.weight"]
     with torch.no_grad():
@@ -343,7 +344,7 @@ def test_resnet50_trunk_matches_torchvision_without_pool_and_fc() -> None:
         expected = torch.nn.Sequential(*list(reference.children())[:-2])(x)
         assert torch.allclose(trunk.forward_features(x), expected, atol=1e-5)
     with pytest.raises(KeyError, match="resnet50"):
-        RESNETS.create("resnet5")
+        BACKBONES.create("resnet5")
 
 
 def test_heatmap_figure_over_a_real_face(assets: Path, tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from facekit.data.ops.detect import create_detector, select_face
 from facekit.data.ops.landmarks import FaceMesh, mesh_aligned_face
 from facekit.data.record import FaceRecord
 from facekit.methods.base import METHODS, StepValues
-from facekit.train.pretrain import RANDOM_INIT, build_method, resolve_run
+from facekit.nn.backbones import RANDOM_INIT
+from facekit.train.pretrain import build_method, resolve_run
 
 PROJECT = Path(__file__).resolve().parents[2]
 SAMPLE_RUNS = load_params(PROJECT / "params.yaml").pretrain

@@ -8,7 +8,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import param_groups_layer_decay
 
-from facekit.nn.vit import BACKBONES, ViT
+from facekit.nn.backbones import BACKBONES
+from facekit.nn.vit import ViT
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 
@@ -167,8 +168,8 @@ VIT_BACKBONES = ["facet_base", "vit_base_patch16_224", "vit_small_patch16_224"]
 
 
 def test_the_sweep_covers_every_registered_vit() -> None:
-    """A newly registered backbone must join the sweep below (IR nets have their own tests)."""
-    assert set(BACKBONES.names()) == {*VIT_BACKBONES, "ir50", "ir100"}
+    """A newly registered ViT must join the sweep below (IR nets and ResNet trunks have their own tests)."""
+    assert set(BACKBONES.names()) == {*VIT_BACKBONES, "ir50", "ir100", "resnet18", "resnet34", "resnet50"}
 
 
 @pytest.mark.parametrize("name", VIT_BACKBONES)
