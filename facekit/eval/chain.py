@@ -5,8 +5,9 @@
   its synthetic masked twin), with ``metrics/eval_sets.json`` counting the pairs kept and dropped; with
   ``verify.holdout_identities`` only pairs of those identities, which fine-tuning leaves out.
 - :func:`verify_run` (``facekit verify RUN``, stage ``verify@RUN``): the fine-tuned ``finetune.out/RUN``
-  scored on every ``.bin`` of ``verify.sets`` (flip test, 10 folds) → ``metrics/verify/RUN.json`` and ROC
-  curves under ``plots/verify/RUN/``. Run ``reference`` scores ``verify.reference`` (an external ONNX model).
+  scored on every ``.bin`` of ``verify.sets`` (flip test, 10 folds; faces normalised as its backbone spec
+  says) → ``metrics/verify/RUN.json`` and ROC curves under ``plots/verify/RUN/``. Run ``reference`` scores
+  ``verify.reference`` (an external ONNX model).
 - :func:`facekit.eval.leaderboard.write_leaderboard` gathers them.
 """
 
@@ -99,7 +100,8 @@ def _select(pairs: PairList, rows: list[int]) -> PairList:
 
 
 def run_model(params: Params, run: str) -> EmbeddingModel:
-    """The embedding model of ``run``: ``finetune.out/<run>`` rebuilt, or the ``verify.reference`` ONNX."""
+    """The embedding model of ``run``: ``finetune.out/<run>`` rebuilt (fed as its spec says), or the
+    ``verify.reference`` ONNX."""
     if run == REFERENCE:
         if not params.verify.reference:
             raise ValueError("verify.reference is empty: no external model to score")
@@ -109,7 +111,7 @@ def run_model(params: Params, run: str) -> EmbeddingModel:
         raise FileNotFoundError(f"{run_dir}: no fine-tuned model; run `facekit finetune {run}` first")
     spec = backbones.read(run_dir)
     backbone = backbones.build(spec, backbones.weights_file(run_dir))
-    return TorchEmbedder(backbone, size=spec.input_size)
+    return TorchEmbedder(backbone, spec.mean, spec.std, size=spec.input_size)
 
 
 def verify_run(params: Params, run: str, metrics_dir: Path = Path("metrics"), plots_dir: Path = Path("plots")) -> str:

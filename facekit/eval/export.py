@@ -3,9 +3,9 @@
 Uses ``torch.onnx.export``'s TorchScript exporter (``dynamo=False``): it needs no extra package and
 traces timm's attention and facekit's ViT exactly; the batch axis is declared dynamic, so the file runs
 at any batch size. :func:`export_run` (``facekit export onnx RUN_DIR``) exports a run folder's backbone
-as its spec describes it. The input is ``(x - 127.5) / 128`` RGB, as
-:class:`~facekit.eval.embedder.OnnxEmbedder` feeds it. :func:`check_onnx_parity` runs the file in ONNX
-Runtime and compares it with PyTorch.
+as its spec describes it, behind :class:`OnnxInput`: the file takes ``(x - 127.5) / 128`` RGB, as
+:class:`~facekit.eval.embedder.OnnxEmbedder` feeds it, whatever normalisation the backbone was trained with.
+:func:`check_onnx_parity` runs the file in ONNX Runtime and compares it with PyTorch.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from facekit.eval.embedder import ONNX_PIXEL_MEAN, ONNX_PIXEL_STD
 from facekit.nn import backbones
+from facekit.nn.backbones import Stats
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -30,6 +32,22 @@ DEFAULT_OPSET = 17
 
 class OnnxParityError(AssertionError):
     """ONNX Runtime's output differs from PyTorch's by more than the tolerance."""
+
+
+class OnnxInput(nn.Module):
+    """``module`` fed ONNX's input convention: x = ``(pixels - 127.5) / 128`` [B, 3, S, S] becomes
+    ``(pixels / 255 - mean) / std`` (the backbone's own normalisation, per RGB channel) in one affine map."""
+
+    def __init__(self, module: nn.Module, mean: Stats, std: Stats) -> None:
+        super().__init__()
+        self.module = module
+        scale = [ONNX_PIXEL_STD / (255 * s) for s in std]
+        shift = [(ONNX_PIXEL_MEAN / 255 - m) / s for m, s in zip(mean, std, strict=True)]
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1))
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x * self.scale + self.shift)
 
 
 def export_onnx(
@@ -127,13 +145,15 @@ class ExportReport:
 
 
 def export_run(run_dir: Path, out: Path, *, parity_batch: int = 5) -> ExportReport:
-    """Export the backbone of ``run_dir`` (rebuilt from its spec, weights loaded strictly) to ``out`` at the
-    spec's input size and check ONNX Runtime against PyTorch at ``parity_batch``."""
+    """Export the backbone of ``run_dir`` (rebuilt from its spec, weights loaded strictly, behind
+    :class:`OnnxInput`) to ``out`` at the spec's input size and check ONNX Runtime against PyTorch at
+    ``parity_batch``."""
     spec = backbones.read(run_dir)
-    backbone, size = backbones.build(spec, backbones.weights_file(run_dir)), spec.input_size
-    path = export_onnx(backbone, out, img_size=size)
+    backbone = backbones.build(spec, backbones.weights_file(run_dir))
+    module, size = OnnxInput(backbone, spec.mean, spec.std), spec.input_size
+    path = export_onnx(module, out, img_size=size)
     inputs = torch.randn(parity_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    diff = check_onnx_parity(backbone, path, inputs)
+    diff = check_onnx_parity(module, path, inputs)
     return ExportReport(path=path, tensors=len(backbone.state_dict()), max_abs_diff=diff, batch=parity_batch)
 
 
