@@ -59,7 +59,7 @@ from facekit.data.images import encode_jpeg
 from facekit.data.ops.align import ARCFACE_TEMPLATE
 from facekit.data.record import FaceRecord
 from facekit.methods.base import METHODS, Method, StepValues
-from facekit.nn.vit import BACKBONES
+from facekit.nn.backbones import BACKBONES
 from facekit.train.loop import build_optimizer
 
 GOAL_MFU = 0.45

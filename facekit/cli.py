@@ -286,6 +286,12 @@ def _cmd_eval(args: argparse.Namespace) -> str:
     return run_command(args)
 
 
+def _cmd_eval_knn(args: argparse.Namespace) -> str:
+    from facekit.eval.knn import run_command
+
+    return run_command(args)
+
+
 def _cmd_export(args: argparse.Namespace) -> int | str:
     from facekit.eval.export import run_command
 
@@ -350,19 +356,15 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", type=Path, default=Path("data/shards"), help="packed faces with identities")
     p.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
     p.add_argument("--metrics", type=Path, default=None, help="write the result as a DVC metrics JSON")
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=_cmd_eval_knn)
 
 
 def _export_commands(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export trained networks for deployment")
     xsub = export.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
-    p = xsub.add_parser("onnx", help="backbone weights -> ONNX (dynamic batch), checked against PyTorch")
-    p.add_argument("--backbone", required=True, help="registered backbone, e.g. vit_small_patch16_224, facet_base")
-    p.add_argument("--weights", type=Path, required=True, help="checkpoint folder, .safetensors or torch file")
+    p = xsub.add_parser("onnx", help="a run's backbone -> ONNX (dynamic batch), checked against PyTorch")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="trained run folder (backbone.json + weights)")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    p.add_argument("--prefix", default="", help="key prefix of the backbone in the weights, e.g. 'encoder.'")
-    p.add_argument("--img-size", type=int, default=112, help="input size (default 112)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="backbone override (YAML value), repeatable")
     p.set_defaults(func=_cmd_export)
 
 

@@ -29,12 +29,13 @@ from facekit.data.augment import normalize_to_tensor
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import create_detector, select_face
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD
-from facekit.eval.benchmarks import far_key, write_metrics
+from facekit.eval.benchmarks import write_metrics
+from facekit.eval.verification import far_key
 from facekit.hub.cards import LINEAGE_STAGES
 from facekit.hub.models import MODEL_FILES, from_pretrained, model_files, push_model, save_model_folder
 from facekit.hub.tokens import HubError
-from facekit.nn.vit import BACKBONES
-from facekit.train.pretrain import export_backbone, load_backbone
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES
 
 FAKE_TOKEN = "hf_FakeTokenForTestsOnly0123456789abcd"
 REPO_ID = "facekit-tests/tiny-vit"
@@ -93,8 +94,7 @@ def _lock() -> dict:
 def _export_run(out: Path, seed: int, method: str = "mae", **kwargs: int) -> Path:
     torch.manual_seed(seed)
     backbone = BACKBONES.create("vit_small_patch16_224", **{**KWARGS, **kwargs})
-    spec = {"backbone": "vit_small_patch16_224", "kwargs": {**KWARGS, **kwargs}, "registry": "facekit.nn.vit:BACKBONES"}
-    export_backbone(backbone, spec, out, {"run": RUN, "method": method})
+    backbones.save(backbone, backbones.spec_of(backbone, run=RUN, method=method), out)
     return out
 
 
@@ -146,14 +146,14 @@ def test_model_folder_and_card(run_dir: Path, project: Path) -> None:
     assert config == {
         "library_name": "facekit",
         "facekit_version": __version__,
-        "registry": "facekit.nn.vit:BACKBONES",
+        "registry": "facekit.nn.backbones:BACKBONES",
         "backbone": "vit_small_patch16_224",
         "kwargs": KWARGS,
         "input_size": 112,
         "mean": [0.5, 0.5, 0.5],
         "std": [0.5, 0.5, 0.5],
         "embedding_size": 64,
-        "num_parameters": sum(p.numel() for p in load_backbone(run_dir).parameters()),
+        "num_parameters": sum(p.numel() for p in backbones.load(run_dir).parameters()),
         "run": RUN,
         "method": "finetune",
     }
@@ -242,8 +242,8 @@ def test_from_pretrained_round_trip(run_dir: Path, project: Path, assets: Path) 
     assert not model.training
     with torch.no_grad():
         got = model(face)
-        want = load_backbone(run_dir).eval()(face)
-        other = load_backbone(project / PRETRAINED).eval()(face)  # the same network, other weights
+        want = backbones.load(run_dir).eval()(face)
+        other = backbones.load(project / PRETRAINED).eval()(face)  # the same network, other weights
     assert got.shape == (1, 64) and torch.isfinite(got).all()
     assert torch.equal(got, want)
     assert not torch.allclose(got, other, atol=1e-3)

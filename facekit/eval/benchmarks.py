@@ -27,8 +27,9 @@ from facekit.data.images import ImageError, decode_image
 from facekit.data.ops.detect import FaceDetector
 from facekit.data.sources.verification_bin import load_verification_bin
 from facekit.eval.embedding_model import EmbeddingModel, load_embedding_model
+from facekit.eval.ijb import evaluate_ijb
 from facekit.eval.make_bin import AlignedFaces, build_bin, read_pairs
-from facekit.eval.verification import VerificationResult, verify
+from facekit.eval.verification import VerificationResult, far_key, verify
 
 #: Faces decoded and embedded at a time (bounds memory on 12,000-image sets).
 CHUNK = 512
@@ -64,12 +65,6 @@ class BenchmarkResult:
             f"{self.name}: {self.pairs} pairs, accuracy {v.accuracy:.4f} ± {v.accuracy_std:.4f} "
             f"(threshold {v.threshold:.3f}, AUC {v.auc:.4f}{', ' + tars if tars else ''})"
         )
-
-
-def far_key(far: float) -> str:
-    """Metric name of a TAR: ``1e-4 -> "tar_at_far_1e-4"``."""
-    mantissa, exponent = f"{far:.0e}".split("e")
-    return f"tar_at_far_{mantissa}e{int(exponent)}"
 
 
 def decode_faces(images: Sequence[bytes], size: int = 112, source: str = "") -> np.ndarray:
@@ -241,8 +236,6 @@ def _run_make_bin(args: argparse.Namespace) -> str:
 
 
 def _run_ijb(args: argparse.Namespace) -> str:
-    from facekit.eval.ijb import evaluate_ijb  # ijb imports this module
-
     model = load_embedding_model(args.model, num_threads=args.threads)
     result = evaluate_ijb(
         args.meta_dir,
@@ -258,9 +251,6 @@ def _run_ijb(args: argparse.Namespace) -> str:
 
 
 def run_command(args: argparse.Namespace) -> str:
-    """Run a parsed ``facekit eval <bin | pairs | make-bin | ijb | knn>`` command (parser in :mod:`facekit.cli`)."""
-    from facekit.eval import knn  # knn imports this module
-
+    """Run a parsed ``facekit eval <bin | pairs | make-bin | ijb>`` command (parser in :mod:`facekit.cli`)."""
     commands = {"bin": _run_bin, "pairs": _run_pairs, "make-bin": _run_make_bin, "ijb": _run_ijb}
-    commands["knn"] = knn.run_command
     return commands[args.eval_command](args)

@@ -5,8 +5,9 @@
   its synthetic masked twin), with ``metrics/eval_sets.json`` counting the pairs kept and dropped; with
   ``verify.holdout_identities`` only pairs of those identities, which fine-tuning leaves out.
 - :func:`verify_run` (``facekit verify RUN``, stage ``verify@RUN``): the fine-tuned ``finetune.out/RUN``
-  scored on every ``.bin`` of ``verify.sets`` (flip test, 10 folds) → ``metrics/verify/RUN.json`` and ROC
-  curves under ``plots/verify/RUN/``. Run ``reference`` scores ``verify.reference`` (an external ONNX model).
+  scored on every ``.bin`` of ``verify.sets`` (flip test, 10 folds; faces normalised as its backbone spec
+  says) → ``metrics/verify/RUN.json`` and ROC curves under ``plots/verify/RUN/``. Run ``reference`` scores
+  ``verify.reference`` (an external ONNX model).
 - :func:`facekit.eval.leaderboard.write_leaderboard` gathers them.
 """
 
@@ -23,6 +24,7 @@ from facekit.data.shards import ShardReader, read_index
 from facekit.eval.benchmarks import BenchmarkResult, evaluate_bin, write_reports
 from facekit.eval.embedding_model import EmbeddingModel, TorchEmbedder, load_embedding_model
 from facekit.eval.make_bin import AlignedFaces, PairList, build_bin, read_pairs
+from facekit.nn import backbones
 
 #: The run name of the external model of ``verify.reference``.
 REFERENCE = "reference"
@@ -98,19 +100,18 @@ def _select(pairs: PairList, rows: list[int]) -> PairList:
 
 
 def run_model(params: Params, run: str) -> EmbeddingModel:
-    """The embedding model of ``run``: ``finetune.out/<run>`` rebuilt, or the ``verify.reference`` ONNX."""
+    """The embedding model of ``run``: ``finetune.out/<run>`` rebuilt (fed as its spec says), or the
+    ``verify.reference`` ONNX."""
     if run == REFERENCE:
         if not params.verify.reference:
             raise ValueError("verify.reference is empty: no external model to score")
         return load_embedding_model(resolve_model(params.verify.reference))
-    from facekit.train.pretrain import load_backbone  # torch-heavy; only a run needs it
-
     run_dir = Path(params.finetune.out) / run
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no fine-tuned model; run `facekit finetune {run}` first")
-    backbone = load_backbone(run_dir)
-    size = getattr(backbone, "img_size", 112)
-    return TorchEmbedder(backbone, size=size if isinstance(size, int) else size[0])
+    spec = backbones.read(run_dir)
+    backbone = backbones.build(spec, backbones.weights_file(run_dir))
+    return TorchEmbedder(backbone, spec.mean, spec.std, size=spec.input_size)
 
 
 def verify_run(params: Params, run: str, metrics_dir: Path = Path("metrics"), plots_dir: Path = Path("plots")) -> str:

@@ -8,6 +8,9 @@ import numpy as np
 import onnxruntime as ort
 
 _DYNAMIC_BATCH = 256
+#: The input of an ONNX embedding model: ``(pixels - ONNX_PIXEL_MEAN) / ONNX_PIXEL_STD`` (ArcFace's).
+ONNX_PIXEL_MEAN = 127.5
+ONNX_PIXEL_STD = 128.0
 
 
 class OnnxEmbedder:
@@ -70,6 +73,6 @@ class OnnxEmbedder:
             n = chunk.shape[0]
             if self.fixed_batch and n < self.batch_size:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
-            blob = ((chunk.astype(np.float32) - 127.5) / 128.0).transpose(0, 3, 1, 2)
+            blob = ((chunk.astype(np.float32) - ONNX_PIXEL_MEAN) / ONNX_PIXEL_STD).transpose(0, 3, 1, 2)
             out.append(self.session.run(None, {self.input_name: np.ascontiguousarray(blob)})[0][:n])
         return np.concatenate(out).reshape(faces.shape[0], -1).astype(np.float32)

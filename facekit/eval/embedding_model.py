@@ -2,8 +2,10 @@
 
 Both follow :class:`EmbeddingModel`: ``embed(faces_rgb [N, 112, 112, 3] uint8, flip) -> [N, D]`` float32,
 L2-normalised, where ``flip=True`` adds the embedding of the mirrored face before normalising (the flip
-test of insightface's verification and IJB scripts). Pixels are normalised as ``(x - 127.5) / 128`` in
-both, so a module and its ONNX export give the same embeddings.
+test of insightface's verification and IJB scripts). A torch module gets the pixels normalised as its
+backbone spec says (``(x / 255 - mean) / std``, as it was trained); an ONNX file gets ArcFace's
+``(x - 127.5) / 128``, and ``facekit export onnx`` folds the conversion between the two into the file, so a
+run and its ONNX export give the same embeddings.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from facekit.data.augment import normalize_batch
 from facekit.eval.embedder import OnnxEmbedder
-
-PIXEL_MEAN = 127.5
-PIXEL_STD = 128.0
+from facekit.nn.backbones import Stats
 
 
 @runtime_checkable
@@ -31,14 +32,26 @@ class EmbeddingModel(Protocol):
 class TorchEmbedder:
     """Embeddings from an ``nn.Module`` mapping ``[B, 3, S, S]`` normalised pixels to ``[B, D]``.
 
-    The module runs in eval mode under ``torch.inference_mode`` in chunks of ``batch_size`` faces; its
-    training mode is restored afterwards.
+    Pixels are normalised as ``(x / 255 - mean) / std`` per RGB channel (a backbone spec's ``mean`` / ``std``),
+    with the training views' arithmetic (:func:`~facekit.data.augment.normalize_batch`). The module runs in
+    eval mode under ``torch.inference_mode`` in chunks of ``batch_size`` faces; its training mode is restored
+    afterwards.
     """
 
-    def __init__(self, module: nn.Module, *, size: int = 112, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        mean: Stats,
+        std: Stats,
+        *,
+        size: int = 112,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.module = module
+        self.mean, self.std = mean, std
         self.size = size
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -67,7 +80,7 @@ class TorchEmbedder:
         out = []
         for start in range(0, faces.shape[0], self.batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(faces[start : start + self.batch_size]))
-            x = (chunk.to(self.device).permute(0, 3, 1, 2).float() - PIXEL_MEAN) / PIXEL_STD
+            x = normalize_batch(chunk.to(self.device).permute(0, 3, 1, 2), self.mean, self.std)
             out.append(self.module(x).float().cpu().numpy())
         if not out:
             raise ValueError("no faces to embed")
@@ -79,6 +92,6 @@ def load_embedding_model(path: Path, *, num_threads: int = 1) -> EmbeddingModel:
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ValueError(
-            f"{path}: expected an .onnx embedding model; export a checkpoint first with `facekit export onnx`"
+            f"{path}: expected an .onnx embedding model; export a run folder first with `facekit export onnx RUN_DIR`"
         )
     return OnnxEmbedder(path, num_threads=num_threads)

@@ -2,8 +2,10 @@
 
 Uses ``torch.onnx.export``'s TorchScript exporter (``dynamo=False``): it needs no extra package and
 traces timm's attention and facekit's ViT exactly; the batch axis is declared dynamic, so the file runs
-at any batch size. The input is ``(x - 127.5) / 128`` RGB, as :class:`~facekit.eval.embedder.OnnxEmbedder`
-feeds it. :func:`check_onnx_parity` runs the file in ONNX Runtime and compares it with PyTorch.
+at any batch size. :func:`export_run` (``facekit export onnx RUN_DIR``) exports a run folder's backbone
+as its spec describes it, behind :class:`OnnxInput`: the file takes ``(x - 127.5) / 128`` RGB, as
+:class:`~facekit.eval.embedder.OnnxEmbedder` feeds it, whatever normalisation the backbone was trained with.
+:func:`check_onnx_parity` runs the file in ONNX Runtime and compares it with PyTorch.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
-import yaml
 from torch import nn
+
+from facekit.eval.embedder import ONNX_PIXEL_MEAN, ONNX_PIXEL_STD
+from facekit.nn import backbones
+from facekit.nn.backbones import Stats
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -28,6 +32,22 @@ DEFAULT_OPSET = 17
 
 class OnnxParityError(AssertionError):
     """ONNX Runtime's output differs from PyTorch's by more than the tolerance."""
+
+
+class OnnxInput(nn.Module):
+    """``module`` fed ONNX's input convention: x = ``(pixels - 127.5) / 128`` [B, 3, S, S] becomes
+    ``(pixels / 255 - mean) / std`` (the backbone's own normalisation, per RGB channel) in one affine map."""
+
+    def __init__(self, module: nn.Module, mean: Stats, std: Stats) -> None:
+        super().__init__()
+        self.module = module
+        scale = [ONNX_PIXEL_STD / (255 * s) for s in std]
+        shift = [(ONNX_PIXEL_MEAN / 255 - m) / s for m, s in zip(mean, std, strict=True)]
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1))
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x * self.scale + self.shift)
 
 
 def export_onnx(
@@ -110,72 +130,37 @@ def check_onnx_parity(module: nn.Module, onnx_path: Path, inputs: torch.Tensor, 
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What :func:`export_checkpoint` did: the file, tensors loaded and the parity measured at ``batch``."""
+    """What :func:`export_run` did: the file, the backbone's tensors and the parity measured at ``batch``."""
 
     path: Path
-    loaded: int
+    tensors: int
     max_abs_diff: float
     batch: int
 
     def summary(self) -> str:
         return (
-            f"export: {self.loaded} tensors -> {self.path}; ONNX Runtime vs PyTorch at batch {self.batch}: "
+            f"export: {self.tensors} tensors -> {self.path}; ONNX Runtime vs PyTorch at batch {self.batch}: "
             f"max |diff| {self.max_abs_diff:.2e} (tolerance 1e-4 x max(1, max |output|))"
         )
 
 
-def export_checkpoint(
-    backbone: str,
-    weights: Path,
-    out: Path,
-    *,
-    prefix: str = "",
-    overrides: dict[str, Any] | None = None,
-    img_size: int = 112,
-    parity_batch: int = 5,
-) -> ExportReport:
-    """Build ``BACKBONES[backbone](**overrides)``, load ``weights`` (a safetensors / checkpoint folder / torch
-    file; keys starting with ``prefix`` lose it, e.g. ``encoder.`` for MAE / MCF, ``backbone.`` for CAMD,
-    others are ignored), export to ``out`` and check ONNX Runtime against PyTorch at ``parity_batch``.
-
-    Every backbone tensor must be loaded: a missing or mismatched one is an error naming it.
-    """
-    import facekit.nn.iresnet  # noqa: F401  (registers ir50 / ir100 next to the ViTs)
-    from facekit.nn.vit import BACKBONES
-    from facekit.train.checkpoint import load_backbone_weights
-
-    weights = Path(weights)
-    if not weights.exists():
-        raise FileNotFoundError(f"weights not found: {weights}")
-    try:
-        module = BACKBONES.create(backbone, img_size=img_size, **(overrides or {}))
-    except TypeError as e:  # an override the backbone does not take
-        raise ValueError(f"cannot build backbone {backbone!r} with overrides {overrides}: {e}") from e
-    report = load_backbone_weights(weights, module, {prefix: ""})
-    if report.missing or report.mismatched or not report.loaded:
-        problems = report.mismatched or report.missing or ["(nothing matched)"]
-        raise ValueError(
-            f"{weights}: {len(report.loaded)} tensors loaded into {backbone}; missing {len(report.missing)}, "
-            f"wrong shape {len(report.mismatched)}, e.g. {problems[:3]} (check --prefix {prefix!r} and the overrides)"
-        )
-    path = export_onnx(module, out, img_size=img_size)
-    inputs = torch.randn(parity_batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+def export_run(run_dir: Path, out: Path, *, parity_batch: int = 5) -> ExportReport:
+    """Export the backbone of ``run_dir`` (rebuilt from its spec, weights loaded strictly, behind
+    :class:`OnnxInput`) to ``out`` at the spec's input size and check ONNX Runtime against PyTorch at
+    ``parity_batch``."""
+    spec = backbones.read(run_dir)
+    backbone = backbones.build(spec, backbones.weights_file(run_dir))
+    module, size = OnnxInput(backbone, spec.mean, spec.std), spec.input_size
+    path = export_onnx(module, out, img_size=size)
+    inputs = torch.randn(parity_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     diff = check_onnx_parity(module, path, inputs)
-    return ExportReport(path=path, loaded=len(report.loaded), max_abs_diff=diff, batch=parity_batch)
+    return ExportReport(path=path, tensors=len(backbone.state_dict()), max_abs_diff=diff, batch=parity_batch)
 
 
 def run_command(args: argparse.Namespace) -> int | str:
     """Run a parsed ``facekit export onnx`` command (parser in :mod:`facekit.cli`); 1 on a failed parity check."""
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
     try:
-        report = export_checkpoint(
-            args.backbone, args.weights, args.out, prefix=args.prefix, overrides=overrides, img_size=args.img_size
-        )
+        report = export_run(args.run_dir, args.out)
     except OnnxParityError as e:
         print(f"facekit: export failed the parity check: {e}", file=sys.stderr)
         return 1

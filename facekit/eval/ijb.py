@@ -27,8 +27,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from facekit.data.images import ImageError, decode_image
 from facekit.data.ops.align import align_face
-from facekit.eval.benchmarks import far_key
 from facekit.eval.embedding_model import EmbeddingModel
+from facekit.eval.verification import far_key
 
 #: FARs of the IJB TAR table (insightface's ``x_labels``).
 IJB_FAR_LEVELS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)

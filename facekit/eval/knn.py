@@ -1,22 +1,22 @@
 """A representation check on real faces: leave-one-out kNN identity accuracy of a pre-trained backbone.
 
 :func:`representation_check` embeds every face of the packed shards with a pre-training run's exported
-backbone (``backbone.json`` + ``backbone.safetensors``, see :func:`facekit.train.pretrain.load_backbone`)
+backbone (``backbone.json`` + ``backbone.safetensors``, see :func:`facekit.nn.backbones.load`)
 and with the same backbone at its random initialisation (same spec, same seed as the run), and scores both
 with :func:`knn_identity_accuracy`: each face is classified by its ``k`` nearest other faces (cosine
 distance) and the prediction compared with its identity. A method whose learned embedding does not beat
 its own random init has learned nothing identity-related (or is embedded the wrong way).
 
 Each backbone is embedded the way its method trains it: with the input normalisation its ``backbone.json``
-records (:func:`facekit.train.pretrain.input_normalization`), and its natural feature: a ViT's pooled
-output (cls token or mean of patch tokens), FRA's ResNet trunk's averaged map, and for LAFS the cls token of
-the 8 × 8 patches cut at the shards' 196 mesh landmarks (the tokens LAFS trains on), not at a regular grid.
+records (its spec's mean / std), and its natural feature: a ViT's pooled output (cls token or mean of patch
+tokens), FRA's ResNet trunk's averaged map, and for LAFS the cls token of the 8 × 8 patches cut at the
+shards' 196 mesh landmarks (the tokens LAFS trains on; :meth:`~facekit.nn.vit.ViT.embed_patches`), not at a
+regular grid.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,12 +29,12 @@ from torch import nn
 
 from facekit.data.augment import normalize_batch
 from facekit.data.dataset import FaceShardDataset
+from facekit.data.ops.landmarks import mesh_196
 from facekit.data.record import FaceRecord
 from facekit.eval.benchmarks import write_metrics
-from facekit.methods.dino import encode_tokens
-from facekit.methods.lafs import mesh_196
+from facekit.nn import backbones
+from facekit.nn.backbones import BackboneSpec, Stats
 from facekit.nn.landmark_patches import landmark_patches
-from facekit.train.pretrain import BACKBONE_SPEC, Stats, input_normalization, load_backbone
 
 
 def knn_identity_accuracy(
@@ -102,25 +102,23 @@ def load_faces(shards: Path | str, *, mesh: bool = False) -> ShardFaces:
     )
 
 
-def run_spec(run_dir: Path | str) -> dict:
-    """``backbone.json`` of a pre-training run, plus ``seed`` from its ``train_config.json``."""
+def run_spec(run_dir: Path | str) -> tuple[BackboneSpec, int]:
+    """(backbone spec, training seed from ``train_config.json``) of a pre-training run."""
     run_dir = Path(run_dir)
-    spec_path, config_path = run_dir / BACKBONE_SPEC, run_dir / "train_config.json"
-    for path in (spec_path, config_path):
+    config_path = run_dir / "train_config.json"
+    for path in (run_dir / backbones.SPEC_FILE, config_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished pretrain run folder")
-    return {**json.loads(spec_path.read_text()), "seed": json.loads(config_path.read_text())["seed"]}
+    return backbones.read(run_dir), json.loads(config_path.read_text())["seed"]
 
 
 def random_init_backbone(run_dir: Path | str) -> nn.Module:
     """The run's backbone as it was before training: built from its spec right after ``manual_seed(seed)``,
     as :func:`facekit.train.pretrain.run_pretrain` builds the method (whose backbone is built first)."""
-    spec = run_spec(run_dir)  # importing facekit.methods (above) registered the methods' own backbones too
-    module, attr = spec.get("registry", "facekit.nn.vit:BACKBONES").split(":")
-    registry = getattr(importlib.import_module(module), attr)
+    spec, seed = run_spec(run_dir)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec["seed"])
-        return registry.create(spec["backbone"], **spec["kwargs"])
+        torch.manual_seed(seed)
+        return backbones.build(spec)
 
 
 @torch.inference_mode()
@@ -149,11 +147,7 @@ def embed_faces(
         if landmark_tokens:
             points = faces.mesh[start : start + batch_size].to(device)
             patches = landmark_patches(x, points, backbone.patch_size)  # [B, 196, p·p·3]
-            start_pos = backbone.num_prefix_tokens
-            tokens = (
-                backbone.patch_embed.proj(patches) + backbone.pos_embed[:, start_pos : start_pos + patches.shape[1]]
-            )
-            out.append(encode_tokens(backbone, tokens).float().cpu())
+            out.append(backbone.encode_tokens(backbone.embed_patches(patches)).float().cpu())
         else:
             out.append(backbone(x).float().cpu())
     return torch.cat(out).numpy()
@@ -167,13 +161,13 @@ def representation_check(
     Returns ``{"knn_accuracy", "knn_accuracy_random_init", "chance" (majority baseline), "n" (faces),
     "identities", "k"}``.
     """
-    spec = run_spec(run_dir)
-    lafs, normalization = spec["method"] == "lafs", input_normalization(spec)
+    spec, _ = run_spec(run_dir)
+    lafs, normalization = spec.method == "lafs", (spec.mean, spec.std)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     faces = load_faces(shards, mesh=lafs)
     scores = {}
     for name, backbone in (
-        ("knn_accuracy", load_backbone(run_dir)),
+        ("knn_accuracy", backbones.load(run_dir)),
         ("knn_accuracy_random_init", random_init_backbone(run_dir)),
     ):
         embedded = embed_faces(backbone, faces, normalization, landmark_tokens=lafs, device=device)

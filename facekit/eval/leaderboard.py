@@ -25,7 +25,7 @@ from typing import Any
 from facekit.config import Params
 from facekit.eval.chain import MASKED_SUFFIX, REFERENCE
 from facekit.eval.knn import representation_check
-from facekit.train.pretrain import BACKBONE_SPEC, RANDOM_INIT
+from facekit.nn import backbones
 
 TRAIN_METRICS = "metrics.json"  # written by the training loop into its out_dir
 TAR_PREFIX = "tar_at_far_"
@@ -59,15 +59,15 @@ def leaderboard_row(params: Params, run: str, metrics_dir: Path = Path("metrics"
     if run == REFERENCE:
         return {"method": f"external: {Path(params.verify.reference).name}", **row}
     pretrained = Path(params.pretrain.out) / run
-    spec = _read_json(pretrained / BACKBONE_SPEC) or {}
+    spec = backbones.read(pretrained) if (pretrained / backbones.SPEC_FILE).is_file() else None
     pretrain = _read_json(pretrained / TRAIN_METRICS) or {}
     finetune = _read_json(Path(params.finetune.out) / run / TRAIN_METRICS) or {}
-    if spec.get("method") not in (None, RANDOM_INIT):
+    if spec is not None and spec.method not in (None, backbones.RANDOM_INIT):
         check = representation_check(pretrained, Path(params.finetune.shards))
         row |= {k: check[k] for k in ("knn_accuracy", "knn_accuracy_random_init")}
     return {
-        "method": spec.get("method", "?"),
-        "backbone": spec.get("backbone", "?"),
+        "method": (spec.method if spec else None) or "?",
+        "backbone": spec.name if spec else "?",
         **row,
         "pretrain_images_per_s": pretrain.get("images_per_s"),
         "pretrain_steps": pretrain.get("steps", 0),

@@ -17,6 +17,12 @@ from sklearn.model_selection import KFold
 FAR_LEVELS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
+def far_key(far: float) -> str:
+    """Metric name of a TAR: ``1e-4 -> "tar_at_far_1e-4"``."""
+    mantissa, exponent = f"{far:.0e}".split("e")
+    return f"tar_at_far_{mantissa}e{int(exponent)}"
+
+
 @dataclass(frozen=True)
 class VerificationResult:
     """Verification metrics on P pairs.

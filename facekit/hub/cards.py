@@ -23,8 +23,9 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from facekit import __version__
+from facekit.data.ops.landmarks import DENSE_KEY
 from facekit.data.shards import read_index
-from facekit.hub.datasets import CARD_NAME, DATA_DIR, DENSE_KEY, SPLIT, parquet_files
+from facekit.hub.datasets import CARD_NAME, DATA_DIR, SPLIT, parquet_files
 
 #: The DVC stages whose outputs lead to the packed shards, in order.
 LINEAGE_STAGES = ("sample", "detect_align", "landmarks", "masks", "pack")

@@ -28,6 +28,7 @@ import numpy as np
 from datasets import Array2D, ClassLabel, Features, Image, List, Value
 from huggingface_hub import HfApi
 
+from facekit.data.ops.landmarks import DENSE_KEY
 from facekit.data.record import FaceRecord
 from facekit.data.shards import ShardReader, read_index
 from facekit.hub.tokens import push_folder
@@ -39,7 +40,6 @@ SPLIT = "train"
 UPLOAD_PATTERNS = (CARD_NAME, f"{DATA_DIR}/*.parquet")
 DELETE_PATTERNS = (f"{DATA_DIR}/*.parquet",)
 MAX_FILE_BYTES = 500 * 2**20
-DENSE_KEY = "dense_landmarks"
 DENSE_SHAPE = (468, 2)
 IMAGE_COLUMNS = ("image", "masked_image")
 

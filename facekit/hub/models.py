@@ -9,9 +9,10 @@ The folder is what goes to the Hub, file for file::
                                  the ``params.yaml`` sections and the DVC lineage (md5 of every input and output)
 
 :func:`from_pretrained` rebuilds the network from a folder or a Hub repo and loads the weights strictly: it
-embeds faces exactly as :func:`facekit.train.pretrain.load_backbone` does for the run folder. The input is
-float32 ``[B, 3, 112, 112]`` RGB faces aligned on the ArcFace template, ``(pixels / 255 - mean) / std``; the
-output is ``[B, D]`` (``D = config["embedding_size"]``), compared by cosine similarity.
+embeds faces exactly as :func:`facekit.nn.backbones.load` does for the run folder (``config.json`` is the
+run's backbone spec plus a few fields). The input is float32 ``[B, 3, S, S]`` RGB faces aligned on the
+ArcFace template (``S = config["input_size"]``, 112), ``(pixels / 255 - mean) / std``; the output is
+``[B, D]`` (``D = config["embedding_size"]``), compared by cosine similarity.
 
 Card building reads ``dvc.lock`` with :mod:`facekit.hub.cards` (which needs the ``hf`` extra); loading a
 model needs only torch, safetensors and huggingface_hub.
@@ -19,7 +20,6 @@ model needs only torch, safetensors and huggingface_hub.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -29,23 +29,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, snapshot_download
-from safetensors import SafetensorError
-from safetensors.torch import load_model
 from torch import nn
 
 from facekit import __version__
 from facekit.hub.tokens import check_repo_id, hub_call, push_folder
-from facekit.train.pretrain import BACKBONE_SPEC, input_normalization
+from facekit.nn import backbones
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 #: Everything an upload sends (and all that a model folder holds).
 MODEL_FILES = (CARD_NAME, CONFIG_NAME, WEIGHTS_NAME)
-INPUT_SIZE = 112
 DEFAULT_LICENSE = "other"
 TAGS = ("facekit", "face-recognition", "face-verification", "image-feature-extraction")
 PIPELINE_TAG = "image-feature-extraction"
@@ -53,63 +49,6 @@ PIPELINE_TAG = "image-feature-extraction"
 RUN_STAGES = ("pretrain", "finetune", "verify")
 #: ``write_metrics`` names a TAR ``tar_at_far_<far>`` (e.g. ``tar_at_far_1e-3``).
 TAR_KEY = re.compile(r"tar_at_far_(.+)")
-_SPEC_KEYS = ("registry", "backbone", "kwargs")
-
-
-def build_backbone(spec: dict[str, Any], weights: Path) -> nn.Module:
-    """The network of ``spec`` (``{"registry": "module:ATTR", "backbone": name, "kwargs": {...}}``) with
-    ``weights`` (safetensors) loaded strictly; ValueError naming the file on any missing / unexpected key."""
-    import facekit.methods  # noqa: F401  (registers the backbones that methods bring, e.g. ir50)
-
-    missing = [key for key in _SPEC_KEYS if key not in spec]
-    if missing:
-        raise ValueError(f"backbone spec lacks {missing}: not a facekit backbone")
-    module, _, attr = str(spec["registry"]).partition(":")
-    try:
-        if not module.startswith("facekit."):  # a downloaded config names no module outside facekit
-            raise ImportError(module)
-        registry = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        raise ValueError(f"backbone registry {spec['registry']!r} is not a facekit registry") from None
-    model = registry.create(spec["backbone"], **spec["kwargs"])
-    try:
-        absent, unexpected = load_model(model, str(weights), strict=False)
-    except (RuntimeError, SafetensorError) as e:  # shape mismatch, not a safetensors file
-        raise ValueError(f"{weights}: cannot load into {spec['backbone']}: {e}") from None
-    if absent or unexpected:
-        raise ValueError(f"{weights}: missing keys {sorted(absent)}, unexpected {sorted(unexpected)}")
-    return model
-
-
-def embedding_size(model: nn.Module, input_size: int = INPUT_SIZE) -> int:
-    """D of ``model``'s ``[1, 3, S, S] -> [1, D]`` output (one forward pass on zeros, in eval mode)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.zeros(1, 3, input_size, input_size))
-    model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"an embedding network maps [B, 3, {input_size}, {input_size}] to [B, D], got {got}")
-    return int(out.shape[1])
-
-
-def read_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
-    """(backbone spec, weights path) of a trained run folder (``backbone.json`` + its weights)."""
-    run_dir = Path(run_dir)
-    spec_path = run_dir / BACKBONE_SPEC
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path} not found: not a trained run folder (no exported backbone)")
-    try:
-        spec = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{spec_path}: not valid JSON: {e}") from None
-    if not isinstance(spec, dict) or "weights" not in spec:
-        raise ValueError(f"{spec_path}: not a backbone spec (no 'weights' entry)")
-    weights = run_dir / spec["weights"]
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the run folder has a backbone spec but no weights")
-    return spec, weights
 
 
 def read_verification(paths: Sequence[Path]) -> dict[str, dict[str, float]]:
@@ -317,24 +256,21 @@ def save_model_folder(
 
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
-    spec, weights = read_run(run_dir)
+    spec = backbones.read(run_dir)
+    weights = backbones.weights_file(run_dir)
     results = read_verification(metrics_paths)
-    run = spec.get("run") or Path(run_dir).resolve().name
+    run = spec.run or Path(run_dir).resolve().name
     lineage = run_lineage(dvc_lock, run_dir, run) if dvc_lock is not None else None
     sections = read_param_sections(params_path, lineage) if params_path is not None else {}
-    model = build_backbone(spec, weights)
-    normalization = input_normalization(spec)
+    model = backbones.build(spec, weights)
+    network = {k: v for k, v in spec.to_json().items() if k not in ("run", "method")}
     config = {
         "library_name": "facekit",
         "facekit_version": __version__,
-        **{key: spec[key] for key in _SPEC_KEYS},
-        "input_size": INPUT_SIZE,
-        "mean": list(normalization[0]),
-        "std": list(normalization[1]),
-        "embedding_size": embedding_size(model),
+        **network,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "run": run,
-        "method": spec.get("method", "unknown"),
+        "method": spec.method or "unknown",
     }
     card = build_model_card(
         config,
@@ -403,9 +339,7 @@ def from_pretrained(
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_path}: not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: not a facekit model config")
-    return build_backbone(config, folder / WEIGHTS_NAME).eval()
+    return backbones.build(backbones.spec_from_json(config, config_path), folder / WEIGHTS_NAME).eval()
 
 
 def push_model(

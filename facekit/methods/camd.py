@@ -59,11 +59,12 @@ from facekit.data.augment import normalize_batch
 from facekit.data.views import VGGFACE2_MEAN, VGGFACE2_STD, TwoViews, ViewRecipe
 from facekit.distributed import all_reduce_mean
 from facekit.methods.base import METHODS, Method, StepValues
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.ema import copy_as_target, ema_update
 from facekit.nn.masking import block_mask
 from facekit.nn.pos_embed import sincos_1d, sincos_2d
 from facekit.nn.topk_attention import MultiHeadAttentionTopK
-from facekit.nn.vit import BACKBONES, ViT
+from facekit.nn.vit import ViT
 
 #: The fraction of patches CAMD hides: 118 of 196 at 224 / 16.
 MASK_FRACTION = 118 / 196
@@ -223,7 +224,7 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.Sequential
 class CAMD(Method):
     """Context-Aware Masked Distillation; see the module docstring (views normalised with VGGFace2's mean / std).
 
-    backbone / backbone_kwargs: a :data:`facekit.nn.vit.BACKBONES` name and overrides (a class token
+    backbone / backbone_kwargs: a :data:`facekit.nn.backbones.BACKBONES` name and overrides (a class token
     always; by default sin-cos positions and a patch embedding frozen at its random init, as released).
     decoder_dim ``Dd`` (768 released), decoder_heads 16, projector_depth 2, predictor_depth 4.
     num_masked: patches hidden from view 1 (default 118/196 of them). distill_layers: blocks AGMD

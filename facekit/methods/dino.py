@@ -34,9 +34,10 @@ from facekit.data.augment import normalize_batch
 from facekit.data.augment_gpu import BatchPhotometric
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, add_views, crop_views
 from facekit.methods.base import METHODS, Method, StepValues
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.ema import ema_update
 from facekit.nn.heads import DINOHead
-from facekit.nn.vit import BACKBONES, LinearPatchEmbed, ViT
+from facekit.nn.vit import LinearPatchEmbed, ViT
 
 #: Where the photometric augmentations run: in the DataLoader workers (OpenCV, per image) or on the device
 #: in the training step (:class:`~facekit.data.augment_gpu.BatchPhotometric`; the workers only crop and flip).
@@ -143,19 +144,6 @@ def embed_images(vit: ViT, images: torch.Tensor) -> torch.Tensor:
     return tokens + pos[:, vit.num_prefix_tokens :]
 
 
-def encode_tokens(vit: ViT, tokens: torch.Tensor) -> torch.Tensor:
-    """Run ``vit`` on tokens that already carry their positions: ``[B, n, D]`` → the backbone's output
-    ``[B, out_dim]`` (cls with its position prepended, blocks, final norm, pooling, head), as ``vit(x)``."""
-    if vit.cls_token is not None:
-        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        tokens = torch.cat([cls, tokens], dim=1)
-    for block in vit.blocks:
-        tokens = block(tokens)
-    tokens = vit.norm(tokens)
-    pooled = tokens[:, 0] if vit.global_pool == "token" else tokens[:, vit.num_prefix_tokens :].mean(dim=1)
-    return vit.head(pooled)
-
-
 class DINONetwork(nn.Module):
     """Backbone + DINO head. x: images ``[B, 3, H, W]`` (any size) or, for LAFS, pre-cut patches
     ``[B, n, p·p·3]`` (embedded by the backbone's Linear patch embedding at positions ``1 .. n``) → ``[B, K]``."""
@@ -168,15 +156,8 @@ class DINONetwork(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         vit = self.backbone
-        if x.ndim == 4:
-            return encode_tokens(vit, embed_images(vit, x))
-        if not isinstance(vit.patch_embed, LinearPatchEmbed):
-            raise ValueError("pre-cut patches need a backbone with patch_embed='linear'")
-        if x.shape[1] > vit.num_patches:
-            raise ValueError(f"{x.shape[1]} patch tokens, but the backbone has {vit.num_patches} positions")
-        start = vit.num_prefix_tokens
-        tokens = vit.patch_embed.proj(x) + vit.pos_embed[:, start : start + x.shape[1]]
-        return encode_tokens(vit, tokens)
+        tokens = embed_images(vit, x) if x.ndim == 4 else vit.embed_patches(x)
+        return vit.encode_tokens(tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -7,16 +7,15 @@ fine-tuning (Sun et al., CVPR 2024)::
       --backbone (FaceT-B: prompts chosen by ismask; IR-50/100)--> emb [B, 512]
       --PartialFC(margin head)--> {"loss": CE (+ MagFace's g), "ce", ...}
 
-The backbone is built by name from :data:`~facekit.nn.vit.BACKBONES` (ViTs, FaceT-B, ``ir50``/``ir100``),
-or from a pre-training export folder (``backbone.json`` + ``backbone.safetensors``, written by
-:mod:`facekit.train.pretrain`), or from any state dict with a key-prefix map; the load report (missing /
+The backbone is built by name from :data:`~facekit.nn.backbones.BACKBONES` (ViTs, FaceT-B, ``ir50``/``ir100``,
+ResNet trunks), or from a run folder's exported backbone (``backbone.json`` + ``backbone.safetensors``, see
+:mod:`facekit.nn.backbones`), or from any state dict with a key-prefix map; the load report (missing /
 unexpected / mismatched keys) is printed and kept in :attr:`FineTune.load_report`.
 :data:`FINETUNE_RECIPES` holds FaceT's two recipes in the pretrain-run format.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,16 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import facekit.nn.iresnet  # noqa: F401  (registers ir50 / ir100 in BACKBONES)
 from facekit import distributed
 from facekit.data.images import ImageError, decode_jpeg_rgb
 from facekit.data.record import FaceRecord
 from facekit.data.views import ViewRecipe
 from facekit.methods.base import METHODS, Method, StepValues
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES, LoadReport
 from facekit.nn.margins import MARGINS
 from facekit.nn.partial_fc import PartialFC
-from facekit.nn.vit import BACKBONES, ViT
-from facekit.registry import Registry
-from facekit.train.checkpoint import LoadReport, load_backbone_weights
+from facekit.nn.vit import ViT
 
 
 class FaceRecognitionView:
@@ -86,38 +84,30 @@ def build_backbone(
 ) -> tuple[nn.Module, LoadReport | None]:
     """Build a backbone and optionally load weights into it; returns (backbone, load report or None).
 
-    init_from: a pre-training export folder (``backbone.json`` names the backbone and its kwargs, which
-    ``kwargs`` update, e.g. FaceT's prompts and 512-d head absent at pre-training), or any weights file /
-    checkpoint folder readable by :func:`~facekit.train.checkpoint.load_backbone_weights` (then ``name``
-    is required). ``prefix_map`` renames keys by prefix (``{"encoder.": ""}``); loading is non-strict.
+    init_from: a run folder with an exported backbone (its ``backbone.json`` names the backbone and its
+    kwargs, which ``kwargs`` update, e.g. FaceT's prompts and 512-d head absent at pre-training), or any
+    weights file readable by :func:`~facekit.nn.backbones.load_weights` (then ``name`` is required).
+    ``prefix_map`` renames keys by prefix (``{"encoder.": ""}``); loading is non-strict.
     """
-    from facekit.train.pretrain import BACKBONE_SPEC, BACKBONE_WEIGHTS, spec_registry  # pretrain imports methods
-
     kwargs = dict(kwargs or {})
     weights = None
-    registry: Registry = BACKBONES
     if init_from is not None:
         init_from = Path(init_from)
         if not init_from.exists():
             raise FileNotFoundError(f"init_from: {init_from} does not exist")
-        spec_path = init_from / BACKBONE_SPEC
         weights = init_from
-        if spec_path.is_file():
-            spec = json.loads(spec_path.read_text())
-            exported = spec.get("backbone", spec.get("name"))
-            if exported is None or not isinstance(spec.get("kwargs", {}), dict):
-                raise ValueError(f"{spec_path}: expected {{'backbone': name, 'kwargs': {{...}}}}, got {spec}")
-            if name is not None and name != exported:
-                raise ValueError(f"backbone {name!r} differs from {exported!r} exported in {spec_path}")
-            name, kwargs = exported, {**spec.get("kwargs", {}), **kwargs}
-            weights = init_from / spec.get("weights", BACKBONE_WEIGHTS)
-            registry = spec_registry(spec)
+        if (init_from / backbones.SPEC_FILE).is_file():
+            spec = backbones.read(init_from)
+            if name is not None and name != spec.name:
+                raise ValueError(f"backbone {name!r} differs from {spec.name!r} exported in {init_from}")
+            name, kwargs = spec.name, {**spec.kwargs, **kwargs}
+            weights = backbones.weights_file(init_from)
     if name is None:
-        raise ValueError("give a backbone name (or init_from a pre-training export folder with backbone.json)")
-    backbone = registry.create(name, **kwargs)
+        raise ValueError("give a backbone name (or init_from a run folder with backbone.json)")
+    backbone = BACKBONES.create(name, **kwargs)
     if weights is None:
         return backbone, None
-    report = load_backbone_weights(weights, backbone, prefix_map)
+    report = backbones.load_weights(weights, backbone, prefix_map)
     if distributed.is_main():
         print(
             f"finetune: {len(report.loaded)} tensors loaded from {weights}; missing {report.missing}; "

@@ -75,9 +75,10 @@ from facekit import distributed
 from facekit.data.augment import normalize_batch
 from facekit.data.views import VGGFACE2_MEAN, VGGFACE2_STD, TwoViews, ViewRecipe
 from facekit.methods.base import METHODS, Method, StepValues
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.ema import copy_as_target, ema_update
 from facekit.nn.heads import MLPHead
-from facekit.nn.resnet import RESNETS, ResNetTrunk
+from facekit.nn.resnet import ResNetTrunk
 
 HEATMAP_EPS = 1e-7  # added to the softmax heatmaps, as released
 
@@ -333,7 +334,8 @@ class RegionNeck(nn.Module):
 class FRA(Method):
     """Facial Region Awareness; see the module docstring.
 
-    backbone / backbone_kwargs: a :data:`facekit.nn.resnet.RESNETS` name and timm ``ResNet`` overrides.
+    backbone / backbone_kwargs: a ResNet trunk of :data:`facekit.nn.backbones.BACKBONES` (``resnet18/34/50``)
+    and timm ``ResNet`` overrides.
     dim 256, hidden_dim 4096 (MLP1D necks and predictors); num_regions K = 8; scale 1 (heatmap softmax);
     proto_momentum 0.9; attn_heads 8, attn_depth 2, attn_dropout 0.1 (the mask-embedding transformer,
     FFN width ``dim``); inst_weight 0.5 (region part: 1 − inst_weight);
@@ -356,7 +358,9 @@ class FRA(Method):
         sinkhorn_iters: int = 3, image_size: int = 224, normalize: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.backbone: ResNetTrunk = RESNETS.create(backbone, **(backbone_kwargs or {}))
+        self.backbone: ResNetTrunk = BACKBONES.create(backbone, **(backbone_kwargs or {}))
+        if not isinstance(self.backbone, ResNetTrunk):
+            raise ValueError(f"FRA needs a ResNet trunk (resnet18, resnet34, resnet50), got backbone {backbone!r}")
         self.neck = RegionNeck(
             self.backbone.num_features, hidden_dim, dim, num_regions, scale, proto_momentum,
             attn_heads, attn_depth, attn_dropout,

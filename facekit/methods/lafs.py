@@ -46,7 +46,7 @@ import torch
 from safetensors.torch import load_file
 
 from facekit.data.augment import normalize_batch, stack_to_tensor
-from facekit.data.ops.landmarks import DENSE_KEY, MESH_196, NUM_MESH_POINTS
+from facekit.data.ops.landmarks import MESH_196, mesh_196
 from facekit.data.record import FaceRecord
 from facekit.data.views import ViewRecipe, crop_views
 from facekit.methods.base import METHODS
@@ -134,18 +134,6 @@ class LAFSViews:
             cleans = stack_to_tensor(clean, normalize, mean, std).unbind()
             out.update({f"{name}_clean": view for name, view in zip(names, cleans, strict=True)})
         return out
-
-
-def mesh_196(record: FaceRecord | None) -> np.ndarray:
-    """LAFS's 196 mesh landmarks ``[196, 2]`` float32 (crop pixels) of a record with dense landmarks."""
-    if record is None:
-        raise ValueError("LAFS mesh landmarks: the views need the FaceRecord: call views(rgb, record)")
-    dense = record.extra.get(DENSE_KEY)
-    if dense is None:
-        raise ValueError(f"record {record.key}: no extra[{DENSE_KEY!r}] for LAFS (run the landmarks stage)")
-    if dense.ndim != 2 or dense.shape[0] != NUM_MESH_POINTS or dense.shape[1] not in (2, 3):
-        raise ValueError(f"record {record.key}: extra[{DENSE_KEY!r}] is {list(dense.shape)}, not [468, 2]")
-    return dense[MESH_196, :2].astype(np.float32)
 
 
 def photometric_recipes(

@@ -23,10 +23,11 @@ from torch import nn
 
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, MAEView, ResizeFlipView
 from facekit.methods.base import METHODS, Method, StepValues
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.facet import DeepNormBlock, deepnorm_alpha, deepnorm_beta, init_deepnorm_
 from facekit.nn.masking import random_keep
 from facekit.nn.pos_embed import sincos_2d
-from facekit.nn.vit import BACKBONES, ViT
+from facekit.nn.vit import ViT
 
 _layer_norm = partial(nn.LayerNorm, eps=1e-6)  # MAE's decoder norm
 

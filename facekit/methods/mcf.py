@@ -31,10 +31,11 @@ from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, ResizeFlipView
 from facekit.distributed import all_gather_cat, rank
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.methods.mae import MAEDecoder, masked_mse, patch_targets
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.ema import copy_as_target, ema_update
 from facekit.nn.heads import MLPHead
 from facekit.nn.masking import random_keep
-from facekit.nn.vit import BACKBONES, ViT
+from facekit.nn.vit import ViT
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -8,8 +8,8 @@ Blocks per stage: IR-50 (3, 4, 14, 3), IR-100 (3, 13, 30, 3). Init as insightfac
 N(0, 0.1²), BN weight 1 / bias 0. insightface's optional fp16 trunk and dropout (0 by default) are left out;
 autocast covers the former.
 
-Both are registered in :data:`facekit.nn.vit.BACKBONES` (``"ir50"``, ``"ir100"``) next to the ViTs, so a
-backbone name in a config or a pre-training export (``backbone.json``) can be either kind.
+Both are registered in :data:`facekit.nn.backbones.BACKBONES` (``"ir50"``, ``"ir100"``) next to the ViTs and
+ResNet trunks, so a backbone name in a config or a run folder's ``backbone.json`` can be any of them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from facekit.nn.vit import BACKBONES
 
 _BN_EPS = 1e-5
 
@@ -110,15 +108,3 @@ class IResNet(nn.Module):
             "stem": r"^conv1|^bn1|^prelu",
             "blocks": [(r"^layer(\d+)\.(\d+)", None), (r"^bn2|^fc|^features", (99999,))],
         }
-
-
-@BACKBONES.register("ir50")
-def ir50(**overrides: Any) -> IResNet:
-    """IR-50: stages (3, 4, 14, 3), 512-d embedding (insightface ``r50``, 43.6M parameters)."""
-    return IResNet(**{"layers": (3, 4, 14, 3), **overrides})
-
-
-@BACKBONES.register("ir100")
-def ir100(**overrides: Any) -> IResNet:
-    """IR-100: stages (3, 13, 30, 3), 512-d embedding (insightface ``r100``, FaceT's CNN baseline)."""
-    return IResNet(**{"layers": (3, 13, 30, 3), **overrides})

@@ -8,7 +8,8 @@ with its pooling and classifier dropped. Its state-dict keys (``conv1``, ``bn1``
 
 Init follows torchvision's default (Kaiming-normal fan-out convs, BN γ = 1, β = 0, no zero-init of the
 last BN of each block: ``zero_init_last=False`` unless overridden). timm keyword arguments pass through,
-e.g. ``channels=(16, 32, 64, 128)`` for a narrow trunk in tests and smoke runs.
+e.g. ``channels=(16, 32, 64, 128)`` for a narrow trunk in tests and smoke runs. ``resnet18/34/50`` are
+registered in :data:`facekit.nn.backbones.BACKBONES`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-
-from facekit.registry import Registry
 
 
 class ResNetTrunk(nn.Module):
@@ -49,25 +48,3 @@ class ResNetTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``[B, 3, H, W]`` -> ``[B, C]``: the globally averaged feature map (FRA's inference embedding)."""
         return self.forward_features(x).mean(dim=(2, 3))
-
-
-#: name -> :class:`ResNetTrunk` factory; keyword arguments go to timm's ``ResNet``.
-RESNETS: Registry[ResNetTrunk] = Registry("resnet trunk")
-
-
-@RESNETS.register("resnet18")
-def resnet18(**kwargs: Any) -> ResNetTrunk:
-    """ResNet-18 trunk: basic blocks [2, 2, 2, 2], 512 output channels (with the default widths)."""
-    return ResNetTrunk("resnet18", **kwargs)
-
-
-@RESNETS.register("resnet34")
-def resnet34(**kwargs: Any) -> ResNetTrunk:
-    """ResNet-34 trunk: basic blocks [3, 4, 6, 3], 512 output channels."""
-    return ResNetTrunk("resnet34", **kwargs)
-
-
-@RESNETS.register("resnet50")
-def resnet50(**kwargs: Any) -> ResNetTrunk:
-    """ResNet-50 trunk: bottlenecks [3, 4, 6, 3], 2048 output channels (FRA's backbone)."""
-    return ResNetTrunk("resnet50", **kwargs)

@@ -6,7 +6,7 @@ One class covers every seed's encoder:
 - MAE / MCF / CAMD: ``ViT(pos_embed="sincos")`` with a cls token; ``encode(x, keep=...)`` runs the
   visible tokens only; ``return_layers`` gives CAMD's / MCF's per-block patch features;
   ``freeze_patch_embed`` is MoCo-v3's / CAMD's random frozen patch projection.
-- FaceT-B: ``BACKBONES.create("facet_base")`` (registered below).
+- FaceT-B: ``BACKBONES.create("facet_base")`` (:mod:`facekit.nn.backbones` registers the presets).
 
 Pooling (``ViTOutput.pooled``): ``"token"`` takes the normed cls token; ``"avg"`` means the normed patch
 tokens (unlike timm / MAE fine-tuning, which pool the un-normed tokens and then apply an ``fc_norm``).
@@ -29,7 +29,6 @@ from torch import nn
 
 from facekit.nn.facet import DeepNormBlock, PromptsPool, deepnorm_alpha, deepnorm_beta, init_deepnorm_
 from facekit.nn.pos_embed import sincos_2d
-from facekit.registry import Registry
 
 
 @dataclass
@@ -257,6 +256,30 @@ class ViT(nn.Module):
             pooled = patches.mean(dim=1)
         return ViTOutput(cls=cls_out, patches=patches, layers=[layers[i] for i in wanted], pooled=pooled)
 
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Pre-cut patches ``[B, n, p·p·3]`` (:func:`patchify`'s layout, e.g. LAFS's landmark patches) ->
+        tokens ``[B, n, D]``: the Linear patch embedding plus the first ``n`` patch positions (1 .. n after a
+        cls token's 0)."""
+        if not isinstance(self.patch_embed, LinearPatchEmbed):
+            raise ValueError("pre-cut patches need a backbone with patch_embed='linear'")
+        if patches.shape[1] > self.num_patches:
+            raise ValueError(f"{patches.shape[1]} patch tokens, but the backbone has {self.num_patches} positions")
+        start = self.num_prefix_tokens
+        return self.patch_embed.proj(patches) + self.pos_embed[:, start : start + patches.shape[1]]
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the encoder on tokens that already carry their positions: ``[B, n, D]`` -> ``[B, out_dim]``
+        (cls with its position prepended, blocks, final norm, pooling, head), as ``forward`` does on
+        images; prompts are not used."""
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([cls, tokens], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        tokens = self.norm(tokens)
+        pooled = tokens[:, 0] if self.global_pool == "token" else tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        return self.head(pooled)
+
     def _block_index(self, index: int) -> int:
         if not -self.depth <= index < self.depth:
             raise IndexError(f"block {index} out of range for depth {self.depth}")
@@ -285,43 +308,3 @@ class ViT(nn.Module):
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-#: name -> ViT factory; each accepts :class:`ViT` keyword overrides, e.g. ``create("facet_base", depth=2)``.
-BACKBONES: Registry[ViT] = Registry("backbone")
-
-
-@BACKBONES.register("vit_small_patch16_224")
-def vit_small_patch16_224(**overrides: Any) -> ViT:
-    """ViT-S/16 at 224: 384 wide, 12 blocks, 6 heads, sin-cos positions, cls token (MCF's small encoder)."""
-    return ViT(**{"embed_dim": 384, "depth": 12, "num_heads": 6, **overrides})
-
-
-@BACKBONES.register("vit_base_patch16_224")
-def vit_base_patch16_224(**overrides: Any) -> ViT:
-    """ViT-B/16 at 224: 768 wide, 12 blocks, 12 heads, sin-cos positions, cls token (MAE / MCF / CAMD)."""
-    return ViT(**{"embed_dim": 768, "depth": 12, "num_heads": 12, **overrides})
-
-
-@BACKBONES.register("facet_base")
-def facet_base(**overrides: Any) -> ViT:
-    """FaceT-B: 112×112, patch 8 (196 tokens), Linear(192 -> 768) patch embedding, zero-init learned
-    positions, no cls, 12 DeepNorm blocks (768, 12 heads, MLP 4, qkv bias), mean pooling, head
-    Linear(768 -> 512) + BN1d(512, affine=False), 32 prompts per block (fine-tuning). FaceT's MAE
-    pre-training runs without prompts: pass ``num_prompts=0``."""
-    config: dict[str, Any] = {
-        "img_size": 112,
-        "patch_size": 8,
-        "embed_dim": 768,
-        "depth": 12,
-        "num_heads": 12,
-        "class_token": False,
-        "pos_embed": "learned",
-        "pos_embed_std": 0.0,
-        "patch_embed": "linear",
-        "global_pool": "avg",
-        "norm": "deepnorm",
-        "head_dim": 512,
-        "num_prompts": 32,
-    }
-    return ViT(**{**config, **overrides})

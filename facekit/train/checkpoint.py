@@ -59,16 +59,6 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class LoadReport:
-    """Outcome of :func:`load_backbone_weights` (names as in the target module)."""
-
-    loaded: list[str]
-    missing: list[str]
-    unexpected: list[str]
-    mismatched: list[str]  # present on both sides with different shapes: not loaded
-
-
 def capture_rng_state() -> dict[str, Any]:
     """This process's torch / CUDA / numpy / python RNG states, as plain types and tensors."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -266,48 +256,6 @@ def _find(path: Path) -> Path:
     if found is None:
         raise FileNotFoundError(f"{path}: no checkpoint ({MODEL_FILE} + {STATE_FILE}) here or in {path}/{LAST}")
     return found
-
-
-def load_backbone_weights(path: Path, module: nn.Module, prefix_map: dict[str, str] | None = None) -> LoadReport:
-    """Load weights for fine-tuning into ``module`` (non-strict) and report what matched.
-
-    ``path``: a ``.safetensors`` file, a checkpoint folder (or its root), or a torch file whose dict may
-    nest the weights under ``"model"`` / ``"state_dict"``. ``prefix_map`` renames keys by prefix, first
-    match wins (``{"encoder.": ""}`` loads a method's encoder into a bare backbone); with a map, keys
-    matching none of its prefixes are ignored. Tensors with a different shape are reported, not loaded.
-    """
-    source = _read_state_dict(Path(path))
-    if prefix_map is not None:
-        renamed = {}
-        for key, tensor in source.items():
-            prefix = next((p for p in prefix_map if key.startswith(p)), None)
-            if prefix is not None:
-                renamed[prefix_map[prefix] + key[len(prefix) :]] = tensor
-        source = renamed
-    target = module.state_dict()
-    fits = {k: v for k, v in source.items() if k in target and v.shape == target[k].shape}
-    module.load_state_dict(fits, strict=False)
-    loaded_storage = {target[k].data_ptr() for k in fits}
-    missing = [k for k in target if k not in fits and target[k].data_ptr() not in loaded_storage]
-    return LoadReport(
-        loaded=sorted(fits),
-        missing=sorted(missing),
-        unexpected=sorted(k for k in source if k not in target),
-        mismatched=sorted(k for k in source if k in target and k not in fits),
-    )
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    checkpoint = find_checkpoint(path) if path.is_dir() else None
-    if checkpoint is not None:
-        path = checkpoint / MODEL_FILE
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    return obj
 
 
 def _link_copy(src: Path, dst: Path) -> None:

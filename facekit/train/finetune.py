@@ -7,7 +7,7 @@ Its keyword arguments are ``finetune.method`` updated by the run's own keys, plu
 ``num_classes`` (the shards' identity table), which the stage sets. It writes, like pre-training,
 
 - ``finetune.out/R/backbone.safetensors`` + ``backbone.json``: the embedding network
-  (:func:`~facekit.train.pretrain.load_backbone` rebuilds it; ``facekit verify R`` scores it);
+  (:func:`facekit.nn.backbones.load` rebuilds it; ``facekit verify R`` scores it);
 - ``metrics/finetune_R.json`` (DVC metrics, with the load report of the initialisation) and
   ``metrics/finetune_R.csv`` (the loss curve).
 
@@ -26,8 +26,9 @@ from torch.utils.data import Subset
 from facekit.config import Params, RunConfig
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME, read_index
+from facekit.nn import backbones
 from facekit.train.loop import TrainResult
-from facekit.train.pretrain import BACKBONE_SPEC, train_and_export
+from facekit.train.pretrain import train_and_export
 
 
 def num_identities(shards: Path) -> int:
@@ -45,7 +46,7 @@ def resolve_finetune_run(params: Params, name: str) -> RunConfig:
     ``init_from``), its pre-trained backbone checked, with ``num_classes`` from the shards added."""
     run = params.finetune.run(name)
     init_from = Path(run.method_kwargs["init_from"])
-    if not (init_from / BACKBONE_SPEC).is_file():
+    if not (init_from / backbones.SPEC_FILE).is_file():
         raise FileNotFoundError(f"{run.where}: no pre-trained backbone at {init_from}; run `facekit pretrain {name}`")
     num_classes = num_identities(Path(params.finetune.shards))
     return dataclasses.replace(run, method_kwargs={**run.method_kwargs, "num_classes": num_classes})

@@ -6,8 +6,8 @@ updated by the run's ``train``). :func:`run_pretrain` builds the
 method, trains it on ``FaceShardDataset(pretrain.shards, transform=method.views())`` into
 ``pretrain.out/<run>/`` (resuming from a checkpoint there) and writes
 
-- ``<run>/backbone.safetensors`` + ``<run>/backbone.json``: ``method.export_backbone()``'s weights, and the
-  registry (``BACKBONES`` ...), name and keyword arguments that rebuild it (:func:`load_backbone`);
+- ``<run>/backbone.safetensors`` + ``<run>/backbone.json``: ``method.export_backbone()``'s weights and its
+  :class:`~facekit.nn.backbones.BackboneSpec` (:func:`facekit.nn.backbones.load` rebuilds it);
 - ``metrics/pretrain_<run>.json`` (DVC metrics) and ``metrics/pretrain_<run>.csv`` (the loss curve).
 
 Under torchrun every rank trains (the engine handles DDP); rank 0 writes. Any method registered in
@@ -17,7 +17,6 @@ Under torchrun every rank trains (the engine handles DDP); rank 0 writes. Any me
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import shutil
 import sys
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -34,27 +32,18 @@ from facekit import distributed
 from facekit.config import Params, RunConfig
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME
-from facekit.methods.base import METHODS, Method  # the package registers every method (and ir50 / ir100)
-from facekit.nn.vit import BACKBONES
-from facekit.registry import Registry, RegistrySpec
+from facekit.methods.base import METHODS, Method  # the package registers every method
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES, DEFAULT_NORMALIZATION, RANDOM_INIT, BackboneSpec
 from facekit.train.loop import TrainResult, train
 from facekit.train.metrics_log import LOG_NAME
 
-BACKBONE_WEIGHTS = "backbone.safetensors"
-RANDOM_INIT = "random_init"  # the method name of a run that exports its backbone untrained
-BACKBONE_SPEC = "backbone.json"
-Stats = tuple[float, float, float]
-#: Input normalisation of fine-tuning (and of specs that record none): pixels to [−1, 1].
-DEFAULT_NORMALIZATION: tuple[Stats, Stats] = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
-
-def build_method(run: RunConfig) -> tuple[Method, dict[str, Any]]:
-    """``METHODS.create(run.method, **run.method_kwargs)`` and the spec of its exported backbone.
-
-    The spec ``{"backbone": name, "kwargs": {...}, "registry": "module:NAME"}`` is the ``Registry.create``
-    call (``BACKBONES``, ``RESNETS`` ...) that built the module ``export_backbone()`` returns. An unknown
-    method, a keyword it does not take (the registry names it) or a value it refuses is a ValueError that
-    starts with the run's params.yaml key.
+def build_method(run: RunConfig) -> tuple[Method, BackboneSpec]:
+    """``METHODS.create(run.method, **run.method_kwargs)`` and the spec of its exported backbone (the
+    ``BACKBONES.create`` call that built the module ``export_backbone()`` returns, the input normalisation of
+    the method's views, the run and method). An unknown method, a keyword it does not take (the registry
+    names it) or a value it refuses is a ValueError that starts with the run's params.yaml key.
     """
     try:
         method = METHODS.create(run.method, **run.method_kwargs)
@@ -98,9 +87,9 @@ def train_and_export(
     result = train(method, select(dataset) if select else dataset, cfg)
     if distributed.is_main():
         backbone = method.export_backbone()
-        export_backbone(backbone, spec, out_dir, {"run": run.name, "method": run.method})
+        backbones.save(backbone, spec, out_dir)
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
-        summary |= {"run": run.name, "method": run.method, "backbone": spec["backbone"]}
+        summary |= {"run": run.name, "method": run.method, "backbone": spec.name}
         load_report = getattr(method, "load_report", None)  # fine-tuning: how the initialisation loaded
         if load_report is not None:
             summary["init_load"] = {"loaded": len(load_report.loaded), "missing": load_report.missing}
@@ -120,9 +109,11 @@ def export_random_init(run: RunConfig, out_dir: Path, report: Path) -> TrainResu
         raise ValueError(f"{run.where}: method {RANDOM_INIT!r} takes backbone and backbone_kwargs only, got {settings}")
     torch.manual_seed(run.train.seed)
     backbone = BACKBONES.create(name, **kwargs)
-    spec = {"backbone": name, "kwargs": json.loads(json.dumps(kwargs)), "registry": _registry_path(BACKBONES, name)}
-    spec |= {"mean": list(DEFAULT_NORMALIZATION[0]), "std": list(DEFAULT_NORMALIZATION[1])}  # as fine-tuning feeds it
-    export_backbone(backbone, spec, out_dir, {"run": run.name, "method": RANDOM_INIT})
+    try:  # fed as fine-tuning feeds it
+        spec = backbones.spec_of(backbone, *DEFAULT_NORMALIZATION, run=run.name, method=RANDOM_INIT)
+    except ValueError as e:
+        raise ValueError(f"{run.where}: {e}") from None
+    backbones.save(backbone, spec, out_dir)
     summary = {"steps": 0, "run": run.name, "method": RANDOM_INIT, "backbone": name}
     report = _write_report(report, summary, backbone)
     report.with_suffix(".csv").write_text("step,loss\n")
@@ -136,49 +127,6 @@ def _write_report(path: Path, summary: dict[str, Any], backbone: nn.Module) -> P
     summary = {**summary, "backbone_params": sum(p.numel() for p in backbone.parameters())}
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return path
-
-
-def export_backbone(backbone: nn.Module, spec: dict[str, Any], out_dir: Path, extra: dict[str, Any]) -> Path:
-    """Write ``backbone.safetensors`` (CPU float weights) and ``backbone.json`` (spec + ``extra``) to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach().cpu().contiguous() for name, t in backbone.state_dict().items()}
-    save_file(state, str(out_dir / BACKBONE_WEIGHTS))
-    (out_dir / BACKBONE_SPEC).write_text(json.dumps({**spec, **extra, "weights": BACKBONE_WEIGHTS}, indent=2) + "\n")
-    return out_dir / BACKBONE_WEIGHTS
-
-
-def load_backbone(run_dir: Path | str) -> nn.Module:
-    """Rebuild an exported backbone from ``run_dir/backbone.json`` and load its weights strictly."""
-    import facekit.methods  # noqa: F401  (registers the backbones that methods bring, e.g. ir50)
-
-    run_dir = Path(run_dir)
-    spec_path = run_dir / BACKBONE_SPEC
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path} not found: not a pretrain run folder")
-    spec = json.loads(spec_path.read_text())
-    backbone = spec_registry(spec).create(spec["backbone"], **spec["kwargs"])
-    missing, unexpected = load_model(backbone, str(run_dir / spec["weights"]), strict=False)
-    if missing or unexpected:
-        weights = run_dir / spec["weights"]
-        raise ValueError(f"{weights}: missing keys {sorted(missing)}, unexpected {sorted(unexpected)}")
-    return backbone
-
-
-def input_normalization(spec: dict[str, Any]) -> tuple[Stats, Stats]:
-    """(mean, std) a ``backbone.json`` spec's backbone expects: ``(pixels / 255 − mean) / std`` per RGB channel.
-    Specs written before the fields existed get :data:`DEFAULT_NORMALIZATION` (fine-tuning's)."""
-    mean, std = spec.get("mean", DEFAULT_NORMALIZATION[0]), spec.get("std", DEFAULT_NORMALIZATION[1])
-    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
-        raise ValueError(f"backbone spec: mean and std need 3 values each (std > 0), got {mean} and {std}")
-    r, g, b = map(float, mean)
-    sr, sg, sb = map(float, std)
-    return (r, g, b), (sr, sg, sb)
-
-
-def spec_registry(spec: dict[str, Any]) -> Registry:
-    """The registry a ``backbone.json`` spec names (``"module:ATTRIBUTE"``; default ``BACKBONES``)."""
-    module, attr = spec.get("registry", "facekit.nn.vit:BACKBONES").split(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def torchrun_command(
@@ -197,29 +145,12 @@ def torchrun_command(
     return command + (["--quiet"] if quiet else [])
 
 
-def _registry_path(registry: Registry, name: str) -> str:
-    """``"module:ATTRIBUTE"`` of ``registry``, found in the module that defines the ``name`` factory."""
-    module = sys.modules[registry.get(name).__module__]
-    attr = next((k for k, v in vars(module).items() if v is registry), None)
-    if attr is None:
-        raise ValueError(f"the {registry.kind} registry holding {name!r} is not a name in {module.__name__}")
-    return f"{module.__name__}:{attr}"
-
-
-def _backbone_spec(method: Method, run: RunConfig) -> dict:
-    """``{"backbone", "kwargs", "registry", "mean", "std"}`` of the exported backbone: the ``Registry.create``
-    call that built it (presets and the method's own overrides included; EMA copies carry it too) and the
-    input normalisation of the method's views."""
+def _backbone_spec(method: Method, run: RunConfig) -> BackboneSpec:
+    """The spec of the method's exported backbone: the ``BACKBONES.create`` call that built it (presets and
+    the method's own overrides included; EMA copies carry it too), the input normalisation of the method's
+    views, and the run."""
     exported = method.export_backbone()
-    spec: RegistrySpec | None = getattr(exported, "registry_spec", None)
-    if spec is None:
-        raise ValueError(
-            f"{run.where}: {run.method}.export_backbone() returns a {type(exported).__name__} not built "
-            "by a facekit Registry (BACKBONES.create ...), so fine-tuning could not rebuild it"
-        )
-    out = {"backbone": spec.name, "kwargs": spec.kwargs, "registry": _registry_path(spec.registry, spec.name)}
-    out |= {"mean": list(method.mean), "std": list(method.std)}
     try:
-        return json.loads(json.dumps(out))  # tuples become lists, as they will be read back
-    except TypeError as e:
-        raise ValueError(f"{run.where}: backbone arguments are not JSON-serialisable: {e}") from None
+        return backbones.spec_of(exported, method.mean, method.std, run=run.name, method=run.method)
+    except ValueError as e:
+        raise ValueError(f"{run.where}: {run.method}.export_backbone(): {e}") from None

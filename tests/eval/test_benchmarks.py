@@ -18,7 +18,7 @@ from facekit.data.images import decode_image, encode_jpeg
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import create_detector, select_face
 from facekit.data.sources.verification_bin import load_verification_bin
-from facekit.eval.benchmarks import BenchmarkResult, evaluate_bin, evaluate_pairs, far_key, write_reports
+from facekit.eval.benchmarks import BenchmarkResult, evaluate_bin, evaluate_pairs, write_reports
 from facekit.eval.embedding_model import EmbeddingModel, load_embedding_model
 from facekit.eval.make_bin import AlignedFaces, build_bin, read_pairs
 from facekit.eval.verification import verify
@@ -113,12 +113,6 @@ def test_reports_for_dvc(deepface_result: BenchmarkResult, tmp_path: Path) -> No
     assert png is not None and png.shape[2] == 3 and png.std() > 0
     with pytest.raises(ValueError, match="unique"):
         write_reports([result, result], tmp_path / "m.json", tmp_path / "p")
-
-
-def test_far_key() -> None:
-    assert [far_key(f) for f in (1e-6, 1e-4, 1e-2, 0.1)] == [
-        "tar_at_far_1e-6", "tar_at_far_1e-4", "tar_at_far_1e-2", "tar_at_far_1e-1",
-    ]  # fmt: skip
 
 
 def test_cli_eval_bin_and_pairs(

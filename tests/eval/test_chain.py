@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from facekit.cli import main
 from facekit.config import load_params
@@ -20,11 +21,11 @@ from facekit.eval.chain import make_sets, set_paths, verify_run
 from facekit.eval.leaderboard import build_leaderboard, write_leaderboard
 from facekit.eval.make_bin import AlignedFaces, read_pairs
 from facekit.methods.finetune import build_backbone
-from facekit.nn.resnet import RESNETS
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES
 from facekit.stages import detect_align, landmarks, masks, pack, sample
 from facekit.stages.shard_map import process_map
 from facekit.train.finetune import resolve_finetune_run, without_identities
-from facekit.train.pretrain import export_backbone, load_backbone
 
 TINY_VIT = {"img_size": 112, "depth": 1, "embed_dim": 64, "num_heads": 2}
 
@@ -143,7 +144,7 @@ def test_scratch_run_is_fine_tuned_scored_and_ranked_below_the_reference(in_proj
     assert finetune["init_from"] == "data/runs/pretrain/scratch"
     assert finetune["holdout_identities"] == ["id00", "id01", "id02", "id03", "id09"]
     assert finetune["init_load"]["missing"] and all(k.startswith("head.") for k in finetune["init_load"]["missing"])
-    backbone = load_backbone("data/runs/finetune/scratch")
+    backbone = backbones.load("data/runs/finetune/scratch")
     assert backbone(torch.zeros(2, 3, 112, 112)).shape == (2, 128)  # the 128-d head of finetune.method
     for args in (["eval", "sets"], ["verify", "scratch"], ["verify", "reference"], ["leaderboard"]):
         assert main([*args, "--quiet"] if args[0] != "eval" else args) == 0
@@ -185,10 +186,14 @@ def test_finetune_runs_name_their_missing_pre_training_and_stage_keys(in_project
         resolve_finetune_run(load_params("other.yaml"), "scratch")
 
 
-def test_a_resnet_export_fine_tunes_from_its_own_registry(tmp_path: Path) -> None:
-    trunk = RESNETS.create("resnet18", channels=(8, 16, 32, 64))
+def test_a_resnet_export_fine_tunes_from_its_legacy_registry(tmp_path: Path) -> None:
+    """A run folder written when ResNet trunks had their own registry (``RESNETS``) fine-tunes as before."""
+    trunk = BACKBONES.create("resnet18", channels=(8, 16, 32, 64))
+    (tmp_path / "fra").mkdir()
+    save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, str(tmp_path / "fra/backbone.safetensors"))
     spec = {"backbone": "resnet18", "kwargs": {"channels": [8, 16, 32, 64]}, "registry": "facekit.nn.resnet:RESNETS"}
-    export_backbone(trunk, spec, tmp_path / "fra", {"run": "fra", "method": "fra"})
+    legacy = {**spec, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "run": "fra", "method": "fra"}
+    (tmp_path / "fra/backbone.json").write_text(json.dumps({**legacy, "weights": "backbone.safetensors"}))
     backbone, report = build_backbone(None, {}, tmp_path / "fra")
     assert report is not None and not report.missing and not report.mismatched
     assert backbone.out_dim == 64

@@ -1,23 +1,28 @@
-"""ONNX export of embedding networks: parity with PyTorch within 1e-4, dynamic batch, the CLI."""
+"""ONNX export of embedding networks: parity with PyTorch within 1e-4, dynamic batch, a run folder from the CLI."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from facekit.cli import main
-from facekit.eval.embedder import OnnxEmbedder
+from facekit.eval.embedder import ONNX_PIXEL_MEAN, ONNX_PIXEL_STD, OnnxEmbedder
 from facekit.eval.embedding_model import EmbeddingModel, TorchEmbedder
 from facekit.eval.export import OnnxParityError, check_onnx_parity, export_onnx
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.vit import ViT
 
 TINY_VIT = {"patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 4, "head_dim": 32}
+#: ONNX's input convention, (x - 127.5) / 128, as a per-channel (mean, std) of pixels / 255.
+ONNX_MEAN, ONNX_STD = (ONNX_PIXEL_MEAN / 255,) * 3, (ONNX_PIXEL_STD / 255,) * 3
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def tiny_vit() -> ViT:
@@ -99,7 +104,7 @@ def test_torch_and_onnx_embedders_agree(tmp_path: Path) -> None:
     """The same network through TorchEmbedder and, exported, through OnnxEmbedder gives the same embeddings."""
     module = tiny_vit()
     onnx_model = OnnxEmbedder(export_onnx(module, tmp_path / "vit.onnx"))
-    torch_model = TorchEmbedder(module, batch_size=3)
+    torch_model = TorchEmbedder(module, ONNX_MEAN, ONNX_STD, batch_size=3)
     assert isinstance(torch_model, EmbeddingModel) and isinstance(onnx_model, EmbeddingModel)
     faces = np.random.default_rng(3).integers(0, 256, (7, 112, 112, 3), dtype=np.uint8)
     for flip in (False, True):
@@ -114,21 +119,32 @@ def test_torch_and_onnx_embedders_agree(tmp_path: Path) -> None:
         torch_model.embed(faces.astype(np.float32))
 
 
-def test_cli_exports_a_checkpoint_and_prints_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    vit = tiny_vit()
-    weights = tmp_path / "model.safetensors"
-    save_file({f"encoder.{k}": v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
-    sets = [arg for k, v in TINY_VIT.items() for arg in ("--set", f"{k}={v}")]
+def test_cli_exports_a_run_folder_and_prints_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``facekit export onnx RUN_DIR`` needs only the folder: the spec rebuilds the network, and the file takes
+    ONNX's (x - 127.5) / 128 whatever the run was trained with, so it embeds as TorchEmbedder does on the spec."""
+    torch.manual_seed(0)
+    vit = BACKBONES.create("vit_small_patch16_224", img_size=112, **TINY_VIT)
+    run = tmp_path / "run"
+    backbones.save(vit, backbones.spec_of(vit, *IMAGENET, run="mae", method="mae"), run)
     out = tmp_path / "vit.onnx"
-    base = ["export", "onnx", "--backbone", "vit_small_patch16_224", "--weights", str(weights), "--out", str(out)]
-    assert main([*base, "--prefix", "encoder.", *sets]) == 0
+    assert main(["export", "onnx", str(run), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"{len(vit.state_dict())} tensors -> {out}" in printed and "max |diff|" in printed
-    x = torch.randn(4, 3, 112, 112)
+    faces = np.random.default_rng(5).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    onnx_input = torch.from_numpy((faces.astype(np.float32) - 127.5) / 128).permute(0, 3, 1, 2)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
+    spec_input = (torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255 - mean) / std
     np.testing.assert_allclose(
-        OnnxEmbedder(out).session.run(None, {"input": x.numpy()})[0], vit.eval()(x).detach().numpy(), atol=1e-4
+        OnnxEmbedder(out).session.run(None, {"input": onnx_input.numpy()})[0],
+        vit.eval()(spec_input).detach().numpy(),
+        atol=1e-4,
     )
-    # Without the prefix nothing matches: a one-line error naming the file, exit status 2.
-    assert main([*base, *sets]) == 2
+    torch_model = TorchEmbedder(backbones.load(run), *IMAGENET)
+    onnx_model = OnnxEmbedder(out)
+    np.testing.assert_allclose(onnx_model.embed(faces, flip=True), torch_model.embed(faces, flip=True), atol=1e-5)
+    # Weights that do not fit the spec: a one-line error naming the file, exit status 2.
+    spec = json.loads((run / "backbone.json").read_text())
+    (run / "backbone.json").write_text(json.dumps({**spec, "kwargs": {**spec["kwargs"], "embed_dim": 32}}))
+    assert main(["export", "onnx", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"facekit: error: {weights}: 0 tensors loaded") and "--prefix ''" in err
+    assert err.startswith(f"facekit: error: {run / 'backbone.safetensors'}: cannot load into vit_small_patch16_224")

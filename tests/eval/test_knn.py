@@ -26,8 +26,9 @@ from facekit.eval.knn import (
     representation_check,
 )
 from facekit.methods.lafs import LAFS
-from facekit.nn.vit import BACKBONES
-from facekit.train.pretrain import build_method, export_backbone
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES
+from facekit.train.pretrain import build_method
 
 TINY_VIT = {"img_size": 112, "depth": 2, "embed_dim": 192, "num_heads": 3}
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # LAFS's normalisation
@@ -111,7 +112,7 @@ def _untrained_run(tmp_path: Path, name: str, settings: dict[str, Any], seed: in
     torch.manual_seed(seed)
     method, spec = build_method(run)
     out = tmp_path / name
-    export_backbone(method.export_backbone(), spec, out, {"run": name, "method": run.method})
+    backbones.save(method.export_backbone(), spec, out)
     (out / "train_config.json").write_text(json.dumps({"seed": seed}))
     return out, method.export_backbone()
 

@@ -13,7 +13,7 @@ from insightface.model_zoo import get_model
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import create_detector, select_face
 from facekit.eval.embedder import OnnxEmbedder
-from facekit.eval.verification import best_threshold, cosine_scores, verify
+from facekit.eval.verification import best_threshold, cosine_scores, far_key, verify
 
 DETECTOR_FILES = {"retinaface": "retinaface_mbnet0.25.onnx", "scrfd": "scrfd_500m_bnkps.onnx"}
 
@@ -196,3 +196,9 @@ def test_broken_alignment_is_caught(deepface: dict, embedder: OnnxEmbedder, corr
     bad = pair_accuracy(deepface, embedder, "scrfd", corrupt=corrupt)
     assert bad.accuracy < 0.75 and good.accuracy - bad.accuracy > 0.25
     assert bad.auc < 0.8
+
+
+def test_far_key() -> None:
+    assert [far_key(f) for f in (1e-6, 1e-4, 1e-2, 0.1)] == [
+        "tar_at_far_1e-6", "tar_at_far_1e-4", "tar_at_far_1e-2", "tar_at_far_1e-1",
+    ]  # fmt: skip

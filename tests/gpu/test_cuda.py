@@ -20,7 +20,9 @@ import torch
 from facekit.config import load_params
 from facekit.data.augment_gpu import BatchPhotometric, PhotometricParams
 from facekit.data.views import ViewRecipe
-from facekit.train.pretrain import RANDOM_INIT, load_backbone, run_pretrain
+from facekit.nn import backbones
+from facekit.nn.backbones import RANDOM_INIT
+from facekit.train.pretrain import run_pretrain
 
 pytestmark = pytest.mark.gpu
 
@@ -86,7 +88,7 @@ def test_each_sample_run_trains_on_cuda_and_its_backbone_runs_on_the_cpu(
     if run not in NOT_FALLING:
         assert sum(losses[-3:]) < sum(losses[:3]), losses
 
-    backbone = load_backbone(tmp_path / run).eval()
+    backbone = backbones.load(tmp_path / run).eval()
     x = torch.randn(4, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         on_cpu = backbone(x)

@@ -21,10 +21,10 @@ from facekit.data.record import FaceRecord
 from facekit.data.shards import ShardWriter
 from facekit.methods.base import METHODS, StepValues
 from facekit.methods.finetune import FINETUNE_RECIPES, FaceRecognitionView, FineTune
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.iresnet import IResNet
-from facekit.nn.vit import BACKBONES
 from facekit.train.loop import param_groups, train
-from facekit.train.pretrain import export_backbone
 
 TINY = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_prompts": 2, "head_dim": 16}
 HP = StepValues(step=0, epoch=0.0, progress=0.0, lr=1e-3, weight_decay=0.0, momentum=0.0)
@@ -137,8 +137,7 @@ def test_iresnet_finetune_ignores_ismask() -> None:
 def test_loading_a_pretrain_export_reports_missing_keys(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
     pretrained = BACKBONES.create("facet_base", **{**TINY, "num_prompts": 0, "head_dim": None})
-    spec = {"backbone": "facet_base", "kwargs": {**TINY, "num_prompts": 0, "head_dim": None}}
-    export_backbone(pretrained, spec, tmp_path, {"run": "facet_mae"})
+    backbones.save(pretrained, backbones.spec_of(pretrained, run="facet_mae"), tmp_path)
     method = FineTune(num_classes=4, init_from=tmp_path, backbone_kwargs={"num_prompts": 2, "head_dim": 16})
     report = method.load_report
     assert report.missing == [

@@ -28,7 +28,8 @@ from facekit.methods.fra import (
     sine_positions,
     sinkhorn,
 )
-from facekit.nn.resnet import RESNETS, ResNetTrunk
+from facekit.nn.backbones import BACKBONES
+from facekit.nn.resnet import ResNetTrunk
 from facekit.train.loop import build_optimizer
 from facekit.train.schedules import cosine_schedule
 
@@ -318,7 +319,7 @@ def test_export_backbone_is_the_resnet_trunk_and_loads_into_a_fresh_one() -> Non
     method = FRA(**TINY)
     trunk = method.export_backbone()
     assert isinstance(trunk, ResNetTrunk) and trunk is method.backbone
-    fresh = RESNETS.create("resnet18", **TINY_TRUNK)
+    fresh = BACKBONES.create("resnet18", **TINY_TRUNK)
     fresh.load_state_dict(trunk.state_dict())
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(fresh.eval()(x), trunk.eval()(x))
@@ -328,7 +329,7 @@ def test_export_backbone_is_the_resnet_trunk_and_loads_into_a_fresh_one() -> Non
 def test_resnet50_trunk_matches_torchvision_without_pool_and_fc() -> None:
     torch.manual_seed(0)
     reference = torchvision.models.resnet50(weights=None).eval()
-    trunk = RESNETS.create("resnet50").eval()
+    trunk = BACKBONES.create("resnet50").eval()
     result = trunk.load_state_dict(reference.state_dict(), strict=False)
     assert result.missing_keys == [] and sorted(result.unexpected_keys) == ["fc.bias", "fc.weight"]
     with torch.no_grad():
@@ -337,7 +338,7 @@ def test_resnet50_trunk_matches_torchvision_without_pool_and_fc() -> None:
         expected = torch.nn.Sequential(*list(reference.children())[:-2])(x)
         assert torch.allclose(trunk.forward_features(x), expected, atol=1e-5)
     with pytest.raises(KeyError, match="resnet50"):
-        RESNETS.create("resnet5")
+        BACKBONES.create("resnet5")
 
 
 def test_heatmap_figure_over_a_real_face(assets: Path, tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from facekit.data.ops.detect import create_detector, select_face
 from facekit.data.ops.landmarks import FaceMesh, mesh_aligned_face
 from facekit.data.record import FaceRecord
 from facekit.methods.base import METHODS, StepValues
-from facekit.train.pretrain import RANDOM_INIT, build_method
+from facekit.nn.backbones import RANDOM_INIT
+from facekit.train.pretrain import build_method
 
 PROJECT = Path(__file__).resolve().parents[2]
 SAMPLE_RUNS = load_params(PROJECT / "params.yaml").pretrain

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.facet import DeepNormBlock, PromptsPool, deepnorm_alpha, deepnorm_beta
-from facekit.nn.vit import BACKBONES, ViT
+from facekit.nn.vit import ViT
 
 TINY_FACET = {
     "img_size": 16,

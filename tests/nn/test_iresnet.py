@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facekit.nn.iresnet import IBasicBlock, IResNet, ir50
-from facekit.nn.vit import BACKBONES
+from facekit.nn.backbones import BACKBONES, ir50
+from facekit.nn.iresnet import IBasicBlock, IResNet
 from facekit.train.loop import param_groups
 
 

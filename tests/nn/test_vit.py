@@ -8,7 +8,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from timm.optim import param_groups_layer_decay
 
-from facekit.nn.vit import BACKBONES, ViT
+from facekit.nn.backbones import BACKBONES
+from facekit.nn.vit import ViT
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 
@@ -94,6 +95,22 @@ def test_patchify_layout_and_round_trip() -> None:
     torch.testing.assert_close(model.unpatchify(patches), imgs, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_token_api_reproduces_forward(pool: str) -> None:
+    """Patches cut by patchify, embedded by embed_patches and encoded by encode_tokens give forward's output."""
+    torch.manual_seed(0)
+    model = ViT(**TINY, patch_embed="linear", pos_embed="learned", global_pool=pool, head_dim=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    tokens = model.embed_patches(model.patchify(x))
+    assert tokens.shape == (2, 16, model.embed_dim)
+    torch.testing.assert_close(model.encode_tokens(tokens), model(x))
+    assert model.encode_tokens(tokens[:, :5]).shape == (2, 8)  # fewer tokens, at the first positions
+    with pytest.raises(ValueError, match="16 positions"):
+        model.embed_patches(torch.randn(2, 17, 8 * 8 * 3))
+    with pytest.raises(ValueError, match="patch_embed='linear'"):
+        ViT(**TINY).embed_patches(model.patchify(x))
+
+
 def test_sincos_buffer_and_weight_decay_names() -> None:
     sincos = ViT(**TINY)
     assert "pos_embed" not in dict(sincos.named_parameters())
@@ -151,8 +168,8 @@ VIT_BACKBONES = ["facet_base", "vit_base_patch16_224", "vit_small_patch16_224"]
 
 
 def test_the_sweep_covers_every_registered_vit() -> None:
-    """A newly registered backbone must join the sweep below (IR nets have their own tests)."""
-    assert set(BACKBONES.names()) == {*VIT_BACKBONES, "ir50", "ir100"}
+    """A newly registered ViT must join the sweep below (IR nets and ResNet trunks have their own tests)."""
+    assert set(BACKBONES.names()) == {*VIT_BACKBONES, "ir50", "ir100", "resnet18", "resnet34", "resnet50"}
 
 
 @pytest.mark.parametrize("name", VIT_BACKBONES)

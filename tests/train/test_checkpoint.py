@@ -11,7 +11,6 @@ from facekit.train.checkpoint import (
     capture_rng_state,
     find_checkpoint,
     full_state_dict,
-    load_backbone_weights,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -99,32 +98,3 @@ def test_find_checkpoint_survives_a_kill_between_the_two_renames(tmp_path) -> No
     assert find_checkpoint(tmp_path) == tmp_path / ".last.previous"
     assert load_checkpoint(tmp_path, nn.Linear(2, 2)).step == 4
     assert find_checkpoint(tmp_path / "nowhere") is None
-
-
-def test_load_backbone_weights_with_prefix_map_reports_keys(tmp_path) -> None:
-    method = nn.ModuleDict({"encoder": nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3)), "decoder": nn.Linear(3, 4)})
-    save_checkpoint(tmp_path, method, torch.optim.SGD(method.parameters(), lr=0.1), step=1, epoch=0)
-    backbone = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2), nn.LayerNorm(2))  # another head width, a new norm
-    report = load_backbone_weights(tmp_path, backbone, prefix_map={"encoder.": ""})
-    assert report.loaded == ["0.bias", "0.weight"]
-    assert report.mismatched == ["1.bias", "1.weight"]
-    assert report.missing == ["1.bias", "1.weight", "2.bias", "2.weight"]
-    assert report.unexpected == []
-    assert torch.equal(backbone[0].weight, method["encoder"][0].weight)
-
-    loose = load_backbone_weights(tmp_path / "last" / "model.safetensors", nn.Sequential(nn.Linear(4, 6)))
-    assert loose.loaded == [] and loose.missing == ["0.bias", "0.weight"]
-    assert loose.unexpected == [
-        "decoder.bias",
-        "decoder.weight",
-        *[f"encoder.{i}.{p}" for i in (0, 1) for p in ("bias", "weight")],
-    ]
-
-
-def test_load_backbone_weights_from_a_torch_file_with_a_model_key(tmp_path) -> None:
-    source = nn.Linear(3, 3)
-    torch.save({"model": source.state_dict(), "epoch": 9}, tmp_path / "ckpt.pth")
-    target = nn.Linear(3, 3)
-    report = load_backbone_weights(tmp_path / "ckpt.pth", target)
-    assert (report.loaded, report.missing, report.unexpected) == (["bias", "weight"], [], [])
-    assert torch.equal(target.weight, source.weight)

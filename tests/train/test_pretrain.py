@@ -17,15 +17,10 @@ from safetensors.torch import load_file
 from facekit.cli import main
 from facekit.config import Params, PretrainParams, load_params
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, VGGFACE2_MEAN, VGGFACE2_STD
-from facekit.nn.vit import BACKBONES
+from facekit.nn import backbones
+from facekit.nn.backbones import BACKBONES
 from facekit.train.checkpoint import load_checkpoint
-from facekit.train.pretrain import (
-    DEFAULT_NORMALIZATION,
-    build_method,
-    input_normalization,
-    load_backbone,
-    run_pretrain,
-)
+from facekit.train.pretrain import build_method, run_pretrain
 
 TINY_VIT = {"img_size": 112, "depth": 2, "embed_dim": 192, "num_heads": 3}
 DECODER = {"decoder_dim": 128, "decoder_heads": 4}
@@ -99,16 +94,18 @@ def test_method_learns_and_its_backbone_loads_back(run: str, sample_shards: Path
     assert (metrics["run"], metrics["method"], metrics["steps"]) == (run, run, 12)
     assert metrics["final_loss"] == pytest.approx(losses[-1])
 
-    spec = json.loads((out / "backbone.json").read_text())
+    written = json.loads((out / "backbone.json").read_text())
+    assert written["registry"] == "facekit.nn.backbones:BACKBONES" and written["weights"] == "backbone.safetensors"
+    spec = backbones.read(out)
     name, added, mean = EXPORTED[run]
-    assert spec["backbone"] == name and spec["weights"] == "backbone.safetensors"
-    assert input_normalization(spec) == (mean, STDS[mean])  # what the method's views fed the backbone
-    assert spec["registry"] == "facekit.nn.vit:BACKBONES"
-    assert {k: spec["kwargs"][k] for k in added} == added
-    fresh = BACKBONES.create(spec["backbone"], **spec["kwargs"])
+    assert spec.name == name and (spec.run, spec.method) == (run, run)
+    assert (spec.mean, spec.std) == (mean, STDS[mean])  # what the method's views fed the backbone
+    assert (spec.input_size, spec.embedding_size) == (112, 192)
+    assert {k: spec.kwargs[k] for k in added} == added
+    fresh = BACKBONES.create(spec.name, **spec.kwargs)
     exported = load_file(out / "backbone.safetensors")
     assert sorted(exported) == sorted(fresh.state_dict())  # no missing, no unexpected keys
-    backbone = load_backbone(out).eval()
+    backbone = backbones.load(out).eval()
 
     # the method rebuilt from params and restored from the training checkpoint exports the same network
     with warnings.catch_warnings():
@@ -184,12 +181,3 @@ def test_unknown_runs_and_missing_shards_are_clear_errors(tmp_path: Path, capsys
     params_file.write_text(yaml.safe_dump({"pretrain": {"train": TRAIN, "runs": {"mae": {}}}}))
     assert main(["pretrain", "mea", "--params", str(params_file)]) == 2
     assert "facekit: error: unknown pretrain run 'mea' (did you mean 'mae'?)" in capsys.readouterr().err
-
-
-def test_input_normalization_of_a_spec_and_its_checks() -> None:
-    spec = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
-    assert input_normalization(spec) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
-    assert input_normalization({}) == DEFAULT_NORMALIZATION == ((0.5,) * 3, (0.5,) * 3)  # older exports
-    for bad in ({"mean": [0.5, 0.5]}, {"std": [0.5, 0.0, 0.5]}):
-        with pytest.raises(ValueError, match="mean and std need 3 values"):
-            input_normalization(bad)

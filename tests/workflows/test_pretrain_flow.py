@@ -19,9 +19,9 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from facekit.config import load_params
+from facekit.nn import backbones
 from facekit.stages import detect_align, pack, sample
 from facekit.train.checkpoint import LAST, MODEL_FILE
-from facekit.train.pretrain import load_backbone
 
 TINY_MAE = {
     "backbone": "vit_small_patch16_224",
@@ -91,6 +91,6 @@ def test_served_pretrain_deployment_trains_the_run(prefect_api: str, project: Pa
     assert (out / "checkpoints" / LAST / MODEL_FILE).is_file()
     metrics = json.loads((project / "metrics/pretrain_mae.json").read_text())
     assert (metrics["run"], metrics["steps"], metrics["backbone"]) == ("mae", 3, "vit_small_patch16_224")
-    backbone = load_backbone(out)
+    backbone = backbones.load(out)
     assert backbone(torch.zeros(1, 3, 112, 112)).shape == (1, 192)
     assert (project / params.paths.shards / "index.json").is_file()

@@ -17,9 +17,9 @@ from prefect.deployments import run_deployment
 from facekit.config import load_params
 from facekit.data.augment import normalize_to_tensor
 from facekit.data.dataset import FaceShardDataset
+from facekit.nn import backbones
 from facekit.stages import detect_align, landmarks, pack, sample
 from facekit.train.checkpoint import LAST, MODEL_FILE
-from facekit.train.pretrain import BACKBONE_SPEC, BACKBONE_WEIGHTS, load_backbone
 from workflows.deployments import main as deployments_main
 
 if TYPE_CHECKING:
@@ -59,13 +59,13 @@ def test_pretrain_lafs_on_a_process_worker(gpu_pool: WorkerPool, project: Path) 
 
     out = project / "data/runs/pretrain/lafs"
     assert (out / "checkpoints" / LAST / MODEL_FILE).is_file()
-    assert (out / BACKBONE_WEIGHTS).is_file()
-    spec = json.loads((out / BACKBONE_SPEC).read_text())
-    assert (spec["method"], spec["kwargs"]["patch_size"], spec["kwargs"]["depth"]) == ("lafs", 8, 1)
+    assert (out / backbones.WEIGHTS_FILE).is_file()
+    spec = backbones.read(out)
+    assert (spec.method, spec.kwargs["patch_size"], spec.kwargs["depth"]) == ("lafs", 8, 1)
     metrics = json.loads((project / "metrics/pretrain_lafs.json").read_text())
     assert (metrics["run"], metrics["method"], metrics["steps"]) == ("lafs", "lafs", STEPS)
 
-    backbone = load_backbone(out).eval()
+    backbone = backbones.load(out).eval()
     faces = FaceShardDataset(
         project / loaded.paths.shards, transform=lambda rgb: normalize_to_tensor(rgb, (0.5,) * 3, (0.5,) * 3)
     )

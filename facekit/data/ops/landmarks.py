@@ -13,7 +13,8 @@ closer to the camera). "Left" and "right" below are as seen in the image, like t
 Index tables into the 468 mesh vertices (MediaPipe's canonical face topology):
 
 - :data:`MESH_68`: a 68-point subset in iBUG-300W order, for code written against 68-point landmarks.
-- :data:`MESH_196`: 196 well-spread vertices in 14 x 14 raster order, for LAFS's landmark tokens.
+- :data:`MESH_196`: 196 well-spread vertices in 14 x 14 raster order, for LAFS's landmark tokens
+  (:func:`mesh_196` reads them off a record's ``extra[DENSE_KEY]``).
 - :func:`mesh_five_points`: the mesh's version of the detector's five points, to check one against the
   other (:func:`agreement`).
 
@@ -34,6 +35,7 @@ import cv2
 import numpy as np
 
 from facekit.data.ops.align import alignment_template, estimate_similarity
+from facekit.data.record import FaceRecord
 
 #: Side of the square mesh input, pixels.
 MESH_INPUT = 192
@@ -98,6 +100,19 @@ MESH_196 = np.array(
         *(170, 32, 176, 208, 148, 200, 199, 152, 377, 428, 400, 262, 378, 379),
     ]
 )
+
+
+def mesh_196(record: FaceRecord | None) -> np.ndarray:
+    """LAFS's 196 mesh landmarks ``[196, 2]`` float32 (crop pixels) of a record with dense landmarks."""
+    if record is None:
+        raise ValueError("LAFS mesh landmarks: the views need the FaceRecord: call views(rgb, record)")
+    dense = record.extra.get(DENSE_KEY)
+    if dense is None:
+        raise ValueError(f"record {record.key}: no extra[{DENSE_KEY!r}] for LAFS (run the landmarks stage)")
+    if dense.ndim != 2 or dense.shape[0] != NUM_MESH_POINTS or dense.shape[1] not in (2, 3):
+        raise ValueError(f"record {record.key}: extra[{DENSE_KEY!r}] is {list(dense.shape)}, not [468, 2]")
+    return dense[MESH_196, :2].astype(np.float32)
+
 
 _BORDERS = {"replicate": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
 Border = Literal["replicate", "reflect", "constant"]

@@ -8,8 +8,7 @@
     {"type": "hf", "path": "data/hf/my_faces", "name": "my_faces", "split": "train"}  # needs `datasets`
 
 The source modules are imported inside :func:`open_source` (and the source classes on first access,
-``from facekit.data.sources import LaionTarSource``) so that they can import :class:`SourceFormatError`
-from here without an import cycle, and so that optional dependencies load only when used.
+``from facekit.data.sources import LaionTarSource``) so that optional dependencies load only when used.
 """
 
 from __future__ import annotations
@@ -17,21 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from facekit.data.sources.base import Source
-
-
-class SourceFormatError(ValueError):
-    """A dataset file, folder or spec that cannot be used at all (raised when a source is opened).
-
-    ``reason`` is a short stable code (e.g. ``"bad_index_file"``), ``detail`` names the file and the problem.
-    Per-record failures are :class:`~facekit.data.sources.base.SourceError` instead.
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
+from facekit.data.sources.base import Source, SourceFormatError
 
 #: spec "type" -> (required keys, optional keys besides "type")
 _SPEC_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {

@@ -36,3 +36,16 @@ class Source(ABC):
     @abstractmethod
     def read(self, key: str) -> RawRecord:
         """Return the record for ``key``; raise :class:`SourceError` when it cannot be read."""
+
+
+class SourceFormatError(ValueError):
+    """A dataset file, folder or spec that cannot be used at all (raised when a source is opened).
+
+    ``reason`` is a short stable code (e.g. ``"bad_index_file"``), ``detail`` names the file and the problem.
+    Per-record failures are :class:`~facekit.data.sources.base.SourceError` instead.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from facekit.data.record import RawRecord
-from facekit.data.sources import SourceFormatError
-from facekit.data.sources.base import Source, SourceError
+from facekit.data.sources.base import Source, SourceError, SourceFormatError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 LAYOUTS = ("vggface2", "webface")

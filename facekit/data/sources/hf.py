@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from facekit.data.record import RawRecord
-from facekit.data.sources import SourceFormatError
-from facekit.data.sources.base import Source, SourceError
+from facekit.data.sources.base import Source, SourceError, SourceFormatError
 
 _SAVED_MARKERS = ("state.json", "dataset_dict.json")
 _KEY_DIGITS = 9

@@ -36,8 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from facekit.data.record import RawRecord
-from facekit.data.sources import SourceFormatError
-from facekit.data.sources.base import Source, SourceError
+from facekit.data.sources.base import Source, SourceError, SourceFormatError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 _SIDE_EXTENSIONS = frozenset({".json", ".txt"})

@@ -33,8 +33,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from facekit.data.record import RawRecord, Rejection
-from facekit.data.sources import SourceFormatError
-from facekit.data.sources.base import Source, SourceError
+from facekit.data.sources.base import Source, SourceError, SourceFormatError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)

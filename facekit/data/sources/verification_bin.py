@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from facekit.data.sources import SourceFormatError
+from facekit.data.sources.base import SourceFormatError
 
 _LATIN1_NAMES = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1"})
 
