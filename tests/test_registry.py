@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from facekit.methods.base import METHODS
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.margins import MARGINS
-from facekit.nn.resnet import RESNETS
-from facekit.nn.vit import BACKBONES, ViT
+from facekit.nn.vit import ViT
 from facekit.registry import Registry, UnknownKeywordError, keywords
 
 
@@ -56,4 +56,4 @@ def test_every_registry_checks_keywords(registry: Registry, name: str, kwargs: d
 def test_presets_take_their_classes_keywords_and_open_ended_factories_are_not_checked() -> None:
     names, open_ended = keywords(BACKBONES.get("vit_small_patch16_224"))
     assert not open_ended and names == keywords(ViT)[0]
-    assert keywords(RESNETS.get("resnet18"))[1]  # timm ResNet keyword arguments pass through
+    assert keywords(BACKBONES.get("resnet18"))[1]  # timm ResNet keyword arguments pass through
