@@ -372,22 +372,17 @@ def _cmd_train(args: argparse.Namespace) -> int | str:
     """``facekit pretrain RUN`` / ``facekit finetune RUN`` (``args.command``): in this process, or relaunched
     under torchrun when the section's ``nproc_per_node > 1``. Each ``--set KEY=VALUE`` sets the run's
     ``KEY`` (dotted: ``train.lr``) before params.yaml is checked."""
-    import os
-    import subprocess
-
     from facekit import distributed
     from facekit.config import load_params, parse_assignment
-    from facekit.train.finetune import run_finetune
-    from facekit.train.pretrain import run_pretrain, torchrun_command
+    from facekit.stages import finetune, launch, pretrain
 
     settings = dict(map(parse_assignment, args.set))
     params = load_params(args.params, {f"{args.command}.runs.{args.run}.{k}": v for k, v in settings.items()})
     nproc = getattr(params, args.command).nproc_per_node
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch under torchrun, one process per GPU
-        command = torchrun_command(args.run, args.params, nproc, args.quiet, stage=args.command, settings=args.set)
-        return subprocess.run(command, check=False).returncode
-    run = run_pretrain if args.command == "pretrain" else run_finetune
-    result = run(params, args.run, progress=not args.quiet)
+    if launch.needs_torchrun(nproc):  # one process per GPU
+        return launch.torchrun(args.command, args.run, args.params, nproc, quiet=args.quiet, settings=args.set)
+    stage = pretrain if args.command == "pretrain" else finetune
+    result = stage.run(params, params.paths, args.run, progress=not args.quiet)
     if not distributed.is_main():
         return 0
     return (
@@ -398,23 +393,26 @@ def _cmd_train(args: argparse.Namespace) -> int | str:
 
 def _cmd_eval_sets(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.eval.chain import make_sets
+    from facekit.stages import eval_sets
 
-    return make_sets(load_params(args.params))
+    params = load_params(args.params)
+    return eval_sets.run(params, params.paths)
 
 
 def _cmd_verify(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.eval.chain import verify_run
+    from facekit.stages import verify
 
-    return verify_run(load_params(args.params), args.run)
+    params = load_params(args.params)
+    return verify.run(params, params.paths, args.run)
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.eval.leaderboard import write_leaderboard
+    from facekit.stages import leaderboard
 
-    return write_leaderboard(load_params(args.params))
+    params = load_params(args.params)
+    return leaderboard.run(params, params.paths)
 
 
 def _train_commands(sub: argparse._SubParsersAction) -> None:

@@ -25,9 +25,10 @@ import yaml
 
 @dataclass(frozen=True)
 class PathsParams:
-    """``paths:`` in params.yaml: where the data stages write; dvc.yaml reads the same values (``${paths.aligned}``).
+    """``paths:`` in params.yaml: where the stages write; dvc.yaml reads the same values (``${paths.aligned}``).
 
-    The report of stage ``S`` is ``<metrics>/S.json`` (its rejections ``<metrics>/S.rejections.jsonl``).
+    The report of stage ``S`` is ``<metrics>/S.json`` (its rejections ``<metrics>/S.rejections.jsonl``), that
+    of training run ``R`` ``<metrics>/<pretrain|finetune>_R.json``, its scores ``<metrics>/verify/R.json``.
     """
 
     aligned: str = "data/aligned"  # detect_align: per-shard LMDBs of aligned faces
@@ -35,7 +36,7 @@ class PathsParams:
     masked: str = "data/masked"  # masks: the same faces, some with a masked twin; what pack reads
     shards: str = "data/shards"  # pack: the final shards and their index.json
     metrics: str = "metrics"  # stage reports (DVC metrics)
-    plots: str = "plots"  # pictures of the faces (DVC plots)
+    plots: str = "plots"  # pictures of the faces, ROC curves (DVC plots)
 
     def report(self, stage: str) -> Path:
         """The report file of ``stage``: ``<metrics>/<stage>.json``."""
@@ -44,6 +45,23 @@ class PathsParams:
     def plot(self, name: str) -> Path:
         """The picture ``<plots>/<name>.png``."""
         return Path(self.plots) / f"{name}.png"
+
+    def run_report(self, stage: str, run: str) -> Path:
+        """The report of training run ``run`` of ``stage`` (pretrain, finetune): ``<metrics>/<stage>_<run>.json``;
+        its loss curve is the ``.csv`` beside it."""
+        return Path(self.metrics) / f"{stage}_{run}.json"
+
+    def verify_report(self, run: str) -> Path:
+        """The verification scores of ``run``: ``<metrics>/verify/<run>.json``."""
+        return Path(self.metrics) / "verify" / f"{run}.json"
+
+    def verify_plots(self, run: str) -> Path:
+        """The folder of ``run``'s ROC curves: ``<plots>/verify/<run>``."""
+        return Path(self.plots) / "verify" / run
+
+    def table(self, name: str) -> Path:
+        """The Markdown table ``<metrics>/<name>.md``."""
+        return Path(self.metrics) / f"{name}.md"
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ Two ways to run it, chosen by the ``lineage`` parameter:
 - ``"dvc"`` (default): a task runs ``dvc repro pretrain@<run>`` in the working directory, so DVC decides
   whether the run is stale and ``dvc.lock`` records it; DVC's lock contention is retried
   (:func:`workflows.dvc_tasks.dvc_repro`).
-- ``"none"``: a task calls :func:`facekit.train.pretrain.run_pretrain` directly (or, with
-  ``pretrain.nproc_per_node > 1``, ``facekit pretrain`` under torchrun); a retry resumes from the run's
-  last checkpoint. Nothing is recorded in ``dvc.lock``.
+- ``"none"``: a task calls the stage :func:`facekit.stages.pretrain.run` directly (or, with
+  ``pretrain.nproc_per_node > 1``, ``facekit pretrain`` under torchrun: :func:`facekit.stages.launch.torchrun`);
+  a retry resumes from the run's last checkpoint. Nothing is recorded in ``dvc.lock``.
 
 Deployments: one per run in ``params.yaml`` (``pretrain/pretrain-mae``, ``pretrain/pretrain-mcf`` ...), served
 by ``python -m workflows.deployments``; ``prefect.yaml`` puts the same flow on a GPU work pool.
@@ -17,7 +17,6 @@ by ``python -m workflows.deployments``; ``prefect.yaml`` puts the same flow on a
 # Prefect validates the parameters against the real annotation objects
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +26,8 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.types.entrypoint import EntrypointType
 
 from facekit.config import load_params
-from facekit.train.pretrain import run_pretrain, torchrun_command
+from facekit.stages import launch
+from facekit.stages import pretrain as pretrain_stage
 from workflows.dvc_tasks import dvc_repro
 
 
@@ -36,17 +36,17 @@ def train_run(run: str, params_path: str) -> None:
     """Train ``run`` in this process, or under torchrun with ``pretrain.nproc_per_node > 1``."""
     params = load_params(params_path)
     nproc = params.pretrain.nproc_per_node
-    if nproc == 1:
-        run_pretrain(params, run, progress=False)
+    if not launch.needs_torchrun(nproc):
+        pretrain_stage.run(params, params.paths, run, progress=False)
         return
-    proc = subprocess.run(torchrun_command(run, Path(params_path), nproc, quiet=True), check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"facekit pretrain {run} under torchrun ({nproc} processes) exited with {proc.returncode}")
+    returncode = launch.torchrun("pretrain", run, Path(params_path), nproc, quiet=True)
+    if returncode != 0:
+        raise RuntimeError(f"facekit pretrain {run} under torchrun ({nproc} processes) exited with {returncode}")
 
 
 @flow(name="pretrain", log_prints=True)
 def pretrain(run: str, lineage: Literal["dvc", "none"] = "dvc", params_path: str = "params.yaml") -> dict[str, Any]:
-    """Pre-train ``run`` in the working directory and return its metrics (``metrics/pretrain_<run>.json``:
+    """Pre-train ``run`` in the working directory and return its metrics (``<metrics>/pretrain_<run>.json``:
     steps, final_loss, images_per_s, backbone ...). ``params_path`` applies to ``lineage="none"``; DVC
     always reads ``params.yaml``."""
     if lineage == "dvc":
@@ -55,8 +55,9 @@ def pretrain(run: str, lineage: Literal["dvc", "none"] = "dvc", params_path: str
         train_run(run, params_path)
     else:
         raise ValueError(f"unknown lineage {lineage!r}: use 'dvc' or 'none'")
-    summary = json.loads(Path("metrics", f"pretrain_{run}.json").read_text())
-    out = Path(load_params(params_path).pretrain.out) / run
+    params = load_params(params_path)
+    summary = json.loads(params.paths.run_report("pretrain", run).read_text())
+    out = Path(params.pretrain.out) / run
     print(f"pretrain {run}: loss {summary['final_loss']:.4f} after {summary['steps']} steps -> {out}")
     return summary
 

@@ -114,7 +114,8 @@ def run_spec(run_dir: Path | str) -> tuple[BackboneSpec, int]:
 
 def random_init_backbone(run_dir: Path | str) -> nn.Module:
     """The run's backbone as it was before training: built from its spec right after ``manual_seed(seed)``,
-    as :func:`facekit.train.pretrain.run_pretrain` builds the method (whose backbone is built first)."""
+    as the ``pretrain`` stage (:mod:`facekit.stages.pretrain`) builds the method (whose backbone is built
+    first)."""
     spec, seed = run_spec(run_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

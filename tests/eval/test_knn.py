@@ -28,7 +28,7 @@ from facekit.eval.knn import (
 from facekit.methods.lafs import LAFS
 from facekit.nn import backbones
 from facekit.nn.backbones import BACKBONES
-from facekit.train.pretrain import build_method
+from facekit.stages.pretrain import build_method
 
 TINY_VIT = {"img_size": 112, "depth": 2, "embed_dim": 192, "num_heads": 3}
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # LAFS's normalisation
@@ -106,7 +106,7 @@ def test_a_face_recognition_model_separates_the_identities(faces: ShardFaces, as
 
 
 def _untrained_run(tmp_path: Path, name: str, settings: dict[str, Any], seed: int = 3) -> tuple[Path, torch.nn.Module]:
-    """A run folder holding the backbone a run ``name`` starts from (built as ``run_pretrain`` builds it)."""
+    """A run folder holding the backbone a run ``name`` starts from (built as the ``pretrain`` stage builds it)."""
     train = {"epochs": 1, "batch_size": 4, "lr": 1e-3}
     run = PretrainParams(shards="unused", out=str(tmp_path), train=train, runs={name: settings}).run(name)
     torch.manual_seed(seed)

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from facekit.config import load_params
+from facekit.config import PathsParams, load_params
 from facekit.data.augment_gpu import BatchPhotometric, PhotometricParams
 from facekit.data.views import ViewRecipe
 from facekit.nn import backbones
 from facekit.nn.backbones import RANDOM_INIT
-from facekit.train.pretrain import run_pretrain
+from facekit.stages import pretrain
 
 pytestmark = pytest.mark.gpu
 
@@ -79,7 +79,7 @@ def test_each_sample_run_trains_on_cuda_and_its_backbone_runs_on_the_cpu(
     torch.cuda.reset_peak_memory_stats(cuda)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "MCF perceptual teacher has no checkpoint")
-        result = run_pretrain(params, run, progress=False, report=tmp_path / "metrics.json")
+        result = pretrain.run(params, PathsParams(metrics=str(tmp_path)), run, progress=False)
     assert torch.cuda.max_memory_allocated(cuda) > 0  # the steps ran on the GPU
     with (tmp_path / run / "train_log.csv").open() as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import facekit.methods  # noqa: F401  (registers the methods)
 from facekit.config import TrainConfig
@@ -20,7 +21,7 @@ from facekit.data.images import decode_jpeg_rgb, encode_jpeg
 from facekit.data.record import FaceRecord
 from facekit.data.shards import ShardWriter
 from facekit.methods.base import METHODS, StepValues
-from facekit.methods.finetune import FINETUNE_RECIPES, FaceRecognitionView, FineTune
+from facekit.methods.finetune import FINETUNE_RECIPES, FaceRecognitionView, FineTune, build_backbone
 from facekit.nn import backbones
 from facekit.nn.backbones import BACKBONES
 from facekit.nn.iresnet import IResNet
@@ -209,3 +210,19 @@ def test_a_few_steps_on_real_faces_lower_the_loss(faces: Path, tmp_path: Path) -
     saved = load_file(tmp_path / "checkpoints" / "last" / "model.safetensors")
     assert saved["head.weight"].shape == (13, 16)
     print(f"losses {losses[0]:.3f} -> {losses[-1]:.3f}")
+
+
+def test_a_resnet_export_fine_tunes_from_its_legacy_registry(tmp_path: Path) -> None:
+    """A run folder written when ResNet trunks had their own registry (``RESNETS``) fine-tunes as before."""
+    trunk = BACKBONES.create("resnet18", channels=(8, 16, 32, 64))
+    (tmp_path / "fra").mkdir()
+    save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, str(tmp_path / "fra/backbone.safetensors"))
+    spec = {"backbone": "resnet18", "kwargs": {"channels": [8, 16, 32, 64]}, "registry": "facekit.nn.resnet:RESNETS"}
+    legacy = {**spec, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "run": "fra", "method": "fra"}
+    (tmp_path / "fra/backbone.json").write_text(json.dumps({**legacy, "weights": "backbone.safetensors"}))
+    backbone, report = build_backbone(None, {}, tmp_path / "fra")
+    assert report is not None and not report.missing and not report.mismatched
+    assert backbone.out_dim == 64
+    x = torch.randn(2, 3, 112, 112)
+    trunk.eval(), backbone.eval()
+    assert torch.equal(backbone(x), trunk(x))

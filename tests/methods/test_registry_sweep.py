@@ -22,7 +22,7 @@ from facekit.data.ops.landmarks import FaceMesh, mesh_aligned_face
 from facekit.data.record import FaceRecord
 from facekit.methods.base import METHODS, StepValues
 from facekit.nn.backbones import RANDOM_INIT
-from facekit.train.pretrain import build_method
+from facekit.stages.pretrain import build_method
 
 PROJECT = Path(__file__).resolve().parents[2]
 SAMPLE_RUNS = load_params(PROJECT / "params.yaml").pretrain

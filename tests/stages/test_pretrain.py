@@ -15,12 +15,13 @@ import yaml
 from safetensors.torch import load_file
 
 from facekit.cli import main
-from facekit.config import Params, PretrainParams, load_params
+from facekit.config import Params, PathsParams, PretrainParams, load_params
 from facekit.data.views import IMAGENET_MEAN, IMAGENET_STD, VGGFACE2_MEAN, VGGFACE2_STD
 from facekit.nn import backbones
 from facekit.nn.backbones import BACKBONES
+from facekit.stages import pretrain
+from facekit.stages.pretrain import build_method
 from facekit.train.checkpoint import load_checkpoint
-from facekit.train.pretrain import build_method, run_pretrain
 
 TINY_VIT = {"img_size": 112, "depth": 2, "embed_dim": 192, "num_heads": 3}
 DECODER = {"decoder_dim": 128, "decoder_heads": 4}
@@ -83,7 +84,7 @@ def test_method_learns_and_its_backbone_loads_back(run: str, sample_shards: Path
     report = tmp_path / "metrics" / f"pretrain_{run}.json"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "MCF perceptual teacher has no checkpoint")
-        result = run_pretrain(params, run, progress=False, report=report)
+        result = pretrain.run(params, PathsParams(metrics=str(report.parent)), run, progress=False)
 
     out = tmp_path / "runs" / run
     losses = _losses(out / "train_log.csv")
@@ -124,8 +125,8 @@ def test_method_learns_and_its_backbone_loads_back(run: str, sample_shards: Path
 def test_the_cli_trains_a_run_from_a_params_file(sample_shards: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     runs = {"tiny": {"method": "mae", **RUNS["mae"], "train": {"epochs": 1}}}
     params_file = tmp_path / "params.yaml"
-    pretrain = {"shards": str(sample_shards), "out": "runs", "train": TRAIN, "runs": runs}
-    params_file.write_text(yaml.safe_dump({"pretrain": pretrain}))
+    section = {"shards": str(sample_shards), "out": "runs", "train": TRAIN, "runs": runs}
+    params_file.write_text(yaml.safe_dump({"pretrain": section}))
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain", "tiny", "--params", str(params_file), "--quiet"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -171,9 +172,9 @@ def test_bad_params_name_the_run_and_the_key(runs: dict, train: dict, message: s
 def test_unknown_runs_and_missing_shards_are_clear_errors(tmp_path: Path, capsys) -> None:
     params = _params(tmp_path / "no-shards", tmp_path / "runs")
     with pytest.raises(ValueError, match=r"unknown pretrain run 'maee' \(did you mean 'mae'\?\); params.yaml defines"):
-        run_pretrain(params, "maee")
+        pretrain.run(params, params.paths, "maee")
     with pytest.raises(FileNotFoundError, match=r"pretrain.shards: no index.json in .*no-shards"):
-        run_pretrain(params, "mae")
+        pretrain.run(params, params.paths, "mae")
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({"pretrain": {"train": TRAIN, "runs": {"mae": {}}, "trian": {}}}))
     with pytest.raises(ValueError, match=r"pretrain.trian: unknown key \(did you mean 'train'\?\)"):

@@ -2,13 +2,13 @@
 
 A run is ``{"method": <METHODS name, default the run name>, <method keyword arguments>, "train": {...}}``,
 resolved when params.yaml is loaded (:class:`~facekit.config.RunConfig`; its TrainConfig is ``pretrain.train``
-updated by the run's ``train``). :func:`run_pretrain` builds the
-method, trains it on ``FaceShardDataset(pretrain.shards, transform=method.views())`` into
-``pretrain.out/<run>/`` (resuming from a checkpoint there) and writes
+updated by the run's ``train``). :func:`run` builds the method, trains it on
+``FaceShardDataset(pretrain.shards, transform=method.views())`` into ``pretrain.out/<run>/`` (resuming from
+a checkpoint there) and writes
 
 - ``<run>/backbone.safetensors`` + ``<run>/backbone.json``: ``method.export_backbone()``'s weights and its
   :class:`~facekit.nn.backbones.BackboneSpec` (:func:`facekit.nn.backbones.load` rebuilds it);
-- ``metrics/pretrain_<run>.json`` (DVC metrics) and ``metrics/pretrain_<run>.csv`` (the loss curve).
+- ``<metrics>/pretrain_<run>.json`` (DVC metrics) and ``<metrics>/pretrain_<run>.csv`` (the loss curve).
 
 Under torchrun every rank trains (the engine handles DDP); rank 0 writes. Any method registered in
 :data:`~facekit.methods.base.METHODS` can be run by name.
@@ -19,8 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from facekit import distributed
-from facekit.config import Params, RunConfig
+from facekit.config import Params, PathsParams, RunConfig
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME
 from facekit.methods.base import METHODS, Method  # the package registers every method
@@ -52,31 +51,32 @@ def build_method(run: RunConfig) -> tuple[Method, BackboneSpec]:
     return method, _backbone_spec(method, run)
 
 
-def run_pretrain(params: Params, run: str, *, progress: bool = True, report: Path | None = None) -> TrainResult:
-    """Train run ``run`` of ``params.pretrain`` and export its backbone (see the module docstring).
+def run(params: Params, paths: PathsParams, name: str, *, progress: bool = True) -> TrainResult:
+    """The stage: train run ``name`` of ``params.pretrain`` and export its backbone (see the module
+    docstring); its report is ``<metrics>/pretrain_<name>.json``, the loss curve beside it as ``.csv``.
 
-    ``report`` defaults to ``metrics/pretrain_<run>.json``; its loss curve goes next to it as ``.csv``.
     A run with ``method: random_init`` trains nothing: it exports its backbone at random init (the
     "no pre-training" baseline that fine-tuning and the leaderboard compare against).
     """
-    config = params.pretrain.run(run)
+    config = params.pretrain.run(name)
+    report = paths.run_report("pretrain", name)
     if config.method == RANDOM_INIT:
-        return export_random_init(config, config.train.out_dir, report or Path("metrics") / f"pretrain_{run}.json")
-    return train_and_export(config, Path(params.pretrain.shards), progress=progress, report=report)
+        return export_random_init(config, config.train.out_dir, report)
+    return train_and_export(config, Path(params.pretrain.shards), report, progress=progress)
 
 
 def train_and_export(
     run: RunConfig,
     shards: Path,
+    report: Path,
     *,
     progress: bool = True,
-    report: Path | None = None,
     select: Callable[[FaceShardDataset], Dataset] | None = None,
     report_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``run`` on ``FaceShardDataset(shards, transform=method.views())`` (or the part ``select``
-    returns) into ``run.train.out_dir`` and export its backbone there; rank 0 writes ``report`` (default
-    ``metrics/<section>_<run>.json``, with ``report_extra`` added) and its loss curve next to it as ``.csv``."""
+    returns) into ``run.train.out_dir`` and export its backbone there; rank 0 writes ``report`` (with
+    ``report_extra`` added) and its loss curve next to it as ``.csv``."""
     cfg = dataclasses.replace(run.train, progress=progress)
     out_dir = cfg.out_dir
     if not (shards / INDEX_NAME).is_file():
@@ -95,7 +95,7 @@ def train_and_export(
             summary["init_load"] = {"loaded": len(load_report.loaded), "missing": load_report.missing}
             summary["init_load"] |= {"unexpected": load_report.unexpected, "mismatched": load_report.mismatched}
         summary |= report_extra or {}
-        report = _write_report(report or Path("metrics") / f"{run.section}_{run.name}.json", summary, backbone)
+        _write_report(report, summary, backbone)
         shutil.copyfile(out_dir / LOG_NAME, report.with_suffix(".csv"))
     return result
 
@@ -115,34 +115,17 @@ def export_random_init(run: RunConfig, out_dir: Path, report: Path) -> TrainResu
         raise ValueError(f"{run.where}: {e}") from None
     backbones.save(backbone, spec, out_dir)
     summary = {"steps": 0, "run": run.name, "method": RANDOM_INIT, "backbone": name}
-    report = _write_report(report, summary, backbone)
+    _write_report(report, summary, backbone)
     report.with_suffix(".csv").write_text("step,loss\n")
     return TrainResult(
         out_dir, steps=0, steps_run=0, skipped_steps=0, final_loss=float("nan"), images_per_s=0.0, wall_time_s=0.0
     )
 
 
-def _write_report(path: Path, summary: dict[str, Any], backbone: nn.Module) -> Path:
+def _write_report(path: Path, summary: dict[str, Any], backbone: nn.Module) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {**summary, "backbone_params": sum(p.numel() for p in backbone.parameters())}
     path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
-
-
-def torchrun_command(
-    run: str,
-    params_path: Path,
-    nproc_per_node: int,
-    quiet: bool = False,
-    stage: str = "pretrain",
-    settings: Sequence[str] = (),
-) -> list[str]:
-    """``python -m torch.distributed.run --nproc_per_node N -m facekit.cli <stage> RUN ...`` (one node);
-    ``settings`` are the command's ``--set KEY=VALUE`` overrides, passed on."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}"]
-    command += ["-m", "facekit.cli", stage, run, "--params", str(params_path)]
-    command += [arg for setting in settings for arg in ("--set", setting)]
-    return command + (["--quiet"] if quiet else [])
 
 
 def _backbone_spec(method: Method, run: RunConfig) -> BackboneSpec:

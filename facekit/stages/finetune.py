@@ -8,8 +8,8 @@ Its keyword arguments are ``finetune.method`` updated by the run's own keys, plu
 
 - ``finetune.out/R/backbone.safetensors`` + ``backbone.json``: the embedding network
   (:func:`facekit.nn.backbones.load` rebuilds it; ``facekit verify R`` scores it);
-- ``metrics/finetune_R.json`` (DVC metrics, with the load report of the initialisation) and
-  ``metrics/finetune_R.csv`` (the loss curve).
+- ``<metrics>/finetune_R.json`` (DVC metrics, with the load report of the initialisation) and
+  ``<metrics>/finetune_R.csv`` (the loss curve).
 
 The identities of ``verify.holdout_identities`` are left out of the training set (their labels stay
 unused classes), so verification can score people the model never saw.
@@ -23,12 +23,12 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
-from facekit.config import Params, RunConfig
+from facekit.config import Params, PathsParams, RunConfig
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME, read_index
 from facekit.nn import backbones
+from facekit.stages.pretrain import train_and_export
 from facekit.train.loop import TrainResult
-from facekit.train.pretrain import train_and_export
 
 
 def num_identities(shards: Path) -> int:
@@ -65,13 +65,14 @@ def without_identities(dataset: FaceShardDataset, names: Sequence[str]) -> Subse
     return Subset(dataset, keep)
 
 
-def run_finetune(params: Params, run: str, *, progress: bool = True, report: Path | None = None) -> TrainResult:
-    """Fine-tune run ``run`` of ``params.finetune`` (see the module docstring) on every identity but
-    ``verify.holdout_identities``; returns the loop's result."""
-    resolved = resolve_finetune_run(params, run)
+def run(params: Params, paths: PathsParams, name: str, *, progress: bool = True) -> TrainResult:
+    """The stage: fine-tune run ``name`` of ``params.finetune`` (see the module docstring) on every identity
+    but ``verify.holdout_identities``; its report is ``<metrics>/finetune_<name>.json``. Returns the loop's
+    result."""
+    resolved = resolve_finetune_run(params, name)
     holdout = params.verify.holdout_identities
     select = (lambda dataset: without_identities(dataset, holdout)) if holdout else None
     extra = {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")} | {"holdout_identities": holdout}
-    report = Path(report or Path("metrics") / f"finetune_{run}.json")
+    report = paths.run_report("finetune", name)
     shards = Path(params.finetune.shards)
-    return train_and_export(resolved, shards, progress=progress, report=report, select=select, report_extra=extra)
+    return train_and_export(resolved, shards, report, progress=progress, select=select, report_extra=extra)

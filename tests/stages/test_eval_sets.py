@@ -1,0 +1,80 @@
+"""The ``eval_sets`` stage on the real sample: the verification sets hold the pairs of the shards, their
+counts reconcile, and held-out sets pair only the people fine-tuning leaves out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from facekit.config import load_params
+from facekit.data.dataset import FaceShardDataset
+from facekit.data.shards import ShardReader, read_index
+from facekit.data.sources.verification_bin import load_verification_bin
+from facekit.eval.make_bin import AlignedFaces, read_pairs
+from facekit.stages import eval_sets
+from facekit.stages.eval_sets import set_paths
+from facekit.stages.finetune import without_identities
+
+
+def test_sets_hold_the_pairs_of_the_shards_and_counts_reconcile(in_project: Path, assets: Path) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["verify"]["holdout_identities"] = []  # every pair of the list
+    Path("all.yaml").write_text(yaml.safe_dump(params))
+    params = load_params("all.yaml")
+    summary = eval_sets.run(params, params.paths)
+    counts = json.loads(Path("metrics/eval_sets.json").read_text())
+    pairs = read_pairs(assets / "faces/deepface/pairs.csv")
+    assert counts["pair_list"] == len(pairs) == 280 and counts["other_identities"] == 0
+    faces = AlignedFaces.from_shards(Path(params.finetune.shards))
+    for name, path in set_paths(params).items():
+        assert counts[name]["pairs"] + counts[name]["dropped"] == 280, name
+        vbin = load_verification_bin(path)
+        assert len(vbin) == counts[name]["pairs"] and int(np.sum(vbin.issame)) == counts[name]["same"]
+        assert f"{name} {counts[name]['pairs']} pairs" in summary
+    holistic, masked = (load_verification_bin(p) for p in set_paths(params).values())
+    assert counts["sample"]["dropped"] <= 2  # every photo has a face; the mesh may reject one
+    # the same pairs as the list (faces from the shards), shuffled so that every fold mixes same and different
+    listed = sorted(
+        (faces.get(a), faces.get(b), same) for a, b, same in zip(pairs.first, pairs.second, pairs.issame, strict=True)
+    )
+    built = list(zip(holistic.images[0::2], holistic.images[1::2], holistic.issame, strict=True))
+    assert sorted(built) == listed and built != [tuple(x) for x in listed]
+    folds = np.array_split(np.asarray(holistic.issame), 10)
+    assert all(0 < f.sum() < len(f) for f in folds)
+    # the masked set: first faces holistic, second faces their masked twins, only pairs with a twin
+    twins = {faces.get(n, masked=True) for n in pairs.names()} - {None}
+    assert all(img in twins for img in masked.images[1::2])
+    assert not any(img in twins for img in masked.images[0::2])
+    expected = sum(
+        faces.get(a) is not None and faces.get(b, masked=True) is not None
+        for a, b in zip(pairs.first, pairs.second, strict=True)
+    )
+    assert counts["sample_masked"]["pairs"] == expected > 50
+
+
+def test_held_out_sets_pair_only_the_people_fine_tuning_leaves_out(in_project: Path, assets: Path) -> None:
+    params = load_params()
+    held = set(params.verify.holdout_identities)
+    assert held == {"id00", "id01", "id02", "id03", "id09"}
+    eval_sets.run(params, params.paths)
+    counts = json.loads(Path("metrics/eval_sets.json").read_text())
+    index = read_index(Path("data/shards"))
+    records = [r for e in index["shards"] for r in ShardReader(Path("data/shards") / e["name"])]
+    held_images = {r.image for r in records if index["identities"][r.identity] in held}
+    held_twins = {r.masked_image for r in records if index["identities"][r.identity] in held} - {None}
+    for name, path in set_paths(params).items():
+        assert counts[name]["pairs"] + counts[name]["dropped"] + counts["other_identities"] == 280, name
+        vbin = load_verification_bin(path)
+        assert all(img in held_images | held_twins for img in vbin.images)
+    assert counts["sample"]["pairs"] == 139  # pairs of two held-out photos in pairs.csv (102 same)
+    assert counts["sample"]["same"] == 102
+    dataset = FaceShardDataset(Path("data/shards"))
+    train = without_identities(dataset, sorted(held))
+    labels = {index["identities"][dataset[i]["identity"]] for i in train.indices}
+    assert len(train) == 61 - len(held_images) == 27 and not labels & held
+    with pytest.raises(ValueError, match="not in the shards' identity table"):
+        without_identities(dataset, ["nobody"])
