@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from facekit.cli import main
-from facekit.data.sources import SourceFormatError, open_source
+from facekit.data.sources import SourceFormatError, open_source, recordio_format
 from facekit.data.sources.base import SourceError
 from facekit.data.sources.recordio import RecordIOSource
 
@@ -170,6 +170,21 @@ def test_insightface_layout_gives_its_images_and_identity_table(tmp_path: Path, 
 
     (tmp_path / "property").write_text("6,112,112\n")  # a larger table from property is kept
     assert len(RecordIOSource(rec, "ms1m").identities()) == 6
+
+
+def test_scan_in_windows_smaller_than_a_record(
+    tmp_path: Path, photos: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open-time header scan reads the file window by window; records straddle windows here."""
+    monkeypatch.setattr(recordio_format, "_SCAN_WINDOW", 4096)
+    rec = tmp_path / "train.rec"
+    write_face2rec2(rec, insightface_records(photos))
+    source = RecordIOSource(rec, "w")
+    assert [source.read(k).identity for k in source.keys()] == IDENTITY_OF_IMAGE
+    write_face2rec2(rec, insightface_records(photos, ranges=[(1, 3), (4, 6), (6, 7), (7, 11)]))
+    assert "image records in no identity range: record 3" in layout_error(rec).detail
+    write_indexed(rec, [(k, pack([CLASSES[k], 9.0], photos[k], k)) for k in SHUFFLED])
+    assert [RecordIOSource(rec, "w").read(f"w/{k:09d}").identity for k in range(12)] == CLASSES
 
 
 # --- files that fit neither layout -------------------------------------------------------------------------

@@ -269,13 +269,12 @@ def _scan_headers(fd: int, size: int, indices: np.ndarray, offsets: np.ndarray, 
     order = np.argsort(offsets, kind="stable")
     indices, offsets = indices[order], offsets[order]
     cuts = [0, *(np.flatnonzero(np.diff(offsets // _SCAN_WINDOW)) + 1).tolist(), len(offsets)]
-    step = np.arange(_PEEK.itemsize)
     for lo, hi in itertools.pairwise(cuts):
         start, stop = int(offsets[lo]), int(offsets[hi - 1]) + _PEEK.itemsize
-        buf = np.zeros(stop - start, np.uint8)  # bytes past the end of the file read as 0: no magic
         data = os.pread(fd, stop - start, start)
-        buf[: len(data)] = np.frombuffer(data, np.uint8)
-        peeks = buf[(offsets[lo:hi] - start)[:, None] + step].view(_PEEK)[:, 0]
+        data += bytes(stop - start - len(data))  # bytes past the end of the file read as 0: no magic
+        windows = np.lib.stride_tricks.sliding_window_view(np.frombuffer(data, np.uint8), _PEEK.itemsize)
+        peeks = windows[offsets[lo:hi] - start].view(_PEEK)[:, 0]
         yield _decode_peeks(fd, size, indices[lo:hi], offsets[lo:hi], peeks, path)
 
 
