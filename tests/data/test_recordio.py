@@ -13,7 +13,8 @@ import pytest
 from facekit.data.sources import SourceFormatError, open_source
 from facekit.data.sources.base import SourceError
 from facekit.data.sources.folders import IdentityFolderSource
-from facekit.data.sources.recordio import RecordIOSource, encode_record, source_to_recordio, write_recordio
+from facekit.data.sources.recordio import RecordIOSource, source_to_recordio, write_recordio
+from facekit.data.sources.recordio_format import encode_record
 
 MAGIC = 0xCED7230A
 
@@ -150,8 +151,8 @@ def test_payload_with_magic_is_split_like_dmlc(tmp_path: Path, photos: list[byte
 
 
 def test_broken_files_give_their_reason(tmp_path: Path, photos: list[bytes]) -> None:
-    rec = tmp_path / "train.rec"
-    write_recordio(rec, [(0, photos[0]), (1, photos[1]), (1, photos[2])])
+    rec = tmp_path / "train.rec"  # plain layout: a cut through a header layout's identity table is a layout error
+    write_recordio(rec, [(0, photos[3]), (0, photos[0]), (1, photos[1]), (1, photos[2])], header_layout=False)
     offsets = [int(line.split("\t")[1]) for line in rec.with_suffix(".idx").read_text().splitlines()]
     blob = bytearray(rec.read_bytes())
     blob[offsets[2] : offsets[2] + 4] = b"JUNK"  # record 2: bad magic
