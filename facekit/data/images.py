@@ -3,8 +3,13 @@
 The header is read first (PIL opens lazily), so decompression bombs are refused before any pixel is
 decoded. Baseline/progressive JPEGs (almost every photo) are decoded by simplejpeg in strict mode,
 which is faster than ``cv2.imdecode`` and, unlike it, refuses truncated or damaged streams instead of
-returning a silently grey half face. Everything else (PNG, WebP, BMP, GIF, TIFF, CMYK or otherwise
-unusual JPEGs) is decoded by PIL, whose errors are also strict, and normalised to 8-bit BGR.
+returning a silently grey half face. Everything else (PNG, WebP, BMP, GIF and TIFF (first frame / page),
+PGM / PPM / PBM, HEIC / HEIF (through the pi-heif plugin), AVIF (when Pillow is built with libavif), CMYK
+or otherwise unusual JPEGs) is decoded by PIL, whose errors are also strict, and normalised to 8-bit BGR.
+
+:func:`sniff_format` tells from a file's first :data:`SNIFF_BYTES` bytes whether it can be an image this
+module decodes, so that a source can refuse other files (text, video, AVIF without libavif) without
+reading them whole; the content decides, never the file name.
 
 Conventions of the returned array (``[H, W, 3]`` uint8, BGR, C-contiguous):
 
@@ -29,10 +34,19 @@ from typing import Literal
 
 import numpy as np
 import simplejpeg
-from PIL import Image, UnidentifiedImageError
+from pi_heif import register_heif_opener
+from PIL import Image, UnidentifiedImageError, features
 
+register_heif_opener()  # PIL opens HEIC / HEIF (format "HEIF"), with its irot / imir transforms applied
+
+#: Whether this Pillow decodes AVIF (wheels of Pillow >= 11.3 are built with libavif).
+AVIF_DECODER = "avif" in features.get_supported_modules()
 #: Formats decoded at all; anything else PIL recognises (ICO, PSD, EPS, ...) is ``unsupported_image``.
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+SUPPORTED_FORMATS = frozenset(
+    {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "HEIF"} | ({"AVIF"} if AVIF_DECODER else set())
+)
+#: How many leading bytes :func:`sniff_format` needs.
+SNIFF_BYTES = 32
 
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 _FAST_JPEG_MODES = frozenset({"RGB", "L"})
@@ -51,18 +65,39 @@ _FLIPPED_AXES = {
     8: (False, True),
 }
 
-#: Leading bytes of image files PIL cannot read here; they are images, just not supported ones.
-_UNSUPPORTED_MAGIC = (
-    (4, b"ftypheic"),
-    (4, b"ftypheix"),
-    (4, b"ftypmif1"),
-    (4, b"ftypavif"),
-    (0, b"\x00\x00\x00\x0cjP  "),
-    (0, b"\xff\x0a"),
-    (0, b"\x00\x00\x00\x0cJXL "),
+#: (offset, signature, format) of formats in :data:`SUPPORTED_FORMATS` (WebP, Netpbm, HEIF, AVIF: in the code).
+_SUPPORTED_SIGNATURES = (
+    (0, b"\xff\xd8", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"II+\x00", "TIFF"),  # BigTIFF
+    (0, b"MM\x00+", "TIFF"),
 )
-#: Leading bytes of the supported formats: a file that starts like this but does not parse is corrupt.
-_SUPPORTED_MAGIC = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+#: (offset, signature, name) of image formats PIL does not decode here: they are images, just not supported ones.
+_UNSUPPORTED_SIGNATURES = (
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"\xff\x0a", "JPEG XL"),
+    (0, b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"\x00\x00\x02\x00", "CUR"),
+    (0, b"8BPS", "PSD"),
+    (0, b"qoif", "QOI"),
+    (0, b"DDS ", "DDS"),
+    (0, b"icns", "ICNS"),
+    (0, b"%!PS-Adobe", "EPS"),
+    (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (0, b"SIMPLE  =", "FITS"),
+)
+#: Netpbm: P1-P6 (PBM / PGM / PPM, ASCII or binary) and Pf / PF (PFM, float samples: unsupported).
+_NETPBM = re.compile(rb"P([1-6fF])\s")
+#: ISO-BMFF ``ftyp`` major brands of HEIF stills (HEIC and its relatives) and of AVIF.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 #: A libjpeg warning that leaves the pixels intact: junk bytes between the last scan and the EOI marker.
 _BENIGN_JPEG_WARNING = re.compile(r"extraneous bytes before marker 0xd9", re.IGNORECASE)
@@ -221,14 +256,44 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     return header
 
 
+def sniff_format(head: bytes) -> str:
+    """The format (one of :data:`SUPPORTED_FORMATS`) that a file starting with ``head`` (its first
+    :data:`SNIFF_BYTES` bytes or more) claims to be; raises :class:`ImageError` (``empty_file``,
+    ``unsupported_image``, ``not_an_image``) when it can be no image this module decodes.
+
+    Only the signature is checked: a file that passes may still be ``corrupt_image`` or ``truncated_image``.
+    """
+    head = bytes(head[:SNIFF_BYTES])
+    if not head:
+        raise ImageError("empty_file", "the file has 0 bytes")
+    for offset, signature, name in _SUPPORTED_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if netpbm := _NETPBM.match(head):
+        if netpbm[1] in b"fF":
+            raise ImageError("unsupported_image", "PFM (floating-point Netpbm) images are not supported")
+        return "PPM"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    if head[4:8] == b"ftyp" and head[8:12] in _AVIF_BRANDS:
+        if not AVIF_DECODER:
+            raise ImageError("unsupported_image", "AVIF images need Pillow built with libavif (Pillow >= 11.3 wheels)")
+        return "AVIF"
+    for offset, signature, name in _UNSUPPORTED_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            raise ImageError("unsupported_image", f"{name} images are not supported")
+    raise ImageError("not_an_image", f"no known image signature (first bytes: {head[:8]!r})")
+
+
 def _unidentified_error(data: bytes) -> ImageError:
-    head = data[:32]
-    for offset, magic in _UNSUPPORTED_MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            return ImageError("unsupported_image", f"format with signature {magic!r} is not supported")
-    if head.startswith(_SUPPORTED_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return ImageError("corrupt_image", "the file starts like an image but its header does not parse")
-    return ImageError("not_an_image", f"no known image signature (first bytes: {head[:8]!r})")
+    """Why PIL could not identify ``data``: not an image, an unsupported one, or a supported one that is damaged."""
+    try:
+        name = sniff_format(data)
+    except ImageError as exc:
+        return exc
+    return ImageError("corrupt_image", f"the file starts like a {name} image but its header does not parse")
 
 
 def _decode_jpeg_strict(data: bytes, width: int, height: int) -> np.ndarray | None:

@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 from facekit.data.sources import SourceFormatError
 from facekit.data.sources.base import SourceError
-from facekit.data.sources.folders import IMAGE_EXTENSIONS
 
 Kind = Literal["vggface2", "webface", "recordio", "laion"]
 KINDS: tuple[str, ...] = ("vggface2", "webface", "recordio", "laion")
@@ -41,6 +40,11 @@ KNOWN_COUNTS: dict[str, dict[str, float]] = {
     "webface4m": {"identities": 205_990, "images": 4_235_242, "tolerance": 0.01},  # image count UNSURE
     "webface42m": {"identities": 2_059_906, "images": 42_474_558, "tolerance": 0.01},  # image count UNSURE
 }
+#: Extensions counted as images (the folder source itself reads any file whose content is an image).
+_IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}
+    | {".heic", ".heif", ".avif"}
+)
 _COUNT_KEYS = frozenset({"identities", "images", "tars"})
 _VGGFACE2_ID = re.compile(r"n\d{6}")
 _TAR_NAME = re.compile(r"\d{5,}\.tar")
@@ -115,7 +119,7 @@ def _check_folders(report: VerifyReport) -> None:
         return
     entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
     folders = sorted(e.name for e in entries if e.is_dir())
-    if stray := [e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]:
+    if stray := [e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in _IMAGE_EXTENSIONS]:
         report.problems.append(
             f"{len(stray)} image file(s) directly under the root ({_examples(stray)}): images belong in <identity>/"
         )
@@ -133,7 +137,7 @@ def _check_folders(report: VerifyReport) -> None:
         for entry in os.scandir(root / identity):
             if entry.is_dir():
                 nested += 1
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            elif os.path.splitext(entry.name)[1].lower() in _IMAGE_EXTENSIONS:
                 found += 1
             else:
                 other_files += 1
@@ -146,9 +150,11 @@ def _check_folders(report: VerifyReport) -> None:
     if empty:
         report.problems.append(f"{len(empty)} identity folder(s) hold no image: {_examples(empty)}")
     if nested:
-        report.notes.append(f"{nested} nested folder(s) inside identity folders are ignored by the folder source")
+        report.notes.append(f"{nested} nested folder(s) inside identity folders: their files are rejected")
     if other_files:
-        report.notes.append(f"{other_files} non-image file(s) inside identity folders are ignored")
+        report.notes.append(
+            f"{other_files} file(s) without an image extension inside identity folders (read if they hold an image)"
+        )
 
 
 def _check_recordio(report: VerifyReport, sample: int) -> None:

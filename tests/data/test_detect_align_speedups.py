@@ -14,7 +14,7 @@ from facekit.data.images import decode_image, decode_image_reduced, decode_jpeg_
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import FaceDetector, create_detector, select_face
 from facekit.data.ops.detect_align import align_record
-from facekit.data.record import FaceRecord, RawRecord
+from facekit.data.record import FaceRecord, RawRecord, Rejection
 from facekit.eval.embedder import OnnxEmbedder
 
 DETECT, ALIGN = DetectParams(), AlignParams()
@@ -91,3 +91,15 @@ def test_small_faces_are_aligned_from_a_larger_decode(
     expected = align_face(decode_image(data), landmarks)[0]
     _, ours = _record_crop(data)
     assert _mad(ours, expected) < max_mad
+
+
+@pytest.mark.parametrize("size", [(1, 1), (19, 300), (300, 12)])
+def test_photo_smaller_than_min_face_size_is_too_small(size: tuple[int, int], assets: Path) -> None:
+    """A 1x1 photo, or one whose shorter side is below min_face_size, says so instead of ``no_face``."""
+    face = cv2.resize(decode_image((assets / "faces" / "deepface" / "img1.jpg").read_bytes()), size)
+    result = align_record(RawRecord("tiny", encode_jpeg(face)), DETECT, ALIGN)
+    assert isinstance(result, Rejection) and result.reason == "too_small", result
+    assert f"{size[0]}x{size[1]}" in result.detail and "min_face_size" in result.detail
+    large_enough = cv2.resize(face, (20, 20))
+    result = align_record(RawRecord("tiny", encode_jpeg(large_enough)), DETECT, ALIGN)
+    assert isinstance(result, Rejection) and result.reason in ("no_face", "face_too_small"), result

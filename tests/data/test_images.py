@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from facekit.data.images import ImageError, decode_image, decode_image_reduced, decode_jpeg_rgb, encode_jpeg
+from facekit.data.images import (
+    AVIF_DECODER,
+    SNIFF_BYTES,
+    ImageError,
+    decode_image,
+    decode_image_reduced,
+    decode_jpeg_rgb,
+    encode_jpeg,
+    sniff_format,
+)
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +198,85 @@ def test_webp_and_bmp_decode_exactly(photo_bgr: np.ndarray) -> None:
 def test_unsupported_formats_are_named(photo_bgr: np.ndarray) -> None:
     icon = _pil_bytes(Image.fromarray(photo_bgr[:64, :64]), "ICO")
     assert _reason(icon) == "unsupported_image"
+    jpeg_xl = b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(64)
+    assert _reason(jpeg_xl) == "unsupported_image"
+    pfm = b"Pf\n2 2\n-1.0\n" + np.zeros(4, np.float32).tobytes()
+    assert _reason(pfm) == "unsupported_image"
+    # HEIC is decoded (pi-heif), so a HEIC signature followed by junk is a damaged HEIC
     heic_header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
-    assert _reason(heic_header) == "unsupported_image"
+    assert _reason(heic_header) == "corrupt_image"
+
+
+def test_sniff_format_names_each_format_from_its_first_bytes(photo_bgr: np.ndarray) -> None:
+    rgb = Image.fromarray(np.ascontiguousarray(photo_bgr[:64, :64, ::-1]))
+    encoded = {
+        "JPEG": _pil_bytes(rgb, "JPEG"),
+        "PNG": _pil_bytes(rgb, "PNG"),
+        "GIF": _pil_bytes(rgb, "GIF"),
+        "BMP": _pil_bytes(rgb, "BMP"),
+        "TIFF": _pil_bytes(rgb, "TIFF"),
+        "WEBP": _pil_bytes(rgb, "WEBP"),
+        "PPM": _pil_bytes(rgb, "PPM"),
+    }
+    if AVIF_DECODER:
+        encoded["AVIF"] = _pil_bytes(rgb, "AVIF")
+    for name, data in encoded.items():
+        assert sniff_format(data[:SNIFF_BYTES]) == name
+        assert Image.open(io.BytesIO(data)).format == name
+    assert sniff_format(b"P2\n# a comment\n2 1\n255\n0 255\n") == "PPM"
+    assert sniff_format(b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic") == "HEIF"
+    for head, reason in [
+        (b"", "empty_file"),
+        (b"this is a note, not a photo\n", "not_an_image"),
+        (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00isommp42", "not_an_image"),  # an MP4 video
+        (_pil_bytes(rgb, "ICO"), "unsupported_image"),
+        (b"8BPS\x00\x01" + bytes(26), "unsupported_image"),
+    ]:
+        with pytest.raises(ImageError) as info:
+            sniff_format(head)
+        assert info.value.reason == reason and info.value.detail
+
+
+def test_netpbm_gif_tiff_first_frame_and_avif_decode(photo_bgr: np.ndarray) -> None:
+    """PGM / PPM (8 and 16 bit), GIF and TIFF (first frame / page), AVIF decode like OpenCV / PIL."""
+    rgb = Image.fromarray(np.ascontiguousarray(photo_bgr[:, :, ::-1]))
+    grey = cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2GRAY)
+    np.testing.assert_array_equal(decode_image(_pil_bytes(rgb, "PPM")), photo_bgr)
+    np.testing.assert_array_equal(decode_image(_pil_bytes(Image.fromarray(grey), "PPM")), np.dstack([grey] * 3))
+    height, width = grey.shape
+    pgm16 = b"P5\n%d %d\n65535\n" % (width, height) + (grey.astype(np.uint16) * 257).astype(">u2").tobytes()
+    np.testing.assert_array_equal(decode_image(pgm16), np.dstack([grey] * 3))
+    ok, pgm_cv = cv2.imencode(".pgm", grey)
+    assert ok
+    np.testing.assert_array_equal(decode_image(pgm_cv.tobytes()), np.dstack([grey] * 3))
+
+    other = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    gif = _pil_bytes(rgb, "GIF", save_all=True, append_images=[other], duration=100, loop=0)
+    first = np.asarray(Image.open(io.BytesIO(gif)).convert("RGB"))[:, :, ::-1]
+    np.testing.assert_array_equal(decode_image(gif), first)
+    tiff = _pil_bytes(rgb, "TIFF", save_all=True, append_images=[other])
+    assert getattr(Image.open(io.BytesIO(tiff)), "n_frames", 1) == 2
+    np.testing.assert_array_equal(decode_image(tiff), photo_bgr)
+
+    if AVIF_DECODER:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        avif = _pil_bytes(rgb, "AVIF", quality=90, exif=exif)
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(avif))).convert("RGB"))[:, :, ::-1]
+        np.testing.assert_array_equal(decode_image(avif), expected)
+        assert decode_image(avif).shape == (width, height, 3)
+
+
+def test_heic_decodes_through_the_plugin(photo_bgr: np.ndarray) -> None:
+    """A real HEIC (encoded by pillow-heif, which holds the encoder pi-heif leaves out) decodes like PIL."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    rgb = Image.fromarray(np.ascontiguousarray(photo_bgr[:, :, ::-1]))
+    heic = _pil_bytes(rgb, "HEIF", quality=90)
+    assert sniff_format(heic) == "HEIF"
+    out = decode_image(heic)
+    np.testing.assert_array_equal(out, np.asarray(Image.open(io.BytesIO(heic)).convert("RGB"))[:, :, ::-1])
+    assert np.abs(out.astype(np.int16) - photo_bgr).mean() < 4
 
 
 def test_bgr_stored_files_come_out_as_proper_bgr(photo_bgr: np.ndarray) -> None:

@@ -258,15 +258,15 @@ def test_folder_source_converts_with_rejections(tmp_path: Path, assets: Path) ->
     for identity, photo in [("alice", "img1.jpg"), ("alice", "img2.jpg"), ("bob", "img3.jpg")]:
         (root / identity).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(assets / "faces" / "deepface" / photo, root / identity / photo)
-    (root / "bob" / "broken.jpg").mkdir()
+    (root / "bob" / "broken.jpg").symlink_to(root / "missing.jpg")
     (root / "carol").mkdir()
     folders = IdentityFolderSource(root, "f", layout="webface")
 
     written, rejections = source_to_recordio(folders, tmp_path / "rec" / "train.rec")
-    assert (written, [(r.key, r.reason) for r in rejections]) == (3, [("f/bob/broken", "unreadable")])
+    assert (written, [(r.key, r.reason) for r in rejections]) == (3, [("f/bob/broken", "broken_symlink")])
     assert written + len(rejections) == len(folders.keys())
     rec = RecordIOSource(tmp_path / "rec" / "train.rec", "r", channel_order="rgb")
-    assert len(rec.identities()) == 3  # carol has no photo but keeps her label
+    assert len(rec.identities()) == 2  # carol has no photo: she is no identity
     back = [(r.identity, r.data) for r in map(rec.read, rec.keys())]
     readable = [k for k in folders.keys() if k != "f/bob/broken"]
     assert back == [(folders.read(k).identity, folders.read(k).data) for k in readable]

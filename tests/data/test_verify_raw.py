@@ -30,7 +30,7 @@ def test_vggface2_split_that_matches(tmp_path) -> None:
     report = verify_raw("vggface2", root, {"identities": 2, "images": 3})
     assert report.ok and report.counts == {"identities": 2, "images": 3}
     assert report.message().splitlines()[0] == f"OK: vggface2 at {root}: 2 identities, 3 images (as expected)"
-    assert report.notes == ["1 non-image file(s) inside identity folders are ignored"]
+    assert report.notes == ["1 file(s) without an image extension inside identity folders (read if they hold an image)"]
 
 
 def test_vggface2_wrong_layouts_are_named(tmp_path) -> None:

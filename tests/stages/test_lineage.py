@@ -106,6 +106,12 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _pgm(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PPM")
+    return buf.getvalue()
+
+
 def _png_bomb(side: int) -> bytes:
     """A valid 1-bit PNG of side × side black pixels (tiny on disk, ~side² bytes once decoded)."""
 
@@ -142,15 +148,23 @@ def _bad_input_folder(root: Path, assets: Path) -> dict[str, str | None]:
         "sixteen_bit.png": (_png(Image.fromarray(np.asarray(face.convert("L")).astype(np.uint16) * 257)), None),
         "bomb.png": (_png_bomb(30000), "too_large"),
         "no_face.jpg": (_jpeg(Image.new("RGB", (400, 300), (90, 140, 60))), "no_face"),
+        "one_pixel.png": (_png(Image.new("RGB", (1, 1))), "too_small"),
+        "face.pgm": (_pgm(face.convert("L")), None),
         "group.jpg": ((assets / "faces/group/multiface.jpg").read_bytes(), None),
     }
     for name, (data, _) in files.items():
         folder = root / ("b" if name.startswith("same") else "a")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-    (root / "a" / "unreadable.jpg").mkdir()  # a directory named like a photo: reading it fails
+    (root / "a" / "broken.jpg").symlink_to(root / "missing.jpg")
+    os.mkfifo(root / "a" / "fifo.jpg")  # never opened: nothing hangs
+    (root / "a" / "nested").mkdir()
+    (root / "a" / "nested" / "inner.jpg").write_bytes(files["ok.jpg"][0])
+    (root / "a" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "identities.csv").write_text("file,identity\n")
     expected = {Path(n).stem: reason for n, (_, reason) in files.items()}
-    expected["unreadable"] = "unreadable"
+    expected |= {"broken": "broken_symlink", "fifo": "not_a_regular_file", "inner.jpg": "nested_file"}
+    expected |= {".DS_Store": "hidden_file", "identities.csv": "not_in_identity_folder"}
     return expected
 
 

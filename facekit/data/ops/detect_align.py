@@ -6,7 +6,9 @@ A JPEG much larger than the detector input is decoded at 1/2, 1/4 or 1/8 in the 
 is aligned from that same image when it still holds at least the crop's resolution over the face (the
 similarity onto the template is a downscale); otherwise the photo is decoded again at the largest
 reduction that does (at worst full size), so the shortcut never loses detail the crop could show.
-Boxes, ``min_face_size`` and the reports are in full-resolution source pixels either way.
+Boxes, ``min_face_size`` and the reports are in full-resolution source pixels either way. A photo whose
+shorter side is below ``min_face_size`` cannot hold a face that is kept: it is rejected as ``too_small``
+before detection (rather than as ``no_face``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def align_record(raw: RawRecord, detect: DetectParams, align: AlignParams) -> Fa
     except ImageError as e:
         return Rejection(raw.key, e.reason, e.detail)
     w, h = view.full_size
+    if min(w, h) < detect.min_face_size:
+        detail = f"{w}x{h} photo: its shorter side is below detect.min_face_size = {detect.min_face_size:g}"
+        return Rejection(raw.key, "too_small", detail)
     dets = _full_resolution(_detector(detect).detect(view.pixels), view)
     if len(dets) == 0:
         return Rejection(raw.key, "no_face", f"no face above score {detect.score_threshold} in {w}x{h}")
