@@ -191,11 +191,11 @@ class _DropDacOverride:
     def _set_effective(self, change: Callable[[int], int]) -> int:
         header, data = self._Header(self._VERSION_3, 0), (self._Data * 2)()
         if self._libc.capget(ctypes.byref(header), data) != 0:
-            pytest.skip(f"capget failed (errno {ctypes.get_errno()}): cannot make a file unreadable as root")
+            pytest.fail(f"capget failed (errno {ctypes.get_errno()}): cannot make a file unreadable as root")
         before = data[0].effective
         data[0].effective = change(before)
         if self._libc.capset(ctypes.byref(header), data) != 0:
-            pytest.skip(f"capset failed (errno {ctypes.get_errno()}): cannot make a file unreadable as root")
+            pytest.fail(f"capset failed (errno {ctypes.get_errno()}): cannot make a file unreadable as root")
         return before
 
     def __enter__(self) -> None:

@@ -267,18 +267,6 @@ def test_netpbm_gif_tiff_first_frame_and_avif_decode(photo_bgr: np.ndarray) -> N
         assert decode_image(avif).shape == (width, height, 3)
 
 
-def test_heic_decodes_through_the_plugin(photo_bgr: np.ndarray) -> None:
-    """A real HEIC (encoded by pillow-heif, which holds the encoder pi-heif leaves out) decodes like PIL."""
-    pillow_heif = pytest.importorskip("pillow_heif")
-    pillow_heif.register_heif_opener()
-    rgb = Image.fromarray(np.ascontiguousarray(photo_bgr[:, :, ::-1]))
-    heic = _pil_bytes(rgb, "HEIF", quality=90)
-    assert sniff_format(heic) == "HEIF"
-    out = decode_image(heic)
-    np.testing.assert_array_equal(out, np.asarray(Image.open(io.BytesIO(heic)).convert("RGB"))[:, :, ::-1])
-    assert np.abs(out.astype(np.int16) - photo_bgr).mean() < 4
-
-
 def test_bgr_stored_files_come_out_as_proper_bgr(photo_bgr: np.ndarray) -> None:
     """MS1MV3-style files hold B, G, R where a JPEG expects R, G, B."""
     stored_swapped = _pil_bytes(Image.fromarray(np.ascontiguousarray(photo_bgr)), "JPEG", quality=98)
