@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from facekit import assets as fk_assets
+from facekit.asset_derivations import DERIVERS
 from facekit.assets import (
     COMPLETE_MARKER,
     AssetsError,
@@ -263,7 +264,7 @@ def test_celeba_annotations_are_rebuilt_from_intermediate_inputs(tmp_path, serve
 
     mislabelled = full[".inputs/celeba/identity_CelebA.txt"].replace("001085.jpg 7201", "001085.jpg 7202")
     with pytest.raises(ValueError, match=re.escape("celeba_7201/001085.jpg is labelled celeba_7202")):
-        fk_assets._DERIVERS["celeba_medium_identities"]([mislabelled], [e.path for e in load_manifest()])
+        DERIVERS["celeba_medium_identities"]([mislabelled], [e.path for e in load_manifest()])
 
 
 def test_mirror_serves_files_derived_from_intermediates(tmp_path, serve, assets) -> None:

@@ -20,6 +20,7 @@ FLOORS: tuple[tuple[int, str], ...] = (
     (0, "facekit.registry"),
     (0, "facekit.config"),
     (0, "facekit.assets"),
+    (0, "facekit.asset_derivations"),
     (0, "facekit.distributed"),
     (1, "facekit.data"),
     (1, "facekit.nn"),

@@ -16,11 +16,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
+
+from facekit.config.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -183,108 +184,6 @@ class DownloadParams:
     workers: int = 16
     timeout_s: float = 10.0
     retries: int = 2
-
-
-LR_SCHEDULES = ("cosine", "step")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything the training loop needs; ``batch_size`` is per process and per micro-batch.
-
-    Exactly one of ``lr`` (absolute) and ``blr`` (lr = blr × global batch / 256, global batch =
-    batch_size × accum_steps × world size) is set. lr: linear warm-up over ``warmup_epochs``, then
-    ``lr_schedule`` ``"cosine"`` (to ``min_lr``) or ``"step"`` (×``lr_gamma`` at each of ``lr_milestones``:
-    increasing epochs counted from the start, fractions allowed, past the warm-up; no milestones: constant);
-    weight decay: cosine to ``weight_decay_end`` (None: constant); EMA momentum (``hp.momentum``): cosine
-    from ``ema_momentum`` to ``ema_momentum_end``. ``amp``: bf16 autocast; None = on CUDA only.
-    ``max_steps`` stops early (smoke runs) without changing the schedules. ``max_nonfinite_steps``
-    consecutive NaN/Inf steps abort the run. Values are checked against the field types (YAML lists
-    become tuples).
-    """
-
-    epochs: int
-    batch_size: int
-    out_dir: Path
-    accum_steps: int = 1
-    optimizer: str = "adamw"
-    lr: float | None = None
-    blr: float | None = None
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0
-    lr_schedule: str = "cosine"
-    lr_milestones: tuple[float, ...] = ()
-    lr_gamma: float = 0.1
-    weight_decay: float = 0.05
-    weight_decay_end: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9
-    ema_momentum: float = 0.996
-    ema_momentum_end: float = 1.0
-    layer_decay: float | None = None
-    clip_grad: float | None = None
-    amp: bool | None = None
-    num_workers: int = 0
-    seed: int = 0
-    max_steps: int | None = None
-    log_every: int = 10
-    checkpoint_every: int | None = 1000
-    keep_checkpoints: bool = False
-    max_nonfinite_steps: int = 5
-    sync_batchnorm: bool = False
-    find_unused_parameters: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(f.default, tuple):  # YAML gives lists (betas, lr_milestones); checked below
-                if isinstance(value, list):
-                    object.__setattr__(self, f.name, tuple(value))
-            elif not _fits(value, options := str(f.type).split(" | ")):
-                raise ValueError(f"{f.name} must be {' or '.join(_TYPES[o][1] for o in options)}, got {value!r}")
-        if (self.lr is None) == (self.blr is None):
-            raise ValueError(f"set exactly one of lr and blr (got lr={self.lr}, blr={self.blr})")
-        for name in ("epochs", "batch_size", "accum_steps", "log_every", "max_nonfinite_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        self._check_lr_schedule()
-
-    def _check_lr_schedule(self) -> None:
-        if not isinstance(self.lr_milestones, tuple):
-            raise ValueError(f"lr_milestones must be a list of epochs, got {self.lr_milestones!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.lr_schedule != "step":
-            if self.lr_milestones:
-                raise ValueError(f"lr_milestones {self.lr_milestones} need lr_schedule 'step' (got 'cosine')")
-            return
-        if self.min_lr:
-            raise ValueError(f"min_lr ({self.min_lr}) is the cosine schedule's floor; lr_schedule 'step' has none")
-        if not self.lr_gamma > 0:
-            raise ValueError(f"lr_gamma must be > 0, got {self.lr_gamma}")
-        if any(b <= a for a, b in pairwise(self.lr_milestones)):
-            raise ValueError(f"lr_milestones must be strictly increasing, got {self.lr_milestones}")
-        outside = [m for m in self.lr_milestones if not (0 < m < self.epochs and m >= self.warmup_epochs)]
-        if outside:
-            raise ValueError(
-                f"lr_milestones {outside} outside (0, epochs={self.epochs}) or inside the warm-up "
-                f"(warmup_epochs={self.warmup_epochs})"
-            )
-
-
-#: a field annotation's type name -> (the Python types that fit it, how messages say it)
-_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
-    "bool": ((bool,), "true or false"), "Path": ((str, Path), "a path"), "None": ((type(None),), "null"),
-}  # fmt: skip
-
-
-def _fits(value: Any, options: list[str]) -> bool:
-    """Whether ``value`` has one of the types ``options`` (``["float", "None"]``); a bool is no number."""
-    return any(
-        isinstance(value, _TYPES[o][0]) and not (isinstance(value, bool) and o in ("int", "float")) for o in options
-    )
 
 
 #: TrainConfig fields a stage sets itself: the run's folder (``<section>.out/<run>``) and progress bars
