@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from facekit.config.train import TrainConfig
+from facekit.config.values import check_value
 
 
 @dataclass(frozen=True)
@@ -417,7 +419,15 @@ def load_params(path: Path | str = "params.yaml", overrides: Mapping[str, Any] |
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"parameter file not found: {path}")
-    values = yaml.load(path.read_text(), Loader=_Loader) or {}
+    try:
+        values = yaml.load(path.read_text(), Loader=_Loader) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}:{where}: not valid YAML: {problem}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
     for key, value in (overrides or {}).items():
         _set_key(values, key, value)
     sections = {f.name: f.default_factory for f in dataclasses.fields(Params)}
@@ -425,7 +435,12 @@ def load_params(path: Path | str = "params.yaml", overrides: Mapping[str, Any] |
     built = {}
     for name, cls in sections.items():
         section = values.get(name) or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"{path}: {name} must be a mapping of keys, got {section!r}")
         _check_keys(section, [f.name for f in dataclasses.fields(cls)], name)
+        hints = typing.get_type_hints(cls)
+        for key, value in section.items():
+            check_value(value, hints[key], f"{name}.{key}")
         built[name] = cls(**section)
     return Params(**built)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+
+from facekit.config.values import check_value
 
 LR_SCHEDULES = ("cosine", "step")
 
@@ -59,13 +61,13 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(f.default, tuple):  # YAML gives lists (betas, lr_milestones); checked below
-                if isinstance(value, list):
-                    object.__setattr__(self, f.name, tuple(value))
-            elif not _fits(value, options := str(f.type).split(" | ")):
-                raise ValueError(f"{f.name} must be {' or '.join(_TYPES[o][1] for o in options)}, got {value!r}")
+            if isinstance(f.default, tuple) and isinstance(value, list):  # YAML gives lists (betas, lr_milestones)
+                object.__setattr__(self, f.name, tuple(value))
+            elif not isinstance(f.default, tuple):
+                check_value(value, hints[f.name], f.name)
         if (self.lr is None) == (self.blr is None):
             raise ValueError(f"set exactly one of lr and blr (got lr={self.lr}, blr={self.blr})")
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "max_nonfinite_steps"):
@@ -94,17 +96,3 @@ class TrainConfig:
                 f"lr_milestones {outside} outside (0, epochs={self.epochs}) or inside the warm-up "
                 f"(warmup_epochs={self.warmup_epochs})"
             )
-
-
-#: a field annotation's type name -> (the Python types that fit it, how messages say it)
-_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
-    "bool": ((bool,), "true or false"), "Path": ((str, Path), "a path"), "None": ((type(None),), "null"),
-}  # fmt: skip
-
-
-def _fits(value: Any, options: list[str]) -> bool:
-    """Whether ``value`` has one of the types ``options`` (``["float", "None"]``); a bool is no number."""
-    return any(
-        isinstance(value, _TYPES[o][0]) and not (isinstance(value, bool) and o in ("int", "float")) for o in options
-    )

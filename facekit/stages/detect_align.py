@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from facekit.config import Params, PathsParams, section_hash
-from facekit.data.ops.detect_align import align_record
+from facekit.data.ops.detect_align import align_record, load_detector
 from facekit.data.record import FaceRecord, Rejection
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardReader, ShardWriter
@@ -81,6 +81,8 @@ def run_detect_align(
     Shards start largest first (longest-processing-time order), so with a few shards per worker no
     worker idles while another finishes a big shard started last; reports merge in shard order.
     """
+    if not params.detect.assume_aligned:
+        load_detector(params.detect)  # a missing or broken model fails here, before any photo is read
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.tmp"):
         shutil.rmtree(stale)

@@ -19,7 +19,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from facekit.assets import resolve_model
+from facekit.assets import AssetsError, resolve_model
 from facekit.config import AlignParams, DetectParams
 from facekit.data.images import (
     DCT_REDUCTIONS,
@@ -37,16 +37,24 @@ JPEG_SOI = b"\xff\xd8"
 
 
 @lru_cache(maxsize=4)
-def _detector(params: DetectParams) -> FaceDetector:
-    """One single-threaded detector per process (several processes scale better than threads)."""
-    return create_detector(
-        params.detector,
-        resolve_model(params.model),
-        input_size=params.input_size,
-        score_threshold=params.score_threshold,
-        nms_threshold=params.nms_threshold,
-        num_threads=1,
-    )
+def load_detector(params: DetectParams) -> FaceDetector:
+    """One single-threaded detector per process (several processes scale better than threads). A model file
+    that is missing or does not load as ``params.detector`` is a ValueError naming ``detect.model``."""
+    try:
+        path = resolve_model(params.model)
+    except AssetsError as e:
+        raise ValueError(f"detect.model: {e}") from None
+    try:
+        return create_detector(
+            params.detector,
+            path,
+            input_size=params.input_size,
+            score_threshold=params.score_threshold,
+            nms_threshold=params.nms_threshold,
+            num_threads=1,
+        )
+    except (RuntimeError, OSError, ValueError) as e:  # onnxruntime's load errors are RuntimeErrors
+        raise ValueError(f"detect.model: {path} does not load as a {params.detector} detector: {e}") from None
 
 
 def align_record(raw: RawRecord, detect: DetectParams, align: AlignParams) -> FaceRecord | Rejection:
@@ -69,7 +77,7 @@ def align_record(raw: RawRecord, detect: DetectParams, align: AlignParams) -> Fa
     if min(w, h) < detect.min_face_size:
         detail = f"{w}x{h} photo: its shorter side is below detect.min_face_size = {detect.min_face_size:g}"
         return Rejection(raw.key, "too_small", detail)
-    dets = _full_resolution(_detector(detect).detect(view.pixels), view)
+    dets = _full_resolution(load_detector(detect).detect(view.pixels), view)
     if len(dets) == 0:
         return Rejection(raw.key, "no_face", f"no face above score {detect.score_threshold} in {w}x{h}")
     i = select_face(dets, min_size=detect.min_face_size, policy=detect.select)
