@@ -281,21 +281,21 @@ def _push_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> str:
-    from facekit.eval.benchmarks import run_command
+    from facekit.eval_commands import eval_command
 
-    return run_command(args)
+    return eval_command(args)
 
 
 def _cmd_eval_knn(args: argparse.Namespace) -> str:
-    from facekit.eval.knn import run_command
+    from facekit.eval_commands import knn_command
 
-    return run_command(args)
+    return knn_command(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int | str:
-    from facekit.eval.export import run_command
+    from facekit.eval_commands import export_command
 
-    return run_command(args)
+    return export_command(args)
 
 
 def _eval_model_options(p: argparse.ArgumentParser, name: str) -> None:

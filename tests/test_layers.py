@@ -29,6 +29,7 @@ FLOORS: tuple[tuple[int, str], ...] = (
     (3, "facekit.eval"),
     (4, "facekit.stages"),
     (5, "facekit.cli"),
+    (5, "facekit.eval_commands"),
     (5, "facekit.hub"),
     (5, "workflows"),
 )
@@ -141,3 +142,9 @@ def test_the_walker_sees_upward_sideways_and_relative_edges(tmp_path: Path) -> N
     train_mod = tmp_path / "facekit/train/step.py"
     train_mod.write_text("import facekit.nn\nfrom facekit.eval.knn import knn\n")
     assert wrong_edges(train_mod, tmp_path) == ["line 2: facekit.eval.knn (floor 3, facekit.eval)"]
+
+
+def test_the_libraries_below_the_front_ends_parse_no_command_line() -> None:
+    """Floors 1-3 are libraries: only the front ends (and floor 0's ``facekit assets`` command) use argparse."""
+    users = [p for p in SOURCES if unit_of(module_name(p))[0] in (1, 2, 3) and "argparse" in p.read_text()]
+    assert not users, f"command-line parsing below the front ends: {[str(p.relative_to(ROOT)) for p in users]}"

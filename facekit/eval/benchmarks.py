@@ -12,7 +12,6 @@ Results are written for DVC: one metrics JSON (set name -> metric -> value), and
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Mapping, Sequence
@@ -22,13 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facekit.assets import resolve_model
 from facekit.data.images import ImageError, decode_image
 from facekit.data.ops.detect import FaceDetector
 from facekit.data.sources.verification_bin import load_verification_bin
-from facekit.eval.embedding_model import EmbeddingModel, load_embedding_model
-from facekit.eval.ijb import evaluate_ijb
-from facekit.eval.make_bin import AlignedFaces, build_bin, read_pairs
+from facekit.eval.embedding_model import EmbeddingModel
+from facekit.eval.make_bin import AlignedFaces, read_pairs
 from facekit.eval.verification import VerificationResult, far_key, verify
 
 #: Faces decoded and embedded at a time (bounds memory on 12,000-image sets).
@@ -194,63 +191,3 @@ def write_reports(results: Sequence[BenchmarkResult], metrics_path: Path, plots_
     written = [write_metrics({r.name: r.metrics() for r in results}, metrics_path)]
     curves = {r.name: (r.verification.fpr, r.verification.tpr) for r in results}
     return written + write_roc(curves, plots_dir, title="verification ROC")
-
-
-#: Default detector files (inside the assets folder) for ``--detector``.
-DETECTOR_MODELS = {"scrfd": "models/scrfd_500m_bnkps.onnx", "retinaface": "models/retinaface_mbnet0.25.onnx"}
-
-
-def _detector(args: argparse.Namespace) -> FaceDetector | None:
-    if args.detector is None:
-        return None
-    from facekit.data.ops.detect import create_detector
-
-    return create_detector(args.detector, resolve_model(args.detector_model or DETECTOR_MODELS[args.detector]))
-
-
-def _run_bin(args: argparse.Namespace) -> str:
-    model = load_embedding_model(args.model, num_threads=args.threads)
-    results = [evaluate_bin(p, model, flip=not args.no_flip, n_folds=args.folds) for p in args.bins]
-    write_reports(results, args.metrics, args.plots)
-    return "\n".join(r.summary() for r in results)
-
-
-def _run_pairs(args: argparse.Namespace) -> str:
-    model = load_embedding_model(args.model, num_threads=args.threads)
-    result = evaluate_pairs(
-        args.folder, args.pairs, model, detector=_detector(args), flip=not args.no_flip, n_folds=args.folds
-    )
-    write_reports([result], args.metrics, args.plots)
-    return result.summary()
-
-
-def _run_make_bin(args: argparse.Namespace) -> str:
-    if (args.folder is None) == (args.shards is None):
-        raise ValueError("give exactly one face source: --folder or --shards")
-    pairs = read_pairs(args.pairs)
-    if args.shards is not None:
-        faces = AlignedFaces.from_shards(args.shards)
-    else:
-        faces = AlignedFaces.from_folder(args.folder, pairs.names(), detector=_detector(args))
-    return build_bin(pairs, faces, args.out, masked=args.masked, strict=not args.drop_missing).summary()
-
-
-def _run_ijb(args: argparse.Namespace) -> str:
-    model = load_embedding_model(args.model, num_threads=args.threads)
-    result = evaluate_ijb(
-        args.meta_dir,
-        args.images_dir,
-        model,
-        target=args.target,
-        flip=not args.no_flip,
-        detector_score_weighting=not args.no_detector_score,
-    )
-    write_metrics({result.target: result.metrics()}, args.metrics)
-    write_roc({result.target: (result.fpr, result.tpr)}, args.plots, title=f"{result.target.upper()} 1:1 ROC")
-    return result.summary()
-
-
-def run_command(args: argparse.Namespace) -> str:
-    """Run a parsed ``facekit eval <bin | pairs | make-bin | ijb>`` command (parser in :mod:`facekit.cli`)."""
-    commands = {"bin": _run_bin, "pairs": _run_pairs, "make-bin": _run_make_bin, "ijb": _run_ijb}
-    return commands[args.eval_command](args)

@@ -10,8 +10,6 @@ as its spec describes it, behind :class:`OnnxInput`: the file takes ``(x - 127.5
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,13 +153,3 @@ def export_run(run_dir: Path, out: Path, *, parity_batch: int = 5) -> ExportRepo
     inputs = torch.randn(parity_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     diff = check_onnx_parity(module, path, inputs)
     return ExportReport(path=path, tensors=len(backbone.state_dict()), max_abs_diff=diff, batch=parity_batch)
-
-
-def run_command(args: argparse.Namespace) -> int | str:
-    """Run a parsed ``facekit export onnx`` command (parser in :mod:`facekit.cli`); 1 on a failed parity check."""
-    try:
-        report = export_run(args.run_dir, args.out)
-    except OnnxParityError as e:
-        print(f"facekit: export failed the parity check: {e}", file=sys.stderr)
-        return 1
-    return report.summary()

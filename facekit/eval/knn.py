@@ -16,7 +16,6 @@ regular grid.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from facekit.data.augment import normalize_batch
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.ops.landmarks import mesh_196
 from facekit.data.record import FaceRecord
-from facekit.eval.benchmarks import write_metrics
 from facekit.nn import backbones
 from facekit.nn.backbones import BackboneSpec, Stats
 from facekit.nn.landmark_patches import landmark_patches
@@ -180,15 +178,3 @@ def representation_check(
         "identities": float(len(np.unique(faces.labels))),
         "k": float(k),
     }
-
-
-def run_command(args: argparse.Namespace) -> str:
-    """``facekit eval knn RUN_DIR [--shards] [--k] [--metrics]`` (parser in :mod:`facekit.cli`)."""
-    result = representation_check(args.run_dir, args.shards, k=args.k)
-    if args.metrics is not None:
-        write_metrics({Path(args.run_dir).name: result}, args.metrics)
-    return (
-        f"knn {args.run_dir}: {args.k}-NN identity accuracy {result['knn_accuracy']:.3f} learned, "
-        f"{result['knn_accuracy_random_init']:.3f} random init, chance {result['chance']:.3f} "
-        f"({result['n']:.0f} faces, {result['identities']:.0f} identities)"
-    )
