@@ -1,9 +1,10 @@
 """The ``pack`` stage: per-shard aligned faces → final LMDB shards with an ``index.json``.
 
 Two steps so that shards can be packed independently (by a process pool or Prefect task runners):
-:func:`plan_pack` reads only keys and source hashes of every aligned shard and decides which records
-are duplicates (identical source files: the smallest key is kept); :func:`pack_shard` then re-packs one
-aligned shard into final shards under the size limit, a pure function of its inputs.
+:func:`plan_pack` reads the keys, labels and source hashes of every aligned shard and decides which records
+are duplicates (identical source files: the smallest key is kept; a copy labelled with another identity is
+rejected as ``duplicate_conflicting_identity``); :func:`pack_shard` then re-packs one aligned shard into final
+shards under the size limit, a pure function of its inputs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from facekit.config import Params, PathsParams, section_hash
 from facekit.data.grid import save_grid
 from facekit.data.images import decode_jpeg_rgb
+from facekit.data.record import Rejection
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardInfo, ShardReader, ShardSetWriter, read_index, write_index
 from facekit.stages.shard_map import ShardMap, process_map
@@ -25,29 +27,47 @@ from facekit.stages.shard_map import ShardMap, process_map
 
 @dataclass(frozen=True)
 class PackPlan:
-    """Aligned shards in order, the identity table, and duplicate key → the key that is kept."""
+    """Aligned shards in order, the identity table, and duplicate key → its rejection (naming the kept key)."""
 
     shards: list[Path]
     identities: list[str]
-    duplicates: dict[str, str]
+    duplicates: dict[str, Rejection]
     max_shard_bytes: int
     params_hash: str
 
 
 def plan_pack(params: Params, aligned_dir: Path) -> PackPlan:
-    """Scan the aligned shards (keys and source sha256 only) and find duplicate source files."""
+    """Scan the aligned shards (keys, identities and source sha256) and find duplicate source files."""
     shards = sorted(aligned_dir.glob("shard-*.lmdb"))
     if not shards:
         raise FileNotFoundError(f"no aligned shards in {aligned_dir}: run detect_align first")
-    entries = [(r.key, r.source_sha256) for path in shards for r in ShardReader(path)]
+    identities = ShardReader(shards[0]).meta["identities"]
+    entries = {r.key: (r.source_sha256, r.identity) for path in shards for r in ShardReader(path)}
     kept: dict[str, str] = {}
-    for key, sha in sorted(entries):
-        kept.setdefault(sha, key)
-    duplicates = {key: kept[sha] for key, sha in entries if kept[sha] != key} if params.pack.dedupe else {}
+    for key in sorted(entries):
+        kept.setdefault(entries[key][0], key)
+    duplicates: dict[str, Rejection] = {}
+    if params.pack.dedupe:
+        for key, (sha, identity) in entries.items():
+            if kept[sha] != key:
+                duplicates[key] = _duplicate_rejection(key, identity, kept[sha], entries[kept[sha]][1], identities)
     upstream = (params.source, params.detect, params.align, params.sharding, params.landmarks, params.masks)
     phash = section_hash(*upstream, params.pack)
-    identities = ShardReader(shards[0]).meta["identities"]
     return PackPlan(shards, identities, duplicates, params.pack.max_shard_bytes, phash)
+
+
+def _duplicate_rejection(
+    key: str, identity: int, kept_key: str, kept_identity: int, identities: list[str]
+) -> Rejection:
+    """The rejection of ``key``, a copy of ``kept_key``'s file; it names both labels when they differ."""
+    if identity == kept_identity:
+        return Rejection(key, "duplicate", f"same file as {kept_key}")
+
+    def name(i: int) -> str:
+        return identities[i] if i >= 0 else "unlabelled"
+
+    detail = f"same file as {kept_key}, labelled {name(kept_identity)!r} there and {name(identity)!r} here"
+    return Rejection(key, "duplicate_conflicting_identity", detail)
 
 
 def pack_shard(plan: PackPlan, index: int, out_dir: Path) -> tuple[list[ShardInfo], StageReport]:
@@ -58,7 +78,7 @@ def pack_shard(plan: PackPlan, index: int, out_dir: Path) -> tuple[list[ShardInf
     for record in ShardReader(plan.shards[index]):
         report.read += 1
         if record.key in plan.duplicates:
-            report.reject(record.key, "duplicate", f"same file as {plan.duplicates[record.key]}")
+            report.rejections.append(plan.duplicates[record.key])
             continue
         writer.put(record)
         report.written += 1

@@ -136,7 +136,7 @@ def _bad_input_folder(root: Path, assets: Path) -> dict[str, str | None]:
     exif[0x0112] = 6  # "rotate 90° clockwise to display": the pixels are stored turned counter-clockwise
     files: dict[str, tuple[bytes, str | None]] = {
         "ok.jpg": (_jpeg(face), None),
-        "same_content.jpg": (_jpeg(face), "duplicate"),
+        "same_content.jpg": (_jpeg(face), "duplicate_conflicting_identity"),
         "corrupt.jpg": (face_bytes[:200] + bytes(range(256)) * 40, "corrupt_image"),
         "truncated.jpg": (face_bytes[: len(face_bytes) // 2], "truncated_image"),
         "empty.jpg": (b"", "empty_file"),
@@ -189,6 +189,40 @@ def _fill_aligned(path: Path, n: int, template: FaceRecord) -> None:
     with ShardWriter(path, meta={"identities": ["x"], "params_hash": "test"}) as w:
         for i in range(n):
             w.put(template.replace(key=f"t/x/{i:06d}", source_sha256=f"{i:064x}"))
+
+
+def test_pack_names_both_identities_when_a_duplicate_photo_carries_another_label(tmp_path: Path) -> None:
+    """The same file twice under one identity is a ``duplicate``; under another, the labels conflict."""
+    face = FaceRecord(
+        key="",
+        image=b"jpeg",
+        identity=0,
+        landmarks=np.zeros((5, 2), np.float32),
+        bbox=np.zeros(4, np.float32),
+        det_score=0.9,
+        num_faces=1,
+        source="t",
+        source_sha256="a" * 64,
+    )
+    records = [
+        face.replace(key="t/alice/1"),
+        face.replace(key="t/alice/2"),
+        face.replace(key="t/bob/1", identity=1),
+        face.replace(key="t/bob/2", identity=1, source_sha256="b" * 64),
+    ]
+    with ShardWriter(tmp_path / "aligned/shard-00000.lmdb", meta={"identities": ["alice", "bob"]}) as w:
+        for record in records:
+            w.put(record)
+    report = pack.run_pack(Params(), tmp_path / "aligned", tmp_path / "shards", progress=False)
+    assert (report.read, report.written) == (4, 2)
+    assert {r.key: r.reason for r in report.rejections} == {
+        "t/alice/2": "duplicate",
+        "t/bob/1": "duplicate_conflicting_identity",
+    }
+    details = {r.key: r.detail for r in report.rejections}
+    assert details["t/alice/2"] == "same file as t/alice/1"
+    assert details["t/bob/1"] == "same file as t/alice/1, labelled 'alice' there and 'bob' here"
+    assert sorted(r.key for r in _records(tmp_path / "shards")) == ["t/alice/1", "t/bob/2"]
 
 
 def test_pack_killed_midway_reruns_to_the_same_content_hash(tmp_path: Path, sample_run: dict) -> None:
