@@ -390,10 +390,8 @@ def _cmd_train(args: argparse.Namespace) -> int | str:
     result = stage.run(params, params.paths, args.run, progress=not args.quiet)
     if not distributed.is_main():
         return 0
-    return (
-        f"{args.command} {args.run}: loss {result.final_loss:.4f} after {result.steps} steps, "
-        f"{result.images_per_s:.1f} img/s -> {result.out_dir}"
-    )
+    speed = f", {result.images_per_s:.1f} img/s" if result.steps else ""
+    return f"{args.command} {args.run}: {pretrain.outcome(result.steps, result.final_loss)}{speed} -> {result.out_dir}"
 
 
 def _cmd_eval_sets(args: argparse.Namespace) -> str:
