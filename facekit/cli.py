@@ -318,6 +318,11 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
     p = esub.add_parser("bin", help="10-fold verification on insightface .bin sets (lfw.bin, cfp_fp.bin, ...)")
     p.add_argument("bins", type=Path, nargs="+", metavar="PATH", help=".bin file(s)")
     p.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize faces that are not the model's input size (default: such a set is an error)",
+    )
     _eval_model_options(p, "bin")
     p.set_defaults(func=_cmd_eval)
 
@@ -385,10 +390,8 @@ def _cmd_train(args: argparse.Namespace) -> int | str:
     result = stage.run(params, params.paths, args.run, progress=not args.quiet)
     if not distributed.is_main():
         return 0
-    return (
-        f"{args.command} {args.run}: loss {result.final_loss:.4f} after {result.steps} steps, "
-        f"{result.images_per_s:.1f} img/s -> {result.out_dir}"
-    )
+    speed = f", {result.images_per_s:.1f} img/s" if result.steps else ""
+    return f"{args.command} {args.run}: {pretrain.outcome(result.steps, result.final_loss)}{speed} -> {result.out_dir}"
 
 
 def _cmd_eval_sets(args: argparse.Namespace) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from facekit.assets import resolve_model
 from facekit.data.ops.detect import FaceDetector, create_detector
-from facekit.eval.benchmarks import evaluate_bin, evaluate_pairs, write_metrics, write_reports, write_roc
+from facekit.eval.benchmarks import FaceSizeError, evaluate_bin, evaluate_pairs, write_metrics, write_reports, write_roc
 from facekit.eval.embedding_model import load_embedding_model
 from facekit.eval.export import OnnxParityError, export_run
 from facekit.eval.ijb import evaluate_ijb
@@ -29,7 +29,12 @@ def _detector(args: argparse.Namespace) -> FaceDetector | None:
 
 def _run_bin(args: argparse.Namespace) -> str:
     model = load_embedding_model(args.model, num_threads=args.threads)
-    results = [evaluate_bin(p, model, flip=not args.no_flip, n_folds=args.folds) for p in args.bins]
+    try:
+        results = [
+            evaluate_bin(p, model, flip=not args.no_flip, n_folds=args.folds, resize=args.resize) for p in args.bins
+        ]
+    except FaceSizeError as e:
+        raise ValueError(f"{e}; pass --resize to resize the faces to the model's input") from None
     write_reports(results, args.metrics, args.plots)
     return "\n".join(r.summary() for r in results)
 

@@ -17,6 +17,7 @@ by ``python -m workflows.deployments``; ``prefect.yaml`` puts the same flow on a
 # Prefect validates the parameters against the real annotation objects
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,7 +59,7 @@ def pretrain(run: str, lineage: Literal["dvc", "none"] = "dvc", params_path: str
     params = load_params(params_path)
     summary = json.loads(params.paths.run_report("pretrain", run).read_text())
     out = Path(params.pretrain.out) / run
-    print(f"pretrain {run}: loss {summary['final_loss']:.4f} after {summary['steps']} steps -> {out}")
+    print(f"pretrain {run}: {pretrain_stage.outcome(summary['steps'], summary.get('final_loss', math.nan))} -> {out}")
     return summary
 
 

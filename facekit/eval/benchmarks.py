@@ -32,6 +32,10 @@ from facekit.eval.verification import VerificationResult, far_key, verify
 CHUNK = 512
 
 
+class FaceSizeError(ValueError):
+    """An aligned face whose size is not the model's input size (and resizing was not asked for)."""
+
+
 @dataclass(frozen=True)
 class BenchmarkResult:
     """One set's verification: ``name`` (e.g. ``lfw``), ``pairs`` evaluated, whether the flip test was on."""
@@ -64,25 +68,34 @@ class BenchmarkResult:
         )
 
 
-def decode_faces(images: Sequence[bytes], size: int = 112, source: str = "") -> np.ndarray:
-    """Encoded aligned faces -> [N, size, size, 3] uint8 RGB (other sizes resized, as insightface does)."""
-    out = np.empty((len(images), size, size, 3), np.uint8)
+def decode_faces(
+    images: Sequence[bytes], size: tuple[int, int] = (112, 112), *, resize: bool, source: str = ""
+) -> np.ndarray:
+    """Encoded aligned faces -> [N, H, W, 3] uint8 RGB for ``size = (H, W)``. A face of another size is a
+    :class:`FaceSizeError` naming ``source`` and both sizes, unless ``resize`` (then it is resized, as
+    insightface does)."""
+    out = np.empty((len(images), *size, 3), np.uint8)
     for i, data in enumerate(images):
         try:
             bgr = decode_image(data)
         except ImageError as e:
             raise ValueError(f"{source}: image {i}: {e}") from e
-        if bgr.shape[:2] != (size, size):
-            bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+        if bgr.shape[:2] != size:
+            if not resize:
+                raise FaceSizeError(
+                    f"{source}: image {i} is {bgr.shape[0]}x{bgr.shape[1]}, the model takes {size[0]}x{size[1]}"
+                )
+            bgr = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         out[i] = bgr[:, :, ::-1]
     return out
 
 
 def embed_encoded(
-    model: EmbeddingModel, images: Sequence[bytes], *, flip: bool, size: int = 112, source: str = ""
+    model: EmbeddingModel, images: Sequence[bytes], *, flip: bool, resize: bool, source: str = ""
 ) -> np.ndarray:
-    """Embed encoded aligned faces [N] -> [N, D] float32 unit rows; identical byte strings are embedded once,
-    the distinct ones in chunks of :data:`CHUNK`."""
+    """Embed encoded aligned faces [N] -> [N, D] float32 unit rows (faces decoded to ``model.input_hw``, see
+    :func:`decode_faces`); identical byte strings are embedded once, the distinct ones in chunks of
+    :data:`CHUNK`."""
     if not images:
         raise ValueError(f"{source}: no images to embed")
     row = {}
@@ -91,20 +104,23 @@ def embed_encoded(
     distinct = list(row)
     emb = np.concatenate(
         [
-            model.embed(decode_faces(distinct[i : i + CHUNK], size, source), flip=flip)
+            model.embed(decode_faces(distinct[i : i + CHUNK], model.input_hw, resize=resize, source=source), flip=flip)
             for i in range(0, len(distinct), CHUNK)
         ]
     )
     return emb[[row[bytes(data)] for data in images]]
 
 
-def evaluate_bin(path: Path, model: EmbeddingModel, *, flip: bool = True, n_folds: int = 10) -> BenchmarkResult:
-    """Verification on an insightface ``.bin`` (loaded with the restricted unpickler); name = file stem."""
+def evaluate_bin(
+    path: Path, model: EmbeddingModel, *, flip: bool = True, n_folds: int = 10, resize: bool = False
+) -> BenchmarkResult:
+    """Verification on an insightface ``.bin`` (loaded with the restricted unpickler); name = file stem.
+    Faces that are not the model's input size are an error unless ``resize`` (see :func:`decode_faces`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"verification set not found: {path}")
     vbin = load_verification_bin(path)
-    emb = embed_encoded(model, vbin.images, flip=flip, source=str(path))
+    emb = embed_encoded(model, vbin.images, flip=flip, resize=resize, source=str(path))
     result = verify(emb[0::2], emb[1::2], vbin.issame, n_folds=n_folds)
     return BenchmarkResult(name=path.stem, pairs=len(vbin), flip=flip, verification=result)
 
@@ -130,7 +146,7 @@ def evaluate_pairs(
     if faces.failed:
         first = next(iter(faces.failed.values()))
         raise ValueError(f"{len(faces.failed)} of {len(names)} faces of {pairs_path} unusable, e.g. {first}")
-    emb = embed_encoded(model, [faces.images[n] for n in names], flip=flip, source=str(folder))
+    emb = embed_encoded(model, [faces.images[n] for n in names], flip=flip, resize=True, source=str(folder))
     row = {n: i for i, n in enumerate(names)}
     emb_a = emb[[row[n] for n in pairs.first]]
     emb_b = emb[[row[n] for n in pairs.second]]

@@ -24,7 +24,10 @@ from facekit.nn.backbones import Stats
 
 @runtime_checkable
 class EmbeddingModel(Protocol):
-    """Anything that embeds aligned RGB faces ``[N, H, W, 3]`` uint8 into L2-normalised ``[N, D]`` float32."""
+    """Anything that embeds aligned RGB faces ``[N, H, W, 3]`` uint8 into L2-normalised ``[N, D]`` float32;
+    ``input_hw`` is the ``(H, W)`` it takes."""
+
+    input_hw: tuple[int, int]
 
     def embed(self, faces_rgb: np.ndarray, flip: bool = False) -> np.ndarray: ...
 
@@ -53,6 +56,7 @@ class TorchEmbedder:
         self.module = module
         self.mean, self.std = mean, std
         self.size = size
+        self.input_hw = (size, size)
         self.batch_size = batch_size
         self.device = torch.device(device)
 

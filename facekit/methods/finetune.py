@@ -10,7 +10,8 @@ fine-tuning (Sun et al., CVPR 2024)::
 The backbone is built by name from :data:`~facekit.nn.backbones.BACKBONES` (ViTs, FaceT-B, ``ir50``/``ir100``,
 ResNet trunks), or from a run folder's exported backbone (``backbone.json`` + ``backbone.safetensors``, see
 :mod:`facekit.nn.backbones`), or from any state dict with a key-prefix map; the load report (missing /
-unexpected / mismatched keys) is printed and kept in :attr:`FineTune.load_report`.
+unexpected / mismatched keys; the tensors a run folder's export lacks because ``backbone_kwargs`` add them are counted,
+not listed) is printed and kept in :attr:`FineTune.load_report`.
 :data:`FINETUNE_RECIPES` holds FaceT's two recipes in the pretrain-run format.
 """
 
@@ -90,7 +91,7 @@ def build_backbone(
     ``prefix_map`` renames keys by prefix (``{"encoder.": ""}``); loading is non-strict.
     """
     kwargs = dict(kwargs or {})
-    weights = None
+    weights, overrides = None, None
     if init_from is not None:
         init_from = Path(init_from)
         if not init_from.exists():
@@ -100,6 +101,7 @@ def build_backbone(
             spec = backbones.read(init_from)
             if name is not None and name != spec.name:
                 raise ValueError(f"backbone {name!r} differs from {spec.name!r} exported in {init_from}")
+            overrides = {k: v for k, v in kwargs.items() if spec.kwargs.get(k) != v}
             name, kwargs = spec.name, {**spec.kwargs, **kwargs}
             weights = backbones.weights_file(init_from)
     if name is None:
@@ -109,11 +111,25 @@ def build_backbone(
         return backbone, None
     report = backbones.load_weights(weights, backbone, prefix_map)
     if distributed.is_main():
-        print(
-            f"finetune: {len(report.loaded)} tensors loaded from {weights}; missing {report.missing}; "
-            f"unexpected {report.unexpected}; shape mismatch {report.mismatched}"
-        )
+        print(_load_summary(report, weights, overrides))
     return backbone, report
+
+
+def _load_summary(report: LoadReport, weights: Path, overrides: dict[str, Any] | None) -> str:
+    """One line on how the initialisation loaded. ``overrides``: the backbone kwargs that differ from those of
+    the run folder's export (``None`` for a bare weights file); an export holds every tensor of its own
+    architecture, so its missing tensors are the parts those overrides add and are counted, not listed."""
+    line = f"finetune: {len(report.loaded)} tensors loaded from {weights}"
+    if report.missing and overrides is not None:
+        parts = sorted({key.split(".")[0] for key in report.missing})
+        line += f"; {len(report.missing)} new tensors ({', '.join(parts)}) added by backbone_kwargs {overrides}"
+    elif report.missing:
+        line += f"; missing {report.missing}"
+    if report.unexpected:
+        line += f"; unexpected {report.unexpected}"
+    if report.mismatched:
+        line += f"; shape mismatch {report.mismatched}"
+    return line
 
 
 @METHODS.register("finetune")

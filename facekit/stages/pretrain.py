@@ -65,6 +65,12 @@ def run(params: Params, paths: PathsParams, name: str, *, progress: bool = True)
     return train_and_export(config, Path(params.pretrain.shards), report, progress=progress)
 
 
+def outcome(steps: int, final_loss: float) -> str:
+    """How a run ended, for its one-line summary: ``loss L after N steps``, or ``no training (random init)``
+    for a run of 0 steps (whose loss is NaN)."""
+    return f"loss {final_loss:.4f} after {steps} steps" if steps else "no training (random init)"
+
+
 def train_and_export(
     run: RunConfig,
     shards: Path,

@@ -136,3 +136,23 @@ def test_bad_inputs_exit_with_one_line(model_path: Path, tmp_path: Path, capsys:
     assert "verification set not found" in capsys.readouterr().err
     assert main(["eval", "bin", str(evil), "--model", str(tmp_path / "m.pt")]) == 2
     assert "expected an .onnx embedding model" in capsys.readouterr().err
+
+
+def test_cli_eval_bin_refuses_faces_of_another_size_unless_resize(
+    faces: dict, model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vbin = load_verification_bin(faces["bin"])
+    small = [
+        encode_jpeg(cv2.resize(decode_image(data), (100, 100), interpolation=cv2.INTER_AREA)) for data in vbin.images
+    ]
+    path = tmp_path / "small.bin"
+    path.write_bytes(pickle.dumps((small, vbin.issame.tolist()), protocol=4))
+    out = ["--model", str(model_path), "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p")]
+    assert main(["eval", "bin", str(path), *out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("facekit: error:")
+    assert str(path) in err[0] and "100x100" in err[0] and "112x112" in err[0] and "--resize" in err[0]
+    assert not (tmp_path / "m.json").exists()
+    assert main(["eval", "bin", str(path), "--resize", *out]) == 0
+    assert "small: 280 pairs, accuracy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["small"]["accuracy"] > 0.9

@@ -154,12 +154,16 @@ def test_loading_a_pretrain_export_reports_missing_keys(tmp_path: Path, capsys: 
     ]
     assert report.unexpected == [] and len(report.loaded) == len(pretrained.state_dict())
     torch.testing.assert_close(method.backbone.blocks[1].mlp.fc2.weight, pretrained.blocks[1].mlp.fc2.weight)
-    assert "missing ['head.0.bias'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "9 new tensors (head, prompts, prompts_pool) added by backbone_kwargs" in out
+    assert "missing" not in out and "unexpected" not in out and "mismatch" not in out
     with pytest.raises(ValueError, match="differs from 'facet_base'"):
         FineTune(num_classes=4, init_from=tmp_path, backbone="ir50")
 
 
-def test_loading_a_state_dict_with_a_prefix_map_reports_unexpected_keys(tmp_path: Path) -> None:
+def test_loading_a_state_dict_with_a_prefix_map_reports_unexpected_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     torch.manual_seed(0)
     source = BACKBONES.create("facet_base", **TINY)
     state = {f"encoder.{k}": v for k, v in source.state_dict().items()}
@@ -168,6 +172,7 @@ def test_loading_a_state_dict_with_a_prefix_map_reports_unexpected_keys(tmp_path
     method = FineTune(num_classes=4, backbone="facet_base", backbone_kwargs=TINY, init_from=tmp_path / "mae.pth",
                       prefix_map={"encoder.": ""})  # fmt: skip
     assert method.load_report.unexpected == ["cls_token"] and method.load_report.missing == []
+    assert capsys.readouterr().out.strip().endswith("mae.pth; unexpected ['cls_token']")
     torch.testing.assert_close(method.backbone.prompts, source.prompts)
     with pytest.raises(ValueError, match="backbone name"):
         FineTune(num_classes=4, init_from=tmp_path / "mae.pth")

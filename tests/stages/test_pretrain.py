@@ -182,3 +182,16 @@ def test_unknown_runs_and_missing_shards_are_clear_errors(tmp_path: Path, capsys
     params_file.write_text(yaml.safe_dump({"pretrain": {"train": TRAIN, "runs": {"mae": {}}}}))
     assert main(["pretrain", "mea", "--params", str(params_file)]) == 2
     assert "facekit: error: unknown pretrain run 'mea' (did you mean 'mae'?)" in capsys.readouterr().err
+
+
+def test_the_cli_says_a_random_init_run_was_not_trained(tmp_path: Path, monkeypatch, capsys) -> None:
+    tiny = {"img_size": 112, "depth": 1, "embed_dim": 64, "num_heads": 2}
+    runs = {"scratch": {"method": "random_init", "backbone": "vit_small_patch16_224", "backbone_kwargs": tiny}}
+    params_file = tmp_path / "params.yaml"
+    section = {"shards": str(tmp_path / "no-shards"), "out": "runs", "train": TRAIN, "runs": runs}
+    params_file.write_text(yaml.safe_dump({"pretrain": section}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "scratch", "--params", str(params_file), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].startswith("pretrain scratch: no training (random init) -> runs/scratch")
+    assert "nan" not in out.lower()
