@@ -8,8 +8,6 @@ import os
 import shutil
 import socket
 import stat
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -214,17 +212,6 @@ def _encode(img: Image.Image, fmt: str, **params: object) -> bytes:
     return buf.getvalue()
 
 
-def _png_bomb(side: int) -> bytes:
-    """A valid 1-bit PNG of side x side black pixels: a few KB on disk, ~side² bytes once decoded."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    rows = (b"\0" + bytes((side + 7) // 8)) * side
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
 def _pil_bgr(data: bytes, *, upright: bool = False) -> np.ndarray:
     img = Image.open(io.BytesIO(data))
     return np.asarray((ImageOps.exif_transpose(img) if upright else img).convert("RGB"))[:, :, ::-1]
@@ -240,7 +227,7 @@ Undecodable = tuple[Literal["decode_error"], str]
 Decoded = tuple[Literal["pixels"], np.ndarray, int]
 
 
-def _zoo(root: Path, assets: Path) -> dict[str, Rejected | Undecodable | Decoded]:
+def _zoo(root: Path, assets: Path, bomb: bytes) -> dict[str, Rejected | Undecodable | Decoded]:
     """Identity folders holding every kind of file a user's photo folder can hold; relative path -> its fate."""
     photo = Image.open(assets / "faces" / "deepface" / "img1.jpg").convert("RGB")
     photo.thumbnail((320, 320))
@@ -283,7 +270,7 @@ def _zoo(root: Path, assets: Path) -> dict[str, Rejected | Undecodable | Decoded
         "n000001/damaged.heic": (heic_junk, ("decode_error", "corrupt_image")),
         "n000001/exported.heic": (jpeg, ("pixels", _cv_bgr(jpeg), 0)),  # a JPEG under a HEIC name
         "n000001/icon.jpg": (_encode(photo.resize((64, 64)), "ICO"), ("rejected", "unsupported_image")),
-        "n000001/bomb.png": (_png_bomb(30000), ("decode_error", "too_large")),
+        "n000001/bomb.png": (bomb, ("decode_error", "too_large")),
         "n000001/one_pixel.png": (_encode(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"), ("pixels", one_pixel, 0)),
         "n000001/locked.jpg": (jpeg, ("rejected", "unreadable")),
         "n000001/.DS_Store": (b"\x00\x00\x00\x01Bud1" + bytes(100), ("rejected", "hidden_file")),
@@ -337,11 +324,11 @@ def _zoo(root: Path, assets: Path) -> dict[str, Rejected | Undecodable | Decoded
 
 
 @pytest.mark.timeout(60)  # a FIFO that is opened would block forever
-def test_every_file_is_read_or_rejected_with_its_reason(tmp_path: Path, assets: Path) -> None:
+def test_every_file_is_read_or_rejected_with_its_reason(tmp_path: Path, assets: Path, png_bomb: bytes) -> None:
     """Files on disk == records read + rejections; each rejection has its reason; every record decodes to
     the pixels a reference decoder (OpenCV or PIL, EXIF orientation applied) gives, or is refused by it."""
     root = tmp_path / "faces"
-    fates = _zoo(root, assets)
+    fates = _zoo(root, assets, png_bomb)
     assert len(fates) >= 37
     with _DropDacOverride():
         source = IdentityFolderSource(root, "zoo")

@@ -7,11 +7,9 @@ import io
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -112,22 +110,11 @@ def _pgm(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _png_bomb(side: int) -> bytes:
-    """A valid 1-bit PNG of side × side black pixels (tiny on disk, ~side² bytes once decoded)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    rows = (b"\0" + bytes((side + 7) // 8)) * side
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
 def _records(shards: Path) -> list[FaceRecord]:
     return [r for entry in read_index(shards)["shards"] for r in ShardReader(shards / entry["name"])]
 
 
-def _bad_input_folder(root: Path, assets: Path) -> dict[str, str | None]:
+def _bad_input_folder(root: Path, assets: Path, bomb: bytes) -> dict[str, str | None]:
     """Identity folders holding every kind of bad input; returns key stem → expected rejection (None = kept)."""
     face_bytes = (assets / "faces/deepface/img1.jpg").read_bytes()
     face = Image.open(io.BytesIO(face_bytes)).convert("RGB")
@@ -146,7 +133,7 @@ def _bad_input_folder(root: Path, assets: Path) -> dict[str, str | None]:
         "cmyk.jpg": (_jpeg(face.convert("CMYK")), None),
         "exif_rotated.jpg": (_jpeg(face.rotate(90, expand=True), exif=exif), None),
         "sixteen_bit.png": (_png(Image.fromarray(np.asarray(face.convert("L")).astype(np.uint16) * 257)), None),
-        "bomb.png": (_png_bomb(30000), "too_large"),
+        "bomb.png": (bomb, "too_large"),
         "no_face.jpg": (_jpeg(Image.new("RGB", (400, 300), (90, 140, 60))), "no_face"),
         "one_pixel.png": (_png(Image.new("RGB", (1, 1))), "too_small"),
         "face.pgm": (_pgm(face.convert("L")), None),
@@ -168,8 +155,10 @@ def _bad_input_folder(root: Path, assets: Path) -> dict[str, str | None]:
     return expected
 
 
-def test_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_path: Path, assets: Path) -> None:
-    expected = _bad_input_folder(tmp_path / "raw", assets)
+def test_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(
+    tmp_path: Path, assets: Path, png_bomb: bytes
+) -> None:
+    expected = _bad_input_folder(tmp_path / "raw", assets, png_bomb)
     params, paths = _params(tmp_path / "raw"), _paths(tmp_path)
     da = detect_align.run(params, paths, progress=False)
     pk = pack.run(params, paths, progress=False)
