@@ -1,6 +1,7 @@
 """MCF, Mask Contrastive Face (Wang et al., ACM MM 2023), as its released code trains it.
 
-An MAE-style ViT (75% random mask) with a pixel decoder is trained by
+Released code: ``nomewang/MCF`` @ bc8706f (``models_mcf.py``, ``models_moco.py``, ``main_pretrain.py``,
+``engine_pretrain.py``, README). An MAE-style ViT (75% random mask) with a pixel decoder is trained by
 
 - a perceptual ("CPL") loss: the decoder's whole predicted image and the input go through a frozen,
   pre-trained timm ViT; the token maps after blocks 2, 5, 8, 11 (cls included, ``[B, 1+N, C]``), each
@@ -10,8 +11,32 @@ An MAE-style ViT (75% random mask) with a pixel decoder is trained by
   an EMA of the online encoder and projector; InfoNCE over globally gathered keys, T = 0.2, ×2T.
 
 Total: ``1000·L_perceptual + L_contrastive``. The released code has no pixel-MSE term, although the
-paper describes one: ``pixel_loss_weight > 0`` adds it (masked-patch MSE, as in MAE). The released
-code's momentum is a constant 0.99: set the loop's momentum schedule accordingly (``hp.momentum``).
+paper describes one: ``pixel_loss_weight > 0`` adds it (masked-patch MSE, as in MAE).
+
+Target network, as released: every training forward first computes ``q``, then (no gradient) moves the
+target ``t ← m·t + (1 − m)·online`` with the constant ``momentum`` m = 0.99, then computes the keys with
+the moved target. The update is per forward, not per optimizer step: with ``accum_steps`` micro-batches a
+step moves the target ``accum_steps`` times (the README recipe's 8: 0.99⁸ ≈ 0.923 per step), and each
+micro-batch's keys see the target as moved so far. The loop's ``hp.momentum`` schedule is not used. The
+target's parameters are in the state dict, so a resumed run continues the same sequence. Projector and
+predictor Linears are Xavier-uniform, as the released ``_init_weights`` leaves them.
+
+Released recipe (:attr:`MCF.recipe`; the loop owns these): ViT-B/16 at 224, batch 64 per GPU on 8 GPUs
+(one process here: 512 per micro-batch, so the 512 InfoNCE keys of a released forward) × 8 accumulated
+micro-batches = 4096, 16 epochs, 1 warm-up epoch, base lr 1.5e-4 (lr = blr × 4096 / 256), cosine to 0,
+AdamW betas (0.9, 0.95), weight decay 0.05 (none on biases and norms), no gradient clipping, AMP.
+
+Deviations from the released code, each on purpose:
+
+- The target moves only in training mode: an evaluation forward (``eval()``) leaves it alone. The
+  released code never runs its forward outside training.
+- A step the loop skips for a non-finite loss has already moved the target (towards the unchanged
+  online weights); the released code stops the run instead.
+- AMP is bf16 autocast (the loop's), not fp16 with a loss scaler; BatchNorm statistics of the heads are
+  over this process's micro-batch (512 in the recipe, 64 per GPU when released).
+- What would not run as released, fixed here: ``main_pretrain.py`` imports ``models_mcg`` and builds
+  ``models_mae_moco_online`` (the model is ``models_mcf``); the loss labels are moved with ``.cuda()``
+  and need an initialised process group.
 """
 
 from __future__ import annotations
@@ -19,7 +44,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import timm
@@ -139,9 +164,23 @@ class MCF(Method):
     Online encoder: a facekit ViT (default ViT-B/16, sin-cos positions, cls, final LN) on the visible
     patches; pixel decoder :class:`~facekit.methods.mae.MAEDecoder` (512-d, 8 blocks, 16 heads).
     Projector ``D→4096→256`` (Linear without bias + BN + ReLU, last BN affine=False), predictor
-    ``256→4096→256`` (no final BN); target encoder and projector are EMA copies (:meth:`after_step`).
+    ``256→4096→256`` (no final BN), Linears Xavier-uniform; target encoder and projector are EMA copies,
+    moved by ``momentum`` in every training forward (:meth:`update_target`).
     Views: resize to the encoder's size, random flip, ImageNet mean/std (faces pre-cropped square).
     """
+
+    recipe: ClassVar[dict[str, Any]] = {
+        "batch_size": 512,
+        "accum_steps": 8,
+        "epochs": 16,
+        "warmup_epochs": 1,
+        "blr": 1.5e-4,
+        "min_lr": 0.0,
+        "betas": (0.9, 0.95),
+        "weight_decay": 0.05,
+        "clip_grad": None,
+        "amp": True,
+    }
 
     def __init__(
         self,
@@ -155,6 +194,7 @@ class MCF(Method):
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
         temperature: float = 0.2,
+        momentum: float = 0.99,
         teacher_arch: str = "vit_base_patch16_224",
         teacher_checkpoint: str | None = None,
         teacher_kwargs: dict[str, Any] | None = None,
@@ -171,6 +211,8 @@ class MCF(Method):
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         kwargs = dict(backbone_kwargs or {})
         if image_size is not None:
             kwargs["img_size"] = image_size
@@ -189,6 +231,8 @@ class MCF(Method):
         )
         self.projector = MLPHead(dim, proj_hidden_dim, proj_dim, norm="bn", last_norm="bn_noaffine", bias=False)
         self.predictor = MLPHead(proj_dim, proj_hidden_dim, proj_dim, norm="bn", last_norm="none", bias=False)
+        for linear in [m for head in (self.projector, self.predictor) for m in head if isinstance(m, nn.Linear)]:
+            nn.init.xavier_uniform_(linear.weight)  # no biases: MoCo-v3's heads have none
         self.target_encoder = copy_as_target(self.encoder)
         self.target_projector = copy_as_target(self.projector)
         self.teacher = PerceptualTeacher(
@@ -196,6 +240,7 @@ class MCF(Method):
         )
         self.mask_ratio = mask_ratio
         self.temperature = temperature
+        self.momentum = momentum
         self.perceptual_weight = perceptual_weight
         self.contrastive_weight = contrastive_weight
         self.pixel_loss_weight = pixel_loss_weight
@@ -206,7 +251,8 @@ class MCF(Method):
         return ResizeFlipView(self.encoder.img_size, mean=self.mean, std=self.std)
 
     def masks(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Two independent random masks: (online keep ``[B, K]``, online mask ``[B, N]``, target keep ``[B, K]``)."""
+        """Two independent random masks: (online keep ``[B, K]``, online mask ``[B, N]``, target keep ``[B, K]``),
+        the online one drawn first, as released."""
         num_patches = self.encoder.num_patches
         keep, mask, _ = random_keep(batch, num_patches, self.mask_ratio, device)
         target_keep, _, _ = random_keep(batch, num_patches, self.mask_ratio, device)
@@ -217,11 +263,13 @@ class MCF(Method):
         keep, mask, target_keep = self.masks(images.shape[0], images.device)
         out = self.encoder.encode(images, keep=keep)
         pred = self.decoder(out.patches, keep, out.cls)  # [B, N, p·p·3]
-        perceptual = self.teacher(self.encoder.unpatchify(pred), images)
         q = self.predictor(self.projector(out.cls))
         with torch.no_grad():
+            if self.training:
+                self.update_target()
             k = self.target_projector(self.target_encoder.encode(images, keep=target_keep).cls)
         contrastive = info_nce(q, k, self.temperature)
+        perceptual = self.teacher(self.encoder.unpatchify(pred), images)
         loss = self.perceptual_weight * perceptual + self.contrastive_weight * contrastive
         logs = {"loss_perceptual": perceptual.detach(), "loss_contrastive": contrastive.detach()}
         if self.pixel_loss_weight > 0:
@@ -231,14 +279,11 @@ class MCF(Method):
         return {"loss": loss, **logs}
 
     @torch.no_grad()
-    def after_step(self, hp: StepValues) -> None:
-        """EMA of the target encoder and projector: ``t ← m·t + (1 − m)·online``, m = ``hp.momentum``.
-
-        The released code updates before computing the keys of the next step; after the optimizer
-        step is the same sequence of target weights.
-        """
-        ema_update(self.target_encoder, self.encoder, hp.momentum)
-        ema_update(self.target_projector, self.projector, hp.momentum)
+    def update_target(self) -> None:
+        """EMA of the target encoder and projector parameters: ``t ← m·t + (1 − m)·online``, m = ``momentum``
+        (buffers, i.e. the target projector's BatchNorm statistics, are its own)."""
+        ema_update(self.target_encoder, self.encoder, self.momentum)
+        ema_update(self.target_projector, self.projector, self.momentum)
 
     def export_backbone(self) -> nn.Module:
         return self.encoder

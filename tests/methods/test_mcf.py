@@ -1,7 +1,9 @@
-"""MCF: InfoNCE, the perceptual teacher (loading, token-axis normalisation, frozen), EMA, masks, training."""
+"""MCF: InfoNCE, the perceptual teacher (loading, token-axis normalisation, frozen), the target's momentum step
+in every forward (with accumulation and resume through the loop), masks, init, released defaults and recipe."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -11,11 +13,15 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import Dataset
 
 import facekit.methods  # noqa: F401  (registers the methods)
+from facekit.config import TrainConfig
 from facekit.data.views import ResizeFlipView
 from facekit.methods.base import METHODS, StepValues
 from facekit.methods.mcf import MCF, PerceptualTeacher, info_nce
+from facekit.train.loop import train
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
 TEACHER = {"img_size": 32, "patch_size": 8, "depth": 4, "embed_dim": 48, "num_heads": 3}
@@ -127,7 +133,7 @@ def test_teacher_and_target_frozen(teacher_file: Path) -> None:
     assert model.predictor[0].weight.grad.abs().sum() > 0
 
 
-def test_target_ema_update_by_formula(teacher_file: Path) -> None:
+def test_every_training_forward_moves_the_target_by_its_own_momentum_and_eval_does_not(teacher_file: Path) -> None:
     model = tiny_mcf(teacher_file)
     with torch.no_grad():  # make online and target differ
         for p in [*model.encoder.parameters(), *model.projector.parameters()]:
@@ -137,9 +143,15 @@ def test_target_ema_update_by_formula(teacher_file: Path) -> None:
         *zip(model.target_projector.parameters(), model.projector.parameters(), strict=True),
     ]
     before = [(t.clone(), o.clone()) for t, o in pairs]
-    model.after_step(hp(momentum=0.9))
+    images = torch.randn(4, 3, 32, 32)
+    model({"image": images}, hp(momentum=0.5))  # the loop's momentum is not MCF's
+    model({"image": images}, hp(momentum=0.5))
     for (t, _), (t0, o0) in zip(pairs, before, strict=True):
-        torch.testing.assert_close(t, 0.9 * t0 + 0.1 * o0)
+        torch.testing.assert_close(t, 0.99**2 * t0 + (1 - 0.99**2) * o0)
+    moved = [t.clone() for t, _ in pairs]
+    model.eval()
+    model({"image": images}, hp())
+    assert all(torch.equal(t, m) for (t, _), m in zip(pairs, moved, strict=True))
 
 
 def test_online_and_target_masks_are_independent(teacher_file: Path) -> None:
@@ -189,7 +201,6 @@ def test_a_few_steps_reduce_the_loss(teacher_file: Path) -> None:
         optimizer.zero_grad()
         model({"image": images}, hp())["loss"].backward()
         optimizer.step()
-        model.after_step(hp())
     assert fixed_mask_loss() < 0.9 * before
 
 
@@ -198,7 +209,117 @@ def test_views_registry_and_export(teacher_file: Path) -> None:
     view = model.views()
     rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     assert isinstance(view, ResizeFlipView) and view(rgb)["image"].shape == (3, 32, 32)
-    assert view.mean == (0.485, 0.456, 0.406)
+    assert view.mean == (0.485, 0.456, 0.406) and view.std == (0.229, 0.224, 0.225)  # main_pretrain.py:137
     assert METHODS.get("mcf") is MCF and model.export_backbone() is model.encoder
     with pytest.warns(UserWarning, match="random weights"):
         PerceptualTeacher("vit_tiny_patch16_224", None, (0,), **TEACHER)
+
+
+#: Every default of MCF against the released code (``nomewang/MCF`` @ bc8706f): (argument, value, where).
+RELEASED_DEFAULTS = [
+    ("backbone", "vit_base_patch16_224", "README.md:45-46 (--model mae_vit_base_patch16, --input_size 224)"),
+    ("mask_ratio", 0.75, "models_mcf.py:351, main_pretrain.py:53, README.md:47"),
+    ("decoder_dim", 512, "models_mcf.py:378-383 (mae_vit_base_patch16_dec512d8b), :419"),
+    ("decoder_depth", 8, "models_mcf.py:378-383"),
+    ("decoder_heads", 16, "models_mcf.py:378-383"),
+    ("decoder_mlp_ratio", 4.0, "models_mcf.py:378-383"),
+    ("proj_hidden_dim", 4096, "models_mcf.py:139 (_build_projector_and_predictor_mlps(embed_dim, 256, 4096))"),
+    ("proj_dim", 256, "models_mcf.py:139"),
+    ("temperature", 0.2, "models_mcf.py:121, main_pretrain.py:94 (--moco_t)"),
+    ("momentum", 0.99, "models_mcf.py:351 (forward's m; engine_pretrain.py:38 passes none)"),
+    ("teacher_arch", "vit_base_patch16_224", "models_moco.py:108 (vit_base_patch16), :140 (size=224)"),
+    ("teacher_layers", (2, 5, 8, 11), "models_moco.py:36"),
+    ("teacher_norm_axis", "token", "models_moco.py:145 (normalize(feat, dim=1))"),
+    ("perceptual_weight", 1000.0, "models_mcf.py:349"),
+    ("contrastive_weight", 1.0, "models_mcf.py:349"),
+    ("pixel_loss_weight", 0.0, "models_mcf.py:349 (no pixel term)"),
+    ("norm_pix_loss", False, "main_pretrain.py:56-58"),
+    ("mean", (0.485, 0.456, 0.406), "main_pretrain.py:137"),
+    ("std", (0.229, 0.224, 0.225), "main_pretrain.py:137"),
+]
+
+#: The released pre-training recipe as TrainConfig fields: 64 per GPU on 8 GPUs, 8 accumulated micro-batches.
+RELEASED_RECIPE = {
+    "batch_size": 64 * 8,  # README.md:42-43 (--nproc_per_node=8, --batch_size 64)
+    "accum_steps": 8,  # README.md:44
+    "epochs": 16,  # README.md:48
+    "warmup_epochs": 1,  # README.md:49
+    "blr": 1.5e-4,  # README.md:50
+    "min_lr": 0.0,  # main_pretrain.py:68
+    "betas": (0.9, 0.95),  # main_pretrain.py:194
+    "weight_decay": 0.05,  # README.md:51
+    "clip_grad": None,  # engine_pretrain.py:47 (loss_scaler without clip_grad)
+    "amp": True,  # engine_pretrain.py:37
+}
+
+
+@pytest.mark.parametrize(("name", "value", "where"), RELEASED_DEFAULTS, ids=[r[0] for r in RELEASED_DEFAULTS])
+def test_default_is_the_released_value(name: str, value: object, where: str) -> None:
+    assert inspect.signature(MCF).parameters[name].default == value, where
+
+
+def test_recipe_is_the_released_one_and_builds_a_train_config(tmp_path: Path) -> None:
+    assert MCF.recipe == RELEASED_RECIPE
+    cfg = TrainConfig(**MCF.recipe, out_dir=tmp_path)
+    assert cfg.batch_size * cfg.accum_steps == 4096 and cfg.lr_schedule == "cosine"
+
+
+def test_projector_and_predictor_linears_are_xavier_uniform_and_the_target_a_copy(teacher_file: Path) -> None:
+    model = tiny_mcf(teacher_file)  # projector 64 -> 32 -> 16, predictor 16 -> 32 -> 16
+    for head in (model.projector, model.predictor):
+        for layer in head:
+            if isinstance(layer, nn.Linear):
+                bound = math.sqrt(6 / (layer.in_features + layer.out_features))
+                w = layer.weight
+                assert layer.bias is None and w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+                assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+            elif isinstance(layer, nn.BatchNorm1d) and layer.affine:  # PyTorch's BatchNorm init, untouched
+                assert torch.equal(layer.weight, torch.ones_like(layer.weight)) and not layer.bias.any()
+    for t, o in zip(model.target_projector.parameters(), model.projector.parameters(), strict=True):
+        assert torch.equal(t, o)
+
+
+class FaceTensors(Dataset):
+    """``n`` fixed random "views" ``{"image": [3, 32, 32]}``."""
+
+    def __init__(self, n: int = 16) -> None:
+        self.images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[i]}
+
+
+def loop_config(out_dir: Path, **overrides) -> TrainConfig:
+    """2 micro-batches of 2 per step, 4 steps per epoch; the loop's EMA momentum set far from MCF's."""
+    base = {"epochs": 1, "batch_size": 2, "accum_steps": 2, "lr": 1e-3, "log_every": 1, "checkpoint_every": None}
+    base |= {"ema_momentum": 0.5, "ema_momentum_end": 0.5, "progress": False}
+    return TrainConfig(out_dir=out_dir, **{**base, **overrides})
+
+
+def test_an_accumulated_step_moves_the_target_once_per_micro_batch(teacher_file: Path, tmp_path: Path) -> None:
+    model = tiny_mcf(teacher_file)
+    with torch.no_grad():
+        for p in model.target_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    online = {n: p.clone() for n, p in model.encoder.named_parameters()}
+    target = {n: p.clone() for n, p in model.target_encoder.named_parameters()}
+    train(model, FaceTensors(), loop_config(tmp_path, max_steps=1))
+    m = 0.99**2  # two forwards with the online weights of before the optimizer step
+    for name, t in model.target_encoder.named_parameters():
+        torch.testing.assert_close(t, m * target[name] + (1 - m) * online[name])
+    assert not torch.equal(model.encoder.blocks[0].attn.qkv.weight, online["blocks.0.attn.qkv.weight"])
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(teacher_file: Path, tmp_path: Path) -> None:
+    whole = tiny_mcf(teacher_file)
+    train(whole, FaceTensors(), loop_config(tmp_path / "whole"))
+    train(tiny_mcf(teacher_file), FaceTensors(), loop_config(tmp_path / "split", max_steps=2))
+    resumed = tiny_mcf(teacher_file)
+    result = train(resumed, FaceTensors(), loop_config(tmp_path / "split"))
+    assert result.steps_run == 2 and result.steps == 4
+    expected = whole.state_dict()
+    for name, tensor in resumed.state_dict().items():  # the targets and their BatchNorm statistics included
+        assert torch.equal(tensor, expected[name]), name
