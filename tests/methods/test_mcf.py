@@ -209,33 +209,45 @@ def test_views_registry_and_export(teacher_file: Path) -> None:
     view = model.views()
     rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     assert isinstance(view, ResizeFlipView) and view(rgb)["image"].shape == (3, 32, 32)
-    assert view.mean == (0.485, 0.456, 0.406) and view.std == (0.229, 0.224, 0.225)  # main_pretrain.py:137
+    grey = np.full((40, 40, 3), (51, 102, 153), dtype=np.uint8)  # normalised with ImageNet's mean / std
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = [(c / 255 - m) / s for c, m, s in zip((51, 102, 153), mean, std, strict=True)]
+    torch.testing.assert_close(view(grey)["image"][:, 5, 7], torch.tensor(expected), atol=1e-5, rtol=0)
+    np.random.seed(0)  # a random horizontal flip, half the time
+    ramp = np.tile(np.arange(40, dtype=np.uint8)[None, :, None] * 6, (40, 1, 3))
+    rows = [view(ramp)["image"][0, 0] for _ in range(40)]
+    flipped = [bool(row[0] > row[-1]) for row in rows]
+    assert 10 < sum(flipped) < 30
     assert METHODS.get("mcf") is MCF and model.export_backbone() is model.encoder
     with pytest.warns(UserWarning, match="random weights"):
         PerceptualTeacher("vit_tiny_patch16_224", None, (0,), **TEACHER)
 
 
-#: Every default of MCF against the released code (``nomewang/MCF`` @ bc8706f): (argument, value, where).
+#: Every default of MCF (and of its teacher) against the released code (``nomewang/MCF`` @ bc8706f):
+#: (class, argument, value, where).
 RELEASED_DEFAULTS = [
-    ("backbone", "vit_base_patch16_224", "README.md:45-46 (--model mae_vit_base_patch16, --input_size 224)"),
-    ("mask_ratio", 0.75, "models_mcf.py:351, main_pretrain.py:53, README.md:47"),
-    ("decoder_dim", 512, "models_mcf.py:378-383 (mae_vit_base_patch16_dec512d8b), :419"),
-    ("decoder_depth", 8, "models_mcf.py:378-383"),
-    ("decoder_heads", 16, "models_mcf.py:378-383"),
-    ("decoder_mlp_ratio", 4.0, "models_mcf.py:378-383"),
-    ("proj_hidden_dim", 4096, "models_mcf.py:139 (_build_projector_and_predictor_mlps(embed_dim, 256, 4096))"),
-    ("proj_dim", 256, "models_mcf.py:139"),
-    ("temperature", 0.2, "models_mcf.py:121, main_pretrain.py:94 (--moco_t)"),
-    ("momentum", 0.99, "models_mcf.py:351 (forward's m; engine_pretrain.py:38 passes none)"),
-    ("teacher_arch", "vit_base_patch16_224", "models_moco.py:108 (vit_base_patch16), :140 (size=224)"),
-    ("teacher_layers", (2, 5, 8, 11), "models_moco.py:36"),
-    ("teacher_norm_axis", "token", "models_moco.py:145 (normalize(feat, dim=1))"),
-    ("perceptual_weight", 1000.0, "models_mcf.py:349"),
-    ("contrastive_weight", 1.0, "models_mcf.py:349"),
-    ("pixel_loss_weight", 0.0, "models_mcf.py:349 (no pixel term)"),
-    ("norm_pix_loss", False, "main_pretrain.py:56-58"),
-    ("mean", (0.485, 0.456, 0.406), "main_pretrain.py:137"),
-    ("std", (0.229, 0.224, 0.225), "main_pretrain.py:137"),
+    (MCF, "backbone", "vit_base_patch16_224", "README.md:45-46 (--model mae_vit_base_patch16, --input_size 224)"),
+    (MCF, "mask_ratio", 0.75, "models_mcf.py:351, main_pretrain.py:53, README.md:47"),
+    (MCF, "decoder_dim", 512, "models_mcf.py:378-383 (mae_vit_base_patch16_dec512d8b), :419"),
+    (MCF, "decoder_depth", 8, "models_mcf.py:378-383"),
+    (MCF, "decoder_heads", 16, "models_mcf.py:378-383"),
+    (MCF, "decoder_mlp_ratio", 4.0, "models_mcf.py:378-383"),
+    (MCF, "proj_hidden_dim", 4096, "models_mcf.py:139 (_build_projector_and_predictor_mlps(embed_dim, 256, 4096))"),
+    (MCF, "proj_dim", 256, "models_mcf.py:139"),
+    (MCF, "temperature", 0.2, "models_mcf.py:121, main_pretrain.py:94 (--moco_t)"),
+    (MCF, "momentum", 0.99, "models_mcf.py:351 (forward's m; engine_pretrain.py:38 passes none)"),
+    (MCF, "teacher_arch", "vit_base_patch16_224", "models_moco.py:108 (vit_base_patch16), :140 (size=224)"),
+    (MCF, "teacher_layers", (2, 5, 8, 11), "models_moco.py:36"),
+    (MCF, "teacher_norm_axis", "token", "models_moco.py:145 (normalize(feat, dim=1))"),
+    (MCF, "perceptual_weight", 1000.0, "models_mcf.py:349"),
+    (MCF, "contrastive_weight", 1.0, "models_mcf.py:349"),
+    (MCF, "pixel_loss_weight", 0.0, "models_mcf.py:349 (no pixel term)"),
+    (MCF, "norm_pix_loss", False, "main_pretrain.py:56-58"),
+    (MCF, "mean", (0.485, 0.456, 0.406), "main_pretrain.py:137"),
+    (MCF, "std", (0.229, 0.224, 0.225), "main_pretrain.py:137"),
+    (PerceptualTeacher, "arch", "vit_base_patch16_224", "models_moco.py:108, :140"),
+    (PerceptualTeacher, "layers", (2, 5, 8, 11), "models_moco.py:36"),
+    (PerceptualTeacher, "norm_axis", "token", "models_moco.py:145"),
 ]
 
 #: The released pre-training recipe as TrainConfig fields: 64 per GPU on 8 GPUs, 8 accumulated micro-batches.
@@ -253,9 +265,11 @@ RELEASED_RECIPE = {
 }
 
 
-@pytest.mark.parametrize(("name", "value", "where"), RELEASED_DEFAULTS, ids=[r[0] for r in RELEASED_DEFAULTS])
-def test_default_is_the_released_value(name: str, value: object, where: str) -> None:
-    assert inspect.signature(MCF).parameters[name].default == value, where
+@pytest.mark.parametrize(
+    ("owner", "name", "value", "where"), RELEASED_DEFAULTS, ids=[f"{r[0].__name__}.{r[1]}" for r in RELEASED_DEFAULTS]
+)
+def test_default_is_the_released_value(owner: type, name: str, value: object, where: str) -> None:
+    assert inspect.signature(owner).parameters[name].default == value, where
 
 
 def test_recipe_is_the_released_one_and_builds_a_train_config(tmp_path: Path) -> None:
