@@ -14,12 +14,13 @@ Total: ``1000·L_perceptual + L_contrastive``. The released code has no pixel-MS
 paper describes one: ``pixel_loss_weight > 0`` adds it (masked-patch MSE, as in MAE).
 
 Target network, as released: every training forward first computes ``q``, then (no gradient) moves the
-target ``t ← m·t + (1 − m)·online`` with the constant ``momentum`` m = 0.99, then computes the keys with
-the moved target. The update is per forward, not per optimizer step: with ``accum_steps`` micro-batches a
-step moves the target ``accum_steps`` times (the README recipe's 8: 0.99⁸ ≈ 0.923 per step), and each
-micro-batch's keys see the target as moved so far. The loop's ``hp.momentum`` schedule is not used. The
-target's parameters are in the state dict, so a resumed run continues the same sequence. Projector and
-predictor Linears are Xavier-uniform, as the released ``_init_weights`` leaves them.
+target ``t ← m·t + (1 − m)·online`` with the constant ``momentum`` m = 0.99 (forward's default; the
+script's ``--moco_m`` never reaches it), then computes the keys with the moved target. The update is per
+forward, not per optimizer step: with ``accum_steps`` micro-batches a step moves the target
+``accum_steps`` times (the README recipe's 8: 0.99⁸ ≈ 0.923 per step), and each micro-batch's keys see
+the target as moved so far. The loop's ``hp.momentum`` schedule is not used. The target's parameters are
+in the state dict, so a resumed run continues the same sequence. Projector and predictor Linears are
+Xavier-uniform (no biases), as the released ``_init_weights`` leaves them.
 
 Released recipe (:attr:`MCF.recipe`; the loop owns these): ViT-B/16 at 224, batch 64 per GPU on 8 GPUs
 (one process here: 512 per micro-batch, so the 512 InfoNCE keys of a released forward) × 8 accumulated
@@ -31,7 +32,7 @@ Deviations from the released code, each on purpose:
 - The target moves only in training mode: an evaluation forward (``eval()``) leaves it alone. The
   released code never runs its forward outside training.
 - A step the loop skips for a non-finite loss has already moved the target (towards the unchanged
-  online weights); the released code stops the run instead.
+  online weights); the released code stops the run instead. Both are seen by ``tests/methods/test_mcf.py``.
 - AMP is bf16 autocast (the loop's), not fp16 with a loss scaler; BatchNorm statistics of the heads are
   over this process's micro-batch (512 in the recipe, 64 per GPU when released).
 - What would not run as released, fixed here: ``main_pretrain.py`` imports ``models_mcg`` and builds

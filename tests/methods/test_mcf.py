@@ -337,3 +337,20 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(teacher_file: Path,
     expected = whole.state_dict()
     for name, tensor in resumed.state_dict().items():  # the targets and their BatchNorm statistics included
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_a_skipped_non_finite_step_has_moved_the_target_already(teacher_file: Path, tmp_path: Path) -> None:
+    model = tiny_mcf(teacher_file)
+    with torch.no_grad():
+        for p in model.target_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    online = {n: p.clone() for n, p in model.encoder.named_parameters()}
+    target = {n: p.clone() for n, p in model.target_encoder.named_parameters()}
+    data = FaceTensors(4)
+    data.images[:] = float("nan")
+    result = train(model, data, loop_config(tmp_path, max_steps=1))
+    assert result.skipped_steps == 1
+    m = 0.99**2
+    for name, t in model.target_encoder.named_parameters():
+        assert torch.equal(model.encoder.get_parameter(name), online[name])
+        torch.testing.assert_close(t, m * target[name] + (1 - m) * online[name])
