@@ -180,13 +180,15 @@ class _MomentumRecorder(ToyMethod):
 
 @pytest.mark.parametrize(("recipe", "halfway"), [(CAMD.recipe, 0.9975), (FRA.recipe, 0.998)], ids=["camd", "fra"])
 def test_ema_momentum_is_the_released_cosine_from_the_recipes_base_to_one(recipe, halfway, tmp_path) -> None:
-    """CAMD's and BYOL's (FRA's) ``1 - (1 - base) (1 + cos(pi t / T)) / 2``, with the loop's t / T:
-    step / (steps - 1), so the base at the first step and 1 at the last."""
+    """CAMD's and BYOL's (FRA's) ``1 - (1 - base) (1 + cos(pi t / T)) / 2`` with t / T = step / steps, as
+    released: the base at the first step, the midpoint at step T / 2, and short of 1 at the last."""
     base = recipe["ema_momentum"]
     method = _MomentumRecorder()
-    train(method, ToySamples(n=72), toy_config(tmp_path, epochs=1, ema_momentum=base))  # 72 / 8 = 9 steps
-    steps = 9
-    expected = [1 - (1 - base) * (1 + math.cos(math.pi * t / (steps - 1))) / 2 for t in range(steps)]
+    train(method, ToySamples(n=64), toy_config(tmp_path, epochs=1, ema_momentum=base))  # 64 / 8 = 8 steps
+    steps = 8
+    expected = [1 - (1 - base) * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)]
     assert method.momenta == pytest.approx(expected, rel=0, abs=1e-15)
-    assert method.momenta[0] == pytest.approx(base, abs=1e-15) and method.momenta[-1] == 1.0
+    assert method.momenta[0] == pytest.approx(base, abs=1e-15)
     assert method.momenta[4] == pytest.approx(halfway, abs=1e-15)
+    last = 1 - (1 - base) * (1 - math.cos(math.pi / 8)) / 2  # cos(7 pi / 8) = -cos(pi / 8)
+    assert method.momenta[-1] == pytest.approx(last, abs=1e-15) and method.momenta[-1] < 1.0
