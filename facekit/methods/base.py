@@ -74,6 +74,14 @@ class Method(nn.Module):
     def export_backbone(self) -> nn.Module:
         raise NotImplementedError
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters of 2 or more dimensions that get no weight decay (1-d ones never do).
+
+        Default none: the released pre-training code (MAE, FaceT's MAE, DINO, LAFS, CAMD, MCF) decays every
+        parameter of 2 or more dimensions, cls token, mask token and learned position embedding included.
+        """
+        return set()
+
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         """Extra per-iteration schedules, each an array of ``total_steps`` values; default none."""
         return {}

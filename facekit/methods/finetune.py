@@ -188,6 +188,12 @@ class FineTune(Method):
     def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
         return self.head(self.embed(batch["image"], batch.get("ismask")), batch["identity"])
 
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's own ``no_weight_decay()`` (a ViT's learned positions and cls token), as FaceT's
+        and MAE's fine-tuning exempt them; Partial FC's centres are decayed."""
+        names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else set()
+        return {f"backbone.{name}" for name in names}
+
     def export_backbone(self) -> nn.Module:
         """The embedding network: [B, 3, 112, 112] in [−1, 1] -> [B, 512] (L2-normalise for matching)."""
         return self.backbone
