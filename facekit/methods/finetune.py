@@ -143,9 +143,10 @@ class FineTune(Method):
     backbone's ``img_size``. crop_scale, masked_faces: see :class:`FaceRecognitionView`. FaceT-B's prompts
     follow each sample's ``ismask``; IR nets ignore it.
 
-    Under DDP the Partial FC shard is hidden from DDP's gradient averaging; the loop clips by the gradient
-    norm over every rank's shard, and each rank checkpoints its own shard (``rank<r>.pt``; resuming needs
-    the same world size, :func:`~facekit.train.checkpoint.full_state_dict` joins the shards).
+    Gradient clipping covers the backbone only (:meth:`clip_scope`). Under DDP the Partial FC shard is hidden
+    from DDP's gradient averaging; the logged gradient norm sums every rank's shard, and each rank checkpoints
+    its own shard (``rank<r>.pt``; resuming needs the same world size,
+    :func:`~facekit.train.checkpoint.full_state_dict` joins the shards).
     """
 
     def __init__(
@@ -187,6 +188,11 @@ class FineTune(Method):
 
     def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
         return self.head(self.embed(batch["image"], batch.get("ismask")), batch["identity"])
+
+    def clip_scope(self) -> nn.Module:
+        """The backbone: FaceT's trainer and ``arcface_torch`` clip the backbone's gradients only, not the
+        Partial FC centres' (whose norm is about 1.8× the backbone's at init)."""
+        return self.backbone
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's own ``no_weight_decay()`` (a ViT's learned positions and cls token), as FaceT's

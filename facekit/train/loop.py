@@ -2,7 +2,7 @@
 
 Per optimizer step: this step's :class:`StepValues` (lr, weight decay, EMA momentum and the method's own
 schedules, precomputed per iteration) → ``accum_steps`` micro-batches of forward (bf16 autocast) and
-backward (DDP syncs on the last one only) → a NaN/Inf guard → gradient clipping →
+backward (DDP syncs on the last one only) → a NaN/Inf guard → gradient clipping (:func:`clip_gradients_`) →
 ``method.before_optimizer_step(hp)`` → optimizer step → ``method.after_step(hp)``. Logs go to
 ``out_dir/train_log.csv`` / ``metrics.json``, checkpoints to ``out_dir/checkpoints/last``; a rerun with the
 same ``out_dir`` resumes from there. Per-rank parameters (those DDP ignores: Partial FC's shard of the
@@ -88,7 +88,7 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
     base_lr = cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
     schedules = _schedules(method, cfg, base_lr, total_steps, steps_per_epoch)
     optimizer = build_optimizer(method, cfg, base_lr)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    clip_prefix = clip_scope_prefix(method, cfg.clip_mode)
     ckpt_root = out_dir / "checkpoints"
     run = {"steps_per_epoch": steps_per_epoch, "global_batch": global_batch, "skipped_steps": 0}
     start_step = _resume(ckpt_root, method, optimizer, run) if resume and find_checkpoint(ckpt_root) else 0
@@ -128,7 +128,7 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
         else:
             consecutive_bad = 0
             if cfg.clip_grad is not None:
-                torch.nn.utils.clip_grads_with_norm_(params, cfg.clip_grad, grad_norm)
+                clip_gradients_(method, clip_prefix, cfg.clip_grad, cfg.clip_mode, grad_norm)
             method.before_optimizer_step(hp)
             optimizer.step()
             method.after_step(hp)
@@ -221,6 +221,38 @@ def build_optimizer(method: torch.nn.Module, cfg: TrainConfig, lr: float) -> tor
     return create_optimizer_v2(
         groups, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **extra
     )
+
+
+def clip_scope_prefix(method: Method, mode: str) -> str:
+    """Name prefix (``"backbone."``; ``""`` = the whole method) of the parameters in ``method.clip_scope()``.
+
+    Per-parameter clipping refuses a scope with per-rank parameters (Partial FC's shards): a shard's norm
+    is not its parameter's.
+    """
+    scope = method.clip_scope()
+    prefix = next((f"{n}." if n else "" for n, m in method.named_modules() if m is scope), None)
+    if prefix is None:
+        raise ValueError(f"{type(method).__name__}.clip_scope() is not a submodule of the method")
+    sharded = sorted(n for n in distributed.rank_local_names(method) if n.startswith(prefix))
+    if mode == "per_parameter" and sharded:
+        raise ValueError(f"clip_mode 'per_parameter' cannot clip the per-rank parameters {sharded}")
+    return prefix
+
+
+def clip_gradients_(method: Method, prefix: str, max_norm: float, mode: str, total_norm: torch.Tensor) -> None:
+    """Clip, in place, the gradients of ``method``'s parameters whose names start with ``prefix``.
+
+    ``"global"``: all of them by ``max_norm / (‖g‖ + 1e-6)`` if below 1, ``‖g‖`` their joint norm over every
+    rank (``total_norm`` when the prefix is empty: the whole method's); ``clip_grad_norm_``. ``"per_parameter"``:
+    each gradient on its own, ``g ← g · min(1, max_norm / (‖g‖ + 1e-6))`` (DINO's ``clip_gradients``).
+    """
+    params = [p for n, p in method.named_parameters() if p.grad is not None and n.startswith(prefix)]
+    if mode == "per_parameter":
+        for p in params:
+            p.grad.mul_((max_norm / (torch.linalg.vector_norm(p.grad) + 1e-6)).clamp(max=1.0))
+        return
+    norm = distributed.global_grad_norm(method, prefix) if prefix else total_norm
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
 
 def _loader(dataset: Dataset, sampler: EpochSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
