@@ -12,7 +12,10 @@ ResNet trunks), or from a run folder's exported backbone (``backbone.json`` + ``
 :mod:`facekit.nn.backbones`), or from any state dict with a key-prefix map; the load report (missing /
 unexpected / mismatched keys; the tensors a run folder's export lacks because ``backbone_kwargs`` add them are counted,
 not listed) is printed and kept in :attr:`FineTune.load_report`.
-:data:`FINETUNE_RECIPES` holds FaceT's two recipes in the pretrain-run format.
+:data:`FINETUNE_RECIPES` holds FaceT's two recipes in the pretrain-run format. As FaceT's trainer: layer-wise lr
+decay (block i of L at ``decay^(L − i)``), no weight decay on the backbone's learned positions, gradient
+clipping of the backbone only. Deviation: FaceT warms the lr up with ``np.linspace(0, lr, W)``, one step ahead
+of the loop's ``lr · i / W`` (:mod:`facekit.train.schedules`; at most ``lr / W`` lower per warm-up step).
 """
 
 from __future__ import annotations
@@ -205,11 +208,13 @@ class FineTune(Method):
         return self.backbone
 
 
-#: FaceT's fine-tuning recipes as pretrain-style runs: ``{"method": "finetune", <FineTune kwargs>, "train":
-#: <TrainConfig kwargs>}``; add ``num_classes`` (and ``init_from``). ``blr`` is FaceT's lr per 256 images
-#: (WebFace42M used 0.00075 for FaceT-B). IR-100: FaceT's step decay, lr ×0.1 at epochs 8, 12 and 16
-#: (``lr_schedule: step``). FaceT names no margin for IR-100; MagFace (as FaceT-B) is our choice.
-#: ``batch_size`` is per process: FaceT used 256 per GPU for FaceT-B and a batch of 768 for IR-100.
+#: FaceT's fine-tuning recipes (the README's commands) as pretrain-style runs: ``{"method": "finetune",
+#: <FineTune kwargs>, "train": <TrainConfig kwargs>}``; add ``num_classes`` (and ``init_from``). ``blr`` is
+#: FaceT's lr per 256 images (WebFace42M used 0.00075 for FaceT-B). Both use ``--head magface`` and a 1-epoch
+#: warm-up. FaceT-B clips the backbone's gradients to a global norm of 1.0 (:meth:`FineTune.clip_scope`: not
+#: the centres); IR-100 does not clip and takes FaceT's step decay, lr ×0.1 at epochs 8, 12 and 16
+#: (``lr_schedule: step``). ``batch_size`` is per process: FaceT used 256 per GPU for FaceT-B and a batch of
+#: 768 for IR-100.
 FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
     "facet_base": {
         "method": "finetune",
@@ -229,6 +234,7 @@ FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
             "warmup_epochs": 1,
             "min_lr": 1e-5,
             "clip_grad": 1.0,
+            "clip_mode": "global",
         },
     },
     "ir100": {
@@ -242,6 +248,7 @@ FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
             "batch_size": 768,
             "optimizer": "sgd",  # timm's "sgd" is Nesterov
             "blr": 0.025,
+            "warmup_epochs": 1,
             "lr_schedule": "step",
             "lr_milestones": (8, 12, 16),
             "lr_gamma": 0.1,

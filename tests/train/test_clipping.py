@@ -13,7 +13,12 @@ from torch.utils.data import Dataset
 from train_toy import ToyMethod, ToyPartialFC, ToySamples, toy_config
 
 from facekit.config import TrainConfig
-from facekit.methods.finetune import FineTune
+from facekit.methods.base import METHODS
+from facekit.methods.camd import CAMD
+from facekit.methods.dino import DINO
+from facekit.methods.finetune import FINETUNE_RECIPES, FineTune
+from facekit.methods.lafs import LAFS
+from facekit.methods.mae import MAE
 from facekit.train.loop import clip_scope_prefix, train
 
 SGD = {"optimizer": "momentum", "momentum": 0.0, "weight_decay": 0.0, "max_steps": 1}
@@ -116,3 +121,26 @@ def test_per_parameter_clipping_refuses_per_rank_shards_in_its_scope() -> None:
 def test_config_rejects_bad_clipping(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(epochs=1, batch_size=2, out_dir=tmp_path, lr=0.1, **overrides)
+
+
+def test_recipes_carry_the_released_clipping(tmp_path: Path) -> None:
+    """DINO / LAFS ``--clip_grad 3.0`` through ``clip_gradients`` (per parameter); CAMD and FaceT-B
+    ``clip_grad_norm_`` at 1.0; MAE's pre-training and FaceT's IR-100 do not clip."""
+    classes = [METHODS.get(name) for name in METHODS.names()]
+    recipes = [cls.recipe for cls in classes if isinstance(cls, type)]  # facet_mae is a function (an MAE)
+    assert len(recipes) == len(classes) - 1 and all(isinstance(recipe, dict) for recipe in recipes)
+    for recipe in [*recipes, *(r["train"] for r in FINETUNE_RECIPES.values())]:
+        if recipe:
+            TrainConfig(**recipe, out_dir=tmp_path)
+    clipping = {
+        "dino": (DINO.recipe["clip_grad"], DINO.recipe["clip_mode"]),
+        "lafs": (LAFS.recipe["clip_grad"], LAFS.recipe["clip_mode"]),
+        "camd": (CAMD.recipe["clip_grad"], CAMD.recipe.get("clip_mode", "global")),
+        "facet_base": (FINETUNE_RECIPES["facet_base"]["train"]["clip_grad"], "global"),
+        "mae": (MAE.recipe.get("clip_grad"), MAE.recipe.get("clip_mode", "global")),
+        "ir100": (FINETUNE_RECIPES["ir100"]["train"].get("clip_grad"), "global"),
+    }
+    expected = {"dino": (3.0, "per_parameter"), "lafs": (3.0, "per_parameter"), "camd": (1.0, "global")}
+    expected |= {"facet_base": (1.0, "global"), "mae": (None, "global"), "ir100": (None, "global")}
+    assert clipping == expected
+    assert FINETUNE_RECIPES["facet_base"]["train"]["clip_mode"] == "global"
