@@ -125,7 +125,7 @@ def test_config_rejects_bad_clipping(tmp_path: Path, overrides: dict[str, Any], 
 
 def test_recipes_carry_the_released_clipping(tmp_path: Path) -> None:
     """DINO / LAFS ``--clip_grad 3.0`` through ``clip_gradients`` (per parameter); CAMD and FaceT-B
-    ``clip_grad_norm_`` at 1.0; MAE's pre-training and FaceT's IR-100 do not clip."""
+    ``clip_grad_norm_`` at 1.0; MAE's pre-training and FaceT's IR-100 (MagFace, 1 warm-up epoch) do not clip."""
     classes = [METHODS.get(name) for name in METHODS.names()]
     recipes = [cls.recipe for cls in classes if isinstance(cls, type)]  # facet_mae is a function (an MAE)
     assert len(recipes) == len(classes) - 1 and all(isinstance(recipe, dict) for recipe in recipes)
@@ -144,3 +144,5 @@ def test_recipes_carry_the_released_clipping(tmp_path: Path) -> None:
     expected |= {"facet_base": (1.0, "global"), "mae": (None, "global"), "ir100": (None, "global")}
     assert clipping == expected
     assert FINETUNE_RECIPES["facet_base"]["train"]["clip_mode"] == "global"
+    ir100 = FINETUNE_RECIPES["ir100"]
+    assert (ir100["margin"], ir100["train"]["warmup_epochs"]) == ("magface", 1)  # FaceT's README command
