@@ -87,17 +87,18 @@ def rank_local_names(module: torch.nn.Module) -> set[str]:
     return set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
 
 
-def global_grad_norm(module: torch.nn.Module) -> torch.Tensor:
-    """L2 norm of all gradients of ``module`` across processes.
+def global_grad_norm(module: torch.nn.Module, prefix: str = "") -> torch.Tensor:
+    """L2 norm of the gradients of ``module``'s parameters whose names start with ``prefix`` (all by
+    default), across processes.
 
     DDP-synced gradients are identical on every rank; parameters DDP ignores (e.g. Partial FC's
     per-rank class centres) hold a different shard on each rank, so their squared norms are summed over
     ranks. Every rank gets the same norm, hence the same clipping factor, and the replicas stay in sync.
     """
-    ignored = rank_local_names(module)
+    ignored = {name for name in rank_local_names(module) if name.startswith(prefix)}
     shared, sharded = [], []
     for name, p in module.named_parameters():
-        if p.grad is not None:
+        if p.grad is not None and name.startswith(prefix):
             (sharded if name in ignored else shared).append(p.grad)
     device = (shared or sharded or [torch.zeros(1)])[0].device
     square = torch.nn.utils.get_total_norm(shared) ** 2 if shared else torch.zeros((), device=device)

@@ -11,6 +11,7 @@ from pathlib import Path
 from facekit.config.values import check_value
 
 LR_SCHEDULES = ("cosine", "step")
+CLIP_MODES = ("global", "per_parameter")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,11 @@ class TrainConfig:
     ``lr_schedule`` ``"cosine"`` (to ``min_lr``) or ``"step"`` (×``lr_gamma`` at each of ``lr_milestones``:
     increasing epochs counted from the start, fractions allowed, past the warm-up; no milestones: constant);
     weight decay: cosine to ``weight_decay_end`` (None: constant); EMA momentum (``hp.momentum``): cosine
-    from ``ema_momentum`` to ``ema_momentum_end``. ``amp``: bf16 autocast; None = on CUDA only.
+    from ``ema_momentum`` to ``ema_momentum_end``. ``clip_grad``: gradient clipping of the parameters in the
+    method's :meth:`~facekit.methods.base.Method.clip_scope`, by ``clip_mode`` ``"global"`` (their joint
+    L2 norm, ``clip_grad_norm_``: FaceT, CAMD, arcface_torch) or ``"per_parameter"`` (each parameter's
+    gradient to norm ``clip_grad`` on its own: DINO's and LAFS's ``clip_gradients``); None = no clipping.
+    ``amp``: bf16 autocast; None = on CUDA only.
     ``max_steps`` stops early (smoke runs) without changing the schedules. ``max_nonfinite_steps``
     consecutive NaN/Inf steps abort the run. Values are checked against the field types (YAML lists
     become tuples).
@@ -48,6 +53,7 @@ class TrainConfig:
     ema_momentum_end: float = 1.0
     layer_decay: float | None = None
     clip_grad: float | None = None
+    clip_mode: str = "global"
     amp: bool | None = None
     num_workers: int = 0
     seed: int = 0
@@ -73,6 +79,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "log_every", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"clip_grad must be > 0 (or null: no clipping), got {self.clip_grad}")
         self._check_lr_schedule()
 
     def _check_lr_schedule(self) -> None:

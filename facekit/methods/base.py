@@ -11,6 +11,9 @@ One training loop (:func:`facekit.train.loop.train`) drives any :class:`Method`:
 - Parameters with ``requires_grad=False`` (frozen teachers, EMA targets) are not optimised.
 - ``before_optimizer_step(hp)`` runs after backward and gradient clipping, right before the optimizer step
   (only on steps that are taken), e.g. DINO drops its last layer's gradients during the first epoch.
+- ``clip_scope()`` is the module whose gradients the loop clips; ``no_weight_decay()`` names the parameters
+  of 2 or more dimensions left undecayed. ``recipe`` holds the released :class:`~facekit.config.TrainConfig`
+  settings (lr, batch, schedules, clipping ...) of the method.
 - ``after_step(hp)`` runs after each optimizer step (EMA teacher update, centre update, ...).
 - ``export_backbone()`` returns the network that fine-tuning starts from.
 - ``schedules(total_steps, steps_per_epoch)`` adds method-specific per-iteration schedules (e.g. the
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -57,6 +60,9 @@ class Method(nn.Module):
 
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    #: the released pre-training settings as :class:`~facekit.config.TrainConfig` fields (``batch_size`` is the
+    #: global batch); empty when no released recipe applies
+    recipe: ClassVar[dict[str, Any]] = {}
 
     def views(self) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -73,6 +79,19 @@ class Method(nn.Module):
 
     def export_backbone(self) -> nn.Module:
         raise NotImplementedError
+
+    def clip_scope(self) -> nn.Module:
+        """The module whose gradients the loop clips (``clip_grad`` by ``clip_mode``); default the whole
+        method, i.e. every trainable parameter (DINO and LAFS clip their student, the part with gradients)."""
+        return self
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters of 2 or more dimensions that get no weight decay (1-d ones never do).
+
+        Default none: the released pre-training code (MAE, FaceT's MAE, DINO, LAFS, CAMD, MCF) decays every
+        parameter of 2 or more dimensions, cls token, mask token and learned position embedding included.
+        """
+        return set()
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         """Extra per-iteration schedules, each an array of ``total_steps`` values; default none."""

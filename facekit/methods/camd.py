@@ -24,12 +24,12 @@ Released recipe (:attr:`CAMD.recipe`; the loop owns these): ViT-B/16 at 224, bat
 1.25e-4), weight decay 0.05 (none on biases and norms), gradient clipping 1.0, AMP, EMA momentum from
 0.995 to 1 (cosine).
 
+The EMA momentum is the loop's ``hp.momentum``, the released ``1 - (1 - 0.995) * (1 + cos(pi * t / T)) / 2``
+(t / T = step / steps; base ``ema_momentum``, 0.995 in the recipe), applied once per optimizer step before
+the target forward, as released.
+
 Deviations from the released code, each on purpose:
 
-- The EMA momentum is the loop's ``hp.momentum``, its cosine from ``ema_momentum`` (0.995 in the
-  recipe) to 1, applied once per optimizer step before the target forward, as released. The released
-  ``1 - (1 - 0.995) * (1 + cos(pi * t / T)) / 2`` takes t / T = step / steps; the loop's cosine takes
-  step / (steps - 1), so it reaches 1 on the last step.
 - The released target also keeps an EMA mask token it never reads; it is left out.
 - The released global loss skips the target LayerNorm that the token loss applies; that is kept
   (``global_norm_target=False``). It averages ``pred`` and ``target`` over the *batch* axis

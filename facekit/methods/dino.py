@@ -15,13 +15,23 @@ per-epoch linear warm-up (:meth:`DINO.schedules` → ``hp.extra["teacher_temp"]`
 The head's last layer is frozen during the first ``freeze_last_layer`` epochs
 (:meth:`DINO.before_optimizer_step`). DINO-face pipeline (``DataAugmentationDINO`` of the LAFS repository):
 112 px global crops (scale 0.4–1), 48 px local crops (0.05–0.4), ImageNet normalisation.
+
+Released recipe (:attr:`DINO.recipe`, ``main_dino.py`` defaults, ViT-S/16 on 8 GPUs as in its README; the
+DINO-face training scripts of the LAFS repository are not released): batch 512 (64 per GPU), 100 epochs,
+AdamW, lr 5e-4 per 256 images, 10 warm-up epochs, cosine to 1e-6, weight decay cosine 0.04 → 0.4 (none on
+biases and 1-d parameters; cls token and positions decayed), every student gradient clipped to norm 3.0 on
+its own (``clip_gradients``: ``clip_mode="per_parameter"``), teacher momentum cosine 0.996 → 1.
+
+Deviation: the lr warm-up is the loop's ``base · i / W`` (:mod:`facekit.train.schedules`); DINO's
+``np.linspace(0, base, W)`` reaches ``base`` one step earlier (each warm-up step is at most ``base / W``
+lower here; ``test_warm_up_reaches_base_after_its_last_step_as_mae_not_as_dino``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -179,6 +189,21 @@ class DINO(Method):
     solarize batched on the device in :meth:`logits` (:class:`~facekit.data.augment_gpu.BatchPhotometric`,
     torch's RNG), which frees the CPU cores multi-crop would otherwise need.
     """
+
+    recipe: ClassVar[dict[str, Any]] = {
+        "batch_size": 512,
+        "epochs": 100,
+        "optimizer": "adamw",
+        "blr": 5e-4,
+        "min_lr": 1e-6,
+        "warmup_epochs": 10,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.4,
+        "clip_grad": 3.0,
+        "clip_mode": "per_parameter",
+        "ema_momentum": 0.996,
+        "ema_momentum_end": 1.0,
+    }
 
     def __init__(
         self,

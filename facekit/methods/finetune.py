@@ -12,7 +12,10 @@ ResNet trunks), or from a run folder's exported backbone (``backbone.json`` + ``
 :mod:`facekit.nn.backbones`), or from any state dict with a key-prefix map; the load report (missing /
 unexpected / mismatched keys; the tensors a run folder's export lacks because ``backbone_kwargs`` add them are counted,
 not listed) is printed and kept in :attr:`FineTune.load_report`.
-:data:`FINETUNE_RECIPES` holds FaceT's two recipes in the pretrain-run format.
+:data:`FINETUNE_RECIPES` holds FaceT's two recipes in the pretrain-run format. As FaceT's trainer: layer-wise lr
+decay (block i of L at ``decay^(L − i)``), no weight decay on the backbone's learned positions, gradient
+clipping of the backbone only. Deviation: FaceT warms the lr up with ``np.linspace(0, lr, W)``, one step ahead
+of the loop's ``lr · i / W`` (:mod:`facekit.train.schedules`; at most ``lr / W`` lower per warm-up step).
 """
 
 from __future__ import annotations
@@ -143,9 +146,10 @@ class FineTune(Method):
     backbone's ``img_size``. crop_scale, masked_faces: see :class:`FaceRecognitionView`. FaceT-B's prompts
     follow each sample's ``ismask``; IR nets ignore it.
 
-    Under DDP the Partial FC shard is hidden from DDP's gradient averaging; the loop clips by the gradient
-    norm over every rank's shard, and each rank checkpoints its own shard (``rank<r>.pt``; resuming needs
-    the same world size, :func:`~facekit.train.checkpoint.full_state_dict` joins the shards).
+    Gradient clipping covers the backbone only (:meth:`clip_scope`). Under DDP the Partial FC shard is hidden
+    from DDP's gradient averaging; the logged gradient norm sums every rank's shard, and each rank checkpoints
+    its own shard (``rank<r>.pt``; resuming needs the same world size,
+    :func:`~facekit.train.checkpoint.full_state_dict` joins the shards).
     """
 
     def __init__(
@@ -188,16 +192,29 @@ class FineTune(Method):
     def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
         return self.head(self.embed(batch["image"], batch.get("ismask")), batch["identity"])
 
+    def clip_scope(self) -> nn.Module:
+        """The backbone: FaceT's trainer and ``arcface_torch`` clip the backbone's gradients only, not the
+        Partial FC centres' (whose norm is about 1.8× the backbone's at init)."""
+        return self.backbone
+
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's own ``no_weight_decay()`` (a ViT's learned positions and cls token), as FaceT's
+        and MAE's fine-tuning exempt them; Partial FC's centres are decayed."""
+        names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else set()
+        return {f"backbone.{name}" for name in names}
+
     def export_backbone(self) -> nn.Module:
         """The embedding network: [B, 3, 112, 112] in [−1, 1] -> [B, 512] (L2-normalise for matching)."""
         return self.backbone
 
 
-#: FaceT's fine-tuning recipes as pretrain-style runs: ``{"method": "finetune", <FineTune kwargs>, "train":
-#: <TrainConfig kwargs>}``; add ``num_classes`` (and ``init_from``). ``blr`` is FaceT's lr per 256 images
-#: (WebFace42M used 0.00075 for FaceT-B). IR-100: FaceT's step decay, lr ×0.1 at epochs 8, 12 and 16
-#: (``lr_schedule: step``). FaceT names no margin for IR-100; MagFace (as FaceT-B) is our choice.
-#: ``batch_size`` is per process: FaceT used 256 per GPU for FaceT-B and a batch of 768 for IR-100.
+#: FaceT's fine-tuning recipes (the README's commands) as pretrain-style runs: ``{"method": "finetune",
+#: <FineTune kwargs>, "train": <TrainConfig kwargs>}``; add ``num_classes`` (and ``init_from``). ``blr`` is
+#: FaceT's lr per 256 images (WebFace42M used 0.00075 for FaceT-B). Both use ``--head magface`` and a 1-epoch
+#: warm-up. FaceT-B clips the backbone's gradients to a global norm of 1.0 (:meth:`FineTune.clip_scope`: not
+#: the centres); IR-100 does not clip and takes FaceT's step decay, lr ×0.1 at epochs 8, 12 and 16
+#: (``lr_schedule: step``). ``batch_size`` is per process: FaceT used 256 per GPU for FaceT-B and a batch of
+#: 768 for IR-100.
 FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
     "facet_base": {
         "method": "finetune",
@@ -217,6 +234,7 @@ FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
             "warmup_epochs": 1,
             "min_lr": 1e-5,
             "clip_grad": 1.0,
+            "clip_mode": "global",
         },
     },
     "ir100": {
@@ -230,6 +248,7 @@ FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
             "batch_size": 768,
             "optimizer": "sgd",  # timm's "sgd" is Nesterov
             "blr": 0.025,
+            "warmup_epochs": 1,
             "lr_schedule": "step",
             "lr_milestones": (8, 12, 16),
             "lr_gamma": 0.1,

@@ -18,8 +18,8 @@ with ``mask_type="attn"``). Per view, for the online network and its EMA target:
 
 Evaluation heatmaps (:meth:`FRA.heatmaps`) use ``proto``, an EMA (0.9) of the batch-mean embeddings,
 instead of the batch's own. The target is updated after every optimizer step with the loop's
-``hp.momentum``, its cosine from ``ema_momentum`` (0.996 in the recipe) to 1 (parameters only; buffers keep
-their own values).
+``hp.momentum``, BYOL's ``1 - (1 - 0.996) (cos(pi k / K) + 1) / 2`` at step k of K (base ``ema_momentum``,
+0.996 in the recipe; parameters only, buffers keep their own values).
 
 Why the heatmaps start (and in short runs stay) flat at ``1 / K``, as in the released code: the K mask
 embeddings leave the decoder nearly equal (cosine ~0.99 at init: the targets start at zero, so the queries
@@ -44,8 +44,6 @@ decay, so those parameters get plain SGD-momentum updates, as released.
 
 Deviations, on purpose:
 
-- BYOL's momentum ``1 - (1 - 0.996) (cos(pi k / K) + 1) / 2`` takes step k of K steps; the loop's cosine
-  takes k / (K - 1), so it reaches 1 on the last step.
 - The released LARS excluded parameters by name (``bn``, ``downsample.1``, ``bias``), which missed the
   neck's BN (``mlp.1``) and the transformer's LayerNorms; here every 1-d parameter is excluded.
   timm's ``Lars`` applies the lr after the momentum buffer (the released one before it); they differ

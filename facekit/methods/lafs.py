@@ -33,13 +33,20 @@ crop 0 blurred (p 1.0), global 1 blurred p 0.1 + solarised p 0.2, locals blurred
 grayed p 0.2. Not reproducible with facekit's ViT (documented deviations): 11 heads × 64 at width 768 (facekit:
 12 × 64), attention scale D^−½, dropout 0.1 / embedding dropout 0.1 (facekit: drop-path only), a teacher
 with drop-path (facekit: none, as DINO).
+
+Released recipe (:attr:`LAFS.recipe`, ``lafs_train.py`` defaults run on 2 GPUs as its README says): batch 164
+(82 per GPU), 41 epochs, AdamW, lr 5e-4 per 256 images, 10 warm-up epochs, cosine to 1e-6, weight decay
+cosine 0.04 → 0.4 (DINO's groups: cls token and positions decayed), every student gradient clipped to norm 3.0
+on its own (``clip_mode="per_parameter"``), teacher momentum cosine 0.996 → 1, last layer frozen for 1 epoch.
+The lr warm-up is the loop's ``base · i / W``, one step behind LAFS's ``np.linspace`` (as for
+:class:`~facekit.methods.dino.DINO`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -162,6 +169,20 @@ class LAFS(DINO):
     """
 
     num_landmarks = len(MESH_196)
+    recipe: ClassVar[dict[str, Any]] = {
+        "batch_size": 164,
+        "epochs": 41,
+        "optimizer": "adamw",
+        "blr": 5e-4,
+        "min_lr": 1e-6,
+        "warmup_epochs": 10,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.4,
+        "clip_grad": 3.0,
+        "clip_mode": "per_parameter",
+        "ema_momentum": 0.996,
+        "ema_momentum_end": 1.0,
+    }
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -141,7 +141,22 @@ class MAE(Method):
     ~ N(0, 0.02²), ImageNet mean/std, RandomResizedCrop scale (0.2, 1). ``image_size`` overrides the
     backbone's ``img_size``. ``crop_scale=None`` replaces the random crop by resize + flip. FaceT's
     variant is the :func:`facet_mae` preset.
+
+    Released recipe (:attr:`recipe`, MAE's ``PRETRAIN.md``): batch 4096, 800 epochs, AdamW betas (0.9, 0.95),
+    base lr 1.5e-4 (lr = blr · batch / 256), 40 warm-up epochs, cosine to 0, weight decay 0.05 (none on
+    biases and norms; cls and mask tokens decayed), no gradient clipping.
     """
+
+    recipe: ClassVar[dict[str, Any]] = {
+        "batch_size": 4096,
+        "epochs": 800,
+        "optimizer": "adamw",
+        "blr": 1.5e-4,
+        "betas": (0.9, 0.95),
+        "min_lr": 0.0,
+        "warmup_epochs": 40,
+        "weight_decay": 0.05,
+    }
 
     def __init__(
         self,
@@ -232,7 +247,8 @@ class MAE(Method):
 #: FaceT's MAE (``mim_pytorch.MAE`` in the released code): facet_base encoder (112 px, patch 8, no cls,
 #: DeepNorm, so no final norm; pre-trained without prompts or the 512-d head), decoder 516-d, 8 DeepNorm
 #: blocks, 12 heads, MLP 3, positions on the mask tokens only, mask tokens ~ N(0, 1), plain MSE on
-#: masked patches, flip + (0.5, 0.5) normalisation, no crop.
+#: masked patches, flip + (0.5, 0.5) normalisation, no crop. FaceT warms the lr up with ``np.linspace(0, base, W)``,
+#: one step ahead of the loop's ``base · i / W`` (:mod:`facekit.train.schedules`).
 FACET_MAE: dict[str, Any] = {
     "backbone": "facet_base",
     "backbone_kwargs": {"num_prompts": 0, "head_dim": None},

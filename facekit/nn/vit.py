@@ -291,18 +291,20 @@ class ViT(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Learned position embedding and cls token (timm / MAE); prompts are decayed, as in FaceT."""
+        """Learned position embedding and cls token: fine-tuning leaves them undecayed (MAE's fine-tuning;
+        FaceT's lists ``pos_embed`` and has no cls token); prompts are decayed, as in FaceT. Pre-training
+        methods decay them (:meth:`facekit.methods.base.Method.no_weight_decay`)."""
         return {name for name, _ in self.named_parameters() if name in ("pos_embed", "cls_token")}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's layer grouping for layer-wise lr decay: stem (embeddings) = layer 0, block i = layer i + 1,
-        final norm next; unmatched parameters (head, prompts, PromptsPool) go to the top group with full lr,
-        as FaceT's layer decay does. ``coarse`` is accepted for timm's signature and changes nothing."""
-        return {
-            "stem": r"^cls_token|^pos_embed|^patch_embed",
-            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
-        }
+        """timm's layer grouping for layer-wise lr decay: the embeddings (cls token, positions, patch
+        embedding) are layer 0, block i is layer i + 1; nothing else matches (final norm, prompts,
+        PromptsPool, head), so it forms timm's top group L + 1. With decay d and layer i getting
+        d^(L + 1 − i) (:func:`facekit.train.loop.param_groups`, timm), block i gets d^(L − i), the embeddings
+        d^(L + 1) and the rest the full lr: FaceT's and MAE's layer decay. ``coarse`` is accepted for timm's
+        signature and changes nothing."""
+        return {"stem": r"^cls_token|^pos_embed|^patch_embed", "blocks": r"^blocks\.(\d+)"}
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

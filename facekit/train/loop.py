@@ -2,7 +2,7 @@
 
 Per optimizer step: this step's :class:`StepValues` (lr, weight decay, EMA momentum and the method's own
 schedules, precomputed per iteration) → ``accum_steps`` micro-batches of forward (bf16 autocast) and
-backward (DDP syncs on the last one only) → a NaN/Inf guard → gradient clipping →
+backward (DDP syncs on the last one only) → a NaN/Inf guard → gradient clipping (:func:`clip_gradients_`) →
 ``method.before_optimizer_step(hp)`` → optimizer step → ``method.after_step(hp)``. Logs go to
 ``out_dir/train_log.csv`` / ``metrics.json``, checkpoints to ``out_dir/checkpoints/last``; a rerun with the
 same ``out_dir`` resumes from there. Per-rank parameters (those DDP ignores: Partial FC's shard of the
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from timm.models import group_parameters
+from timm.models._manipulate import group_with_matcher
 from timm.optim import create_optimizer_v2, get_optimizer_info
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -88,7 +88,7 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
     base_lr = cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
     schedules = _schedules(method, cfg, base_lr, total_steps, steps_per_epoch)
     optimizer = build_optimizer(method, cfg, base_lr)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    clip_prefix = clip_scope_prefix(method, cfg.clip_mode)
     ckpt_root = out_dir / "checkpoints"
     run = {"steps_per_epoch": steps_per_epoch, "global_batch": global_batch, "skipped_steps": 0}
     start_step = _resume(ckpt_root, method, optimizer, run) if resume and find_checkpoint(ckpt_root) else 0
@@ -128,7 +128,7 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
         else:
             consecutive_bad = 0
             if cfg.clip_grad is not None:
-                torch.nn.utils.clip_grads_with_norm_(params, cfg.clip_grad, grad_norm)
+                clip_gradients_(method, clip_prefix, cfg.clip_grad, cfg.clip_mode, grad_norm)
             method.before_optimizer_step(hp)
             optimizer.step()
             method.after_step(hp)
@@ -164,18 +164,16 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
 def param_groups(method: torch.nn.Module, layer_decay: float | None = None) -> list[dict[str, Any]]:
     """Optimizer groups over the trainable parameters, each with ``lr_scale`` and ``wd_scale`` (0 or 1).
 
-    No weight decay for 1-d parameters (biases, norms) and for the names any submodule lists in
-    ``no_weight_decay()`` (timm's contract). With ``layer_decay``, layer ids come from timm's
-    ``group_matcher`` of the method, or else of ``method.export_backbone()``; parameters outside the backbone
-    (decoders, heads) sit one layer above its last, at ``lr_scale`` 1, and layer ``i`` of ``n`` gets
-    ``layer_decay ** (n - i)``.
+    No weight decay for 1-d parameters (biases, norms) and for the names ``method.no_weight_decay()`` lists
+    (timm's contract, on the module given, as the released code bases call it: a :class:`Method` decides,
+    see :meth:`Method.no_weight_decay`). With ``layer_decay`` (FaceT's and MAE's rule, from BEiT), layer
+    ids come from :func:`_layer_ids`: ``0 .. n`` with ``n`` the top group, where the parameters no rule of the
+    ``group_matcher`` matches and those outside its owner (decoders, Partial FC) sit; layer ``i`` gets
+    ``layer_decay ** (n - i)``. For a ViT of L blocks: embeddings ``layer_decay ** (L + 1)``, block ``i``
+    ``layer_decay ** (L - i)``, the rest (final norm, prompts, prompt pool, embedding head, heads) 1.
     """
-    no_decay: set[str] = set()
-    for prefix, module in method.named_modules():
-        if hasattr(module, "no_weight_decay"):
-            no_decay |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
-    layer_of = _layer_ids(method) if layer_decay is not None else {}
-    top = max(layer_of.values(), default=-1) + 1
+    no_decay = set(method.no_weight_decay()) if hasattr(method, "no_weight_decay") else set()
+    layer_of, top = _layer_ids(method) if layer_decay is not None else ({}, 0)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in method.named_parameters():
         if not p.requires_grad:
@@ -190,14 +188,24 @@ def param_groups(method: torch.nn.Module, layer_decay: float | None = None) -> l
     return list(groups.values())
 
 
-def _layer_ids(method: torch.nn.Module) -> dict[str, int]:
-    """Parameter name -> layer id from timm's ``group_matcher`` (of the method, or of its backbone)."""
+#: A parameter name no ``group_matcher`` rule matches: it stands for the parameters outside the matcher's owner.
+_OUTSIDE = "<outside the backbone>"
+
+
+def _layer_ids(method: torch.nn.Module) -> tuple[dict[str, int], int]:
+    """(parameter name -> layer id, top id) from timm's ``group_matcher`` of the method, or of its backbone.
+
+    The top id is timm's group of unmatched names, which always exists: the parameters outside the owner
+    join it, so it is there even when every parameter of the owner matched a rule.
+    """
     owner = method if hasattr(method, "group_matcher") else method.export_backbone()
     prefix = next((f"{n}." if n else "" for n, m in method.named_modules() if m is owner), None)
     if prefix is None or not hasattr(owner, "group_matcher"):
         raise ValueError("layer_decay needs a group_matcher() on the method or on the module export_backbone() returns")
-    ids = group_parameters(owner, owner.group_matcher(coarse=False), reverse=True)
-    return {prefix + name: layer for name, layer in ids.items()}
+    names = [(name, None) for name, _ in owner.named_parameters()] + [(_OUTSIDE, None)]
+    ids = group_with_matcher(names, owner.group_matcher(coarse=False), reverse=True)
+    top = ids.pop(_OUTSIDE)
+    return {prefix + name: layer for name, layer in ids.items()}, top
 
 
 def build_optimizer(method: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -213,6 +221,38 @@ def build_optimizer(method: torch.nn.Module, cfg: TrainConfig, lr: float) -> tor
     return create_optimizer_v2(
         groups, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **extra
     )
+
+
+def clip_scope_prefix(method: Method, mode: str) -> str:
+    """Name prefix (``"backbone."``; ``""`` = the whole method) of the parameters in ``method.clip_scope()``.
+
+    Per-parameter clipping refuses a scope with per-rank parameters (Partial FC's shards): a shard's norm
+    is not its parameter's.
+    """
+    scope = method.clip_scope()
+    prefix = next((f"{n}." if n else "" for n, m in method.named_modules() if m is scope), None)
+    if prefix is None:
+        raise ValueError(f"{type(method).__name__}.clip_scope() is not a submodule of the method")
+    sharded = sorted(n for n in distributed.rank_local_names(method) if n.startswith(prefix))
+    if mode == "per_parameter" and sharded:
+        raise ValueError(f"clip_mode 'per_parameter' cannot clip the per-rank parameters {sharded}")
+    return prefix
+
+
+def clip_gradients_(method: Method, prefix: str, max_norm: float, mode: str, total_norm: torch.Tensor) -> None:
+    """Clip, in place, the gradients of ``method``'s parameters whose names start with ``prefix``.
+
+    ``"global"``: all of them by ``max_norm / (‖g‖ + 1e-6)`` if below 1, ``‖g‖`` their joint norm over every
+    rank (``total_norm`` when the prefix is empty: the whole method's); ``clip_grad_norm_``. ``"per_parameter"``:
+    each gradient on its own, ``g ← g · min(1, max_norm / (‖g‖ + 1e-6))`` (DINO's ``clip_gradients``).
+    """
+    params = [p for n, p in method.named_parameters() if p.grad is not None and n.startswith(prefix)]
+    if mode == "per_parameter":
+        for p in params:
+            p.grad.mul_((max_norm / (torch.linalg.vector_norm(p.grad) + 1e-6)).clamp(max=1.0))
+        return
+    norm = distributed.global_grad_norm(method, prefix) if prefix else total_norm
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
 
 def _loader(dataset: Dataset, sampler: EpochSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:

@@ -1,9 +1,16 @@
 """Per-iteration schedules, precomputed as numpy arrays (one value per optimizer step, DINO style).
 
-Every helper takes an optional linear warm-up: for ``i < warmup_steps`` the value goes linearly from
-``warmup_start`` (at ``i = 0``) towards ``base`` (reached at ``i = warmup_steps``). After the warm-up the
-shape of the schedule runs from ``base`` at step ``warmup_steps`` to ``final`` at the last step
-``total_steps - 1`` exactly. Examples::
+Every helper takes an optional linear warm-up: for ``i < warmup_steps`` the value is
+``warmup_start + (base - warmup_start) * i / warmup_steps``, so it reaches ``base`` at ``i = warmup_steps``,
+the first step after the warm-up (MAE's ``lr * epoch / warmup_epochs`` per iteration, as CAMD, MCF and
+BYOL/FRA warm up). DINO, LAFS and FaceT warm up with ``np.linspace(start, base, warmup_steps)``, which
+reaches ``base`` one step earlier (``i / (warmup_steps - 1)``): their warm-up steps take at most
+``base / warmup_steps`` less here.
+
+After the warm-up the shape runs over the ``n = total_steps - warmup_steps`` remaining steps at progress
+``j / n`` (step ``warmup_steps + j``): it starts at ``base`` and approaches ``final`` without reaching it,
+as every released code base's cosine does (DINO's ``cosine_scheduler``, MAE's ``adjust_learning_rate``,
+BYOL's momentum, CAMD, FaceT). Examples::
 
     lr = cosine_schedule(1.5e-4, 1e-6, total, warmup_steps=5 * steps_per_epoch)
     ema_momentum = cosine_schedule(0.996, 1.0, total)
@@ -28,8 +35,8 @@ def _warmup(base: float, total_steps: int, warmup_steps: int, warmup_start: floa
 
 
 def _progress(n: int) -> np.ndarray:
-    """``[n]`` values from 0 to 1 inclusive (a single step sits at 0)."""
-    return np.arange(n, dtype=np.float64) / max(n - 1, 1)
+    """``[n]`` values ``j / n``, ``j = 0 .. n - 1``: from 0 towards 1, never 1."""
+    return np.arange(n, dtype=np.float64) / max(n, 1)
 
 
 def cosine_schedule(
@@ -38,7 +45,7 @@ def cosine_schedule(
     """Linear warm-up, then a half cosine from ``base`` to ``final``; ``[total_steps]`` float64.
 
     After the warm-up, at step ``warmup_steps + j`` of ``n = total_steps - warmup_steps`` steps:
-    ``final + (base - final) * (1 + cos(pi * j / (n - 1))) / 2``.
+    ``final + (base - final) * (1 + cos(pi * j / n)) / 2``.
     """
     head = _warmup(base, total_steps, warmup_steps, warmup_start)
     tail = final + (base - final) * 0.5 * (1.0 + np.cos(np.pi * _progress(total_steps - warmup_steps)))
@@ -48,7 +55,8 @@ def cosine_schedule(
 def linear_schedule(
     base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
 ) -> np.ndarray:
-    """Linear warm-up, then a straight line from ``base`` to ``final``; ``[total_steps]`` float64."""
+    """Linear warm-up, then a straight line from ``base`` towards ``final`` (``base + (final - base) * j / n``);
+    ``[total_steps]`` float64."""
     head = _warmup(base, total_steps, warmup_steps, warmup_start)
     tail = base + (final - base) * _progress(total_steps - warmup_steps)
     return np.concatenate([head, tail])

@@ -190,6 +190,7 @@ def test_recipes_are_valid_finetune_runs(tmp_path: Path) -> None:
     assert FINETUNE_RECIPES["ir100"]["train"]["optimizer"] == "sgd"  # timm: Nesterov
     ir100 = TrainConfig(**FINETUNE_RECIPES["ir100"]["train"], out_dir=tmp_path)
     assert (ir100.lr_schedule, ir100.lr_milestones, ir100.lr_gamma) == ("step", (8, 12, 16), 0.1)  # FaceT's decay
+    assert (ir100.warmup_epochs, ir100.clip_grad, FINETUNE_RECIPES["ir100"]["margin"]) == (1, None, "magface")
     tiny = {k: v for k, v in facet.items() if k not in ("method", "train")}
     method = FineTune(num_classes=10, **{**tiny, "backbone_kwargs": {**facet["backbone_kwargs"], **TINY}})
     groups = param_groups(method, layer_decay=facet["train"]["layer_decay"])

@@ -123,7 +123,7 @@ def test_persistent_nan_raises(tmp_path) -> None:
     assert method.after_step_calls == 2
 
 
-def test_param_groups_exclude_norms_biases_and_tokens_and_decay_layers() -> None:
+def test_param_groups_exclude_1d_and_the_methods_no_weight_decay_and_decay_layers() -> None:
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, embed_dim=16, depth=2, num_heads=2, num_classes=0)
     method = ToyMethod()
     method.encoder = vit
@@ -131,13 +131,18 @@ def test_param_groups_exclude_norms_biases_and_tokens_and_decay_layers() -> None
     groups = param_groups(method, layer_decay=0.5)
     scale = {id(p): (g["lr_scale"], g["wd_scale"]) for g in groups for p in g["params"]}
     named = dict(method.named_parameters())
-    assert scale[id(named["encoder.pos_embed"])] == (0.125, 0.0)  # layer 0 of 3, in no_weight_decay()
+    # timm's matcher: stem 0, block 0 -> 1, block 1 and the final norm -> 2; the top 3 holds the rest
+    assert scale[id(named["encoder.pos_embed"])] == (0.125, 1.0)  # the method (not the ViT) decides: decayed
+    assert scale[id(named["encoder.cls_token"])] == (0.125, 1.0)
     assert scale[id(named["encoder.patch_embed.proj.weight"])] == (0.125, 1.0)
     assert scale[id(named["encoder.blocks.0.attn.qkv.weight"])] == (0.25, 1.0)
     assert scale[id(named["encoder.blocks.1.norm1.weight"])] == (0.5, 0.0)
     assert scale[id(named["net.0.weight"])] == (1.0, 1.0) and scale[id(named["net.0.bias"])] == (1.0, 0.0)
     assert "target.0.weight" in named and id(named["target.0.weight"]) not in scale  # frozen: not optimised
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in method.parameters())
+    method.no_weight_decay = lambda: {"encoder.pos_embed"}
+    wd = {id(p): g["wd_scale"] for g in param_groups(method) for p in g["params"]}
+    assert (wd[id(named["encoder.pos_embed"])], wd[id(named["encoder.cls_token"])]) == (0.0, 1.0)
 
 
 def test_config_needs_exactly_one_learning_rate(tmp_path) -> None:
@@ -180,13 +185,15 @@ class _MomentumRecorder(ToyMethod):
 
 @pytest.mark.parametrize(("recipe", "halfway"), [(CAMD.recipe, 0.9975), (FRA.recipe, 0.998)], ids=["camd", "fra"])
 def test_ema_momentum_is_the_released_cosine_from_the_recipes_base_to_one(recipe, halfway, tmp_path) -> None:
-    """CAMD's and BYOL's (FRA's) ``1 - (1 - base) (1 + cos(pi t / T)) / 2``, with the loop's t / T:
-    step / (steps - 1), so the base at the first step and 1 at the last."""
+    """CAMD's and BYOL's (FRA's) ``1 - (1 - base) (1 + cos(pi t / T)) / 2`` with t / T = step / steps, as
+    released: the base at the first step, the midpoint at step T / 2, and short of 1 at the last."""
     base = recipe["ema_momentum"]
     method = _MomentumRecorder()
-    train(method, ToySamples(n=72), toy_config(tmp_path, epochs=1, ema_momentum=base))  # 72 / 8 = 9 steps
-    steps = 9
-    expected = [1 - (1 - base) * (1 + math.cos(math.pi * t / (steps - 1))) / 2 for t in range(steps)]
+    train(method, ToySamples(n=64), toy_config(tmp_path, epochs=1, ema_momentum=base))  # 64 / 8 = 8 steps
+    steps = 8
+    expected = [1 - (1 - base) * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)]
     assert method.momenta == pytest.approx(expected, rel=0, abs=1e-15)
-    assert method.momenta[0] == pytest.approx(base, abs=1e-15) and method.momenta[-1] == 1.0
+    assert method.momenta[0] == pytest.approx(base, abs=1e-15)
     assert method.momenta[4] == pytest.approx(halfway, abs=1e-15)
+    last = 1 - (1 - base) * (1 - math.cos(math.pi / 8)) / 2  # cos(7 pi / 8) = -cos(pi / 8)
+    assert method.momenta[-1] == pytest.approx(last, abs=1e-15) and method.momenta[-1] < 1.0
