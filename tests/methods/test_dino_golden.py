@@ -267,8 +267,8 @@ def test_local_crop_positions_are_dinos_bicubic_with_the_point_one_offset() -> N
 def test_defaults_follow_the_released_code() -> None:
     """DINO (main_dino.py @ 7c446df: --out_dim 65536 l.55, --norm_last_layer l.57, --freeze_last_layer 1 l.93,
     --drop_path_rate 0.1 l.105, crops scales l.108/115, 8 locals l.112, DINOLoss student_temp 0.1 and
-    center_momentum 0.9 l.365-366; DINOHead(hidden 2048, bottleneck 256, nlayers 3) vision_transformer.py
-    l.265; README l.188: teacher 0.04 → 0.07 over 30 epochs) with the face sizes of LAFS's
+    center_momentum 0.9 l.364-366; DINOHead(hidden 2048, bottleneck 256, nlayers 3) vision_transformer.py
+    l.258; README l.188: teacher 0.04 → 0.07 over 30 epochs) with the face sizes of LAFS's
     DataAugmentationDINO (lafs_train.py @ 320c57d l.743-780: 112 px globals, 48 px locals, ImageNet
     normalisation, patch 8 l.39)."""
     defaults = {k: p.default for k, p in inspect.signature(DINO.__init__).parameters.items() if k != "self"}

@@ -78,7 +78,7 @@ def _golden_lafs(**overrides) -> LAFS:
 
 
 def _golden_batch() -> dict[str, torch.Tensor]:
-    """Smooth normalised views ``[2, 3, 112, 112]`` (float64) with 196 landmarks each, about a third of them
+    """Smooth normalised views ``[2, 3, 112, 112]`` (float64) with 196 landmarks each, nearly half of them
     outside the view; ``<view>_clean`` copies (a brightness change away) for the learned landmarks."""
     gen = torch.Generator().manual_seed(4)
     batch = {}
@@ -251,8 +251,8 @@ def test_defaults_follow_the_released_code() -> None:
     """lafs_train.py @ 320c57d: --out_dim 100000 l.44, --norm_last_layer l.46, teacher temperature 0.07 → 0.04
     over 30 epochs l.57-64, --freeze_last_layer 1 l.82, --drop_path_rate 0.1 l.94, --global_crops_scale
     (0.4, 1) l.97 (also the locals' crop, l.853), 8 locals l.101, DINOLoss student 0.1 / centre 0.9 l.628-629,
-    (0.5, 0.5) normalisation l.802; face_pre_pro/ViT_face.py: jitter ``randn·5`` l.1362, 36 local landmarks
-    l.1366, ``pos_embedding = randn`` (std 1) l.611, ``to_qkv`` without bias l.146; ViT-B: 768 wide, 12
+    (0.5, 0.5) normalisation l.802; face_pre_pro/ViT_face.py: jitter ``randn·5`` l.1361, 36 local landmarks
+    l.1366, ``pos_embedding = randn`` (std 1) l.611, ``to_qkv`` without bias l.147; ViT-B: 768 wide, 12
     blocks, MLP 2048, 8 px patches of 112 px (lafs_train.py l.318-330); DINOHead 2048 / 256 / 3 layers
     (vision_transformer.py l.266)."""
     defaults = {k: p.default for k, p in inspect.signature(LAFS.__init__).parameters.items() if k != "self"}
