@@ -36,7 +36,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from facekit import distributed
@@ -47,6 +46,7 @@ from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.backbones import BACKBONES
 from facekit.nn.ema import ema_update
 from facekit.nn.heads import DINOHead
+from facekit.nn.pos_embed import interpolate_pos_embed
 from facekit.nn.vit import LinearPatchEmbed, ViT
 
 #: Where the photometric augmentations run: in the DataLoader workers (OpenCV, per image) or on the device
@@ -85,7 +85,7 @@ def dino_loss(
 def teacher_targets(teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
     """The teacher's centred, sharpened distributions ``softmax((t − c) / τ_t)`` in float32, without gradient:
     ``[..., K]`` → ``[..., K]``."""
-    return F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+    return F.softmax((teacher_logits.detach().float() - center.float()) / teacher_temp, dim=-1)
 
 
 @torch.no_grad()
@@ -141,16 +141,14 @@ def dino_recipes(
 
 def embed_images(vit: ViT, images: torch.Tensor) -> torch.Tensor:
     """Patch tokens with positions ``[B, N, D]`` of ``images [B, 3, H, W]`` at any size divisible by the
-    patch size; other grids than the backbone's get its position embedding resampled (bicubic, as DINO's
-    ``interpolate_pos_encoding``)."""
+    patch size; other grids than the backbone's get its position embedding resampled by
+    :func:`~facekit.nn.pos_embed.interpolate_pos_embed` (DINO's ``interpolate_pos_encoding``)."""
     grid = (images.shape[-2] // vit.patch_size, images.shape[-1] // vit.patch_size)
     if isinstance(vit.patch_embed, LinearPatchEmbed):
         tokens = vit.patch_embed(images)
     else:  # timm's PatchEmbed insists on its own size: run its projection directly
         tokens = vit.patch_embed.norm(vit.patch_embed.proj(images).flatten(2).transpose(1, 2))
-    pos = vit.pos_embed
-    if grid != (vit.grid_size, vit.grid_size):
-        pos = resample_abs_pos_embed(pos, list(grid), num_prefix_tokens=vit.num_prefix_tokens)
+    pos = interpolate_pos_embed(vit.pos_embed, grid, vit.num_prefix_tokens)
     return tokens + pos[:, vit.num_prefix_tokens :]
 
 

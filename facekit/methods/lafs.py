@@ -31,8 +31,9 @@ Released-code facts kept as defaults: σ = 5 px jitter on every view, 36-landmar
 teacher temperature 0.07 → 0.04 over 30 epochs, head 2048 → 256 → 100,000, (0.5, 0.5) normalisation, global
 crop 0 blurred (p 1.0), global 1 blurred p 0.1 + solarised p 0.2, locals blurred p 0.5, all jittered p 0.8 and
 grayed p 0.2. Not reproducible with facekit's ViT (documented deviations): 11 heads × 64 at width 768 (facekit:
-12 × 64), attention scale D^−½, dropout 0.1 / embedding dropout 0.1 (facekit: drop-path only), a teacher
-with drop-path (facekit: none, as DINO).
+12 × 64), attention scale D^−½ (facekit: head width^−½), LayerNorm eps 1e-5 (facekit: 1e-6), dropout 0.1 /
+embedding dropout 0.1 (facekit: drop-path only), drop-path 0.1 in every block of student and teacher
+(facekit: 0 → 0.1 over the student's blocks, none in the teacher, as DINO).
 
 Released recipe (:attr:`LAFS.recipe`, ``lafs_train.py`` defaults run on 2 GPUs as its README says): batch 164
 (82 per GPU), 41 epochs, AdamW, lr 5e-4 per 256 images, 10 warm-up epochs, cosine to 1e-6, weight decay
@@ -303,14 +304,15 @@ class LAFS(DINO):
             return self.landmark_head(clean).float()
 
     def view_patches(self, images: torch.Tensor, points: torch.Tensor, subset: int | None = None) -> torch.Tensor:
-        """images ``[B, 3, S, S]``, points ``[B, n, 2]`` → tokens ``[B, n | subset, p·p·3]``: ``subset`` points
-        drawn with replacement from those inside the view (None keeps all, in order), jittered by
-        ``landmark_jitter`` px, then cut by :func:`landmark_patches`."""
+        """images ``[B, 3, S, S]``, points ``[B, n, 2]`` → tokens ``[B, n | subset, p·p·3]``: every point
+        jittered by ``landmark_jitter`` px, then ``subset`` of them drawn with replacement from those whose
+        unjittered point lies inside the view (None keeps all, in order; a point drawn twice keeps its one
+        jitter, as released), then cut by :func:`landmark_patches`."""
+        jittered = jitter_landmarks(points, self.landmark_jitter)
         if subset is not None:
             inside = inside_view(points, images.shape[-2], images.shape[-1])
-            points = sample_landmarks(points, subset, weights=inside.float())
-        points = jitter_landmarks(points, self.landmark_jitter)
-        return landmark_patches(images, points, self.student.backbone.patch_size)
+            jittered = sample_landmarks(jittered, subset, weights=inside.float())
+        return landmark_patches(images, jittered, self.student.backbone.patch_size)
 
     def logits(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(student ``[G + L, B, K]``, teacher ``[G, B, K]``); the teacher sees the student's global tokens."""

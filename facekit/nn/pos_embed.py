@@ -1,13 +1,18 @@
-"""Fixed sine-cosine position embeddings (Vaswani et al. 2017; 2-D layout of MAE, He et al. 2022).
+"""Position embeddings: fixed sine-cosine tables (Vaswani et al. 2017; 2-D layout of MAE, He et al. 2022)
+and DINO's resampling of a learned table to another patch grid.
 
 ``sincos_2d`` reproduces MAE's ``get_2d_sincos_pos_embed`` value for value (so MAE / CAMD / MCF
 checkpoints line up): the first half of the channels encodes the patch's column, the second half its
 row, each half being ``[sin(pos·ω), cos(pos·ω)]`` with ``ω_k = 10000^(−k / (D/4))``.
+``interpolate_pos_embed`` is DINO's ``interpolate_pos_encoding`` (multi-crop's smaller crops).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 _TEMPERATURE = 10000.0
 
@@ -45,3 +50,21 @@ def sincos_2d(embed_dim: int, grid_size: int, cls_token: bool = False) -> torch.
     if cls_token:
         table = torch.cat([table.new_zeros(1, embed_dim), table], dim=0)
     return table[None]
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+    """A learned table ``[1, P + G², D]`` (P prefix tokens, a square G × G patch grid) for a ``grid = (h, w)``
+    patch grid → ``[1, P + h·w, D]``, as DINO's ``interpolate_pos_encoding``: bicubic (a = −0.75, no
+    antialiasing, ``align_corners=False``) with the scale factors ``(h + 0.1) / G`` and ``(w + 0.1) / G``
+    themselves (the +0.1 keeps the output size at h × w), so a source coordinate is
+    ``(i + ½)·G / (h + 0.1) − ½``, not ``(i + ½)·G / h − ½``. Prefix rows are kept; ``grid == (G, G)``
+    returns the table itself."""
+    side = math.isqrt(pos_embed.shape[1] - num_prefix_tokens)
+    if tuple(grid) == (side, side):
+        return pos_embed
+    prefix, table = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = table.shape[-1]
+    scale = ((grid[0] + 0.1) / side, (grid[1] + 0.1) / side)
+    image = table.reshape(1, side, side, dim).permute(0, 3, 1, 2)  # [1, D, G, G]
+    resampled = F.interpolate(image, scale_factor=scale, mode="bicubic", align_corners=False)  # [1, D, h, w]
+    return torch.cat([prefix, resampled.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
