@@ -189,7 +189,6 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_push_dataset(args: argparse.Namespace) -> int | str:
-    from facekit.data.shards import ShardError
     from facekit.hub.cards import write_dataset_card
     from facekit.hub.datasets import export_dataset, push_dataset, upload_plan
     from facekit.hub.tokens import HubError, check_repo_id
@@ -213,7 +212,7 @@ def _cmd_push_dataset(args: argparse.Namespace) -> int | str:
             visibility = "public" if args.public else "private"
             return f"push dataset: dry run, {dataset.num_rows} faces in {args.export} -> {args.repo_id} ({visibility})"
         url = push_dataset(args.export, args.repo_id, private=not args.public)
-    except (HubError, ShardError) as e:
+    except HubError as e:
         print(f"facekit: error: {e}", file=sys.stderr)
         return 2
     return f"push dataset: {dataset.num_rows} faces, {len(plan)} file(s) -> {url}"
@@ -459,13 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Data commands return their summary line, printed with the elapsed time."""
     from facekit.assets import AssetsError
+    from facekit.data.shards import ShardError
 
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int | str] = args.func
     start = time.perf_counter()
     try:
         result = func(args)
-    except (FileNotFoundError, ValueError, KeyError, AssetsError) as e:
+    except (FileNotFoundError, ValueError, KeyError, AssetsError, ShardError) as e:
         print(f"facekit: error: {e}", file=sys.stderr)
         return 2
     if isinstance(result, str):

@@ -160,8 +160,9 @@ class MaskParams:
     seed: int = 0
     yaw_threshold: float = 0.3  # |head_yaw| beyond this takes a side-view template (they are drawn for ~0.5-0.8)
     jpeg_quality: int = 95
-    # verification pairs (relative to the assets root) for the masked-vs-holistic accuracy report; "" = off
-    quality_pairs: str = "faces/deepface/pairs.csv"
+    # pairs for the masked-vs-holistic accuracy report: "auto" (from the faces' identities), a pair list
+    # (relative to the assets root when not found as given), or "" = off
+    quality_pairs: str = "auto"
     quality_model: str = "models/mobilefacenet_128d.onnx"
 
     def __post_init__(self) -> None:
@@ -294,21 +295,24 @@ class FinetuneParams(_RunsSection):
 class VerifyParams:
     """``verify:`` verification sets built from the packed shards and the models they score.
 
-    ``pairs`` (a ``file_x,file_y,same`` CSV or LFW ``pairs.txt``; relative to the assets root when not found
-    as given) names faces of the shards; ``facekit eval sets`` writes ``sets/<name>.bin`` (holistic) and
-    ``sets/<name>_masked.bin`` (the second face of each pair replaced by its synthetic masked twin; pairs
-    without a twin are dropped). ``facekit verify RUN`` scores ``finetune.out/RUN`` on every ``.bin`` there.
-    ``holdout_identities``: identity names (the shards' identity table) kept out of fine-tuning; the sets
-    then hold only pairs of two such identities, so models are scored on people they were not trained on.
+    ``pairs``: ``"auto"`` (balanced pairs drawn from the shards' identities,
+    :func:`facekit.eval.identity_pairs.identity_pairs`) or a pair list (a ``file_x,file_y,same`` CSV or LFW
+    ``pairs.txt``; relative to the assets root when not found as given) naming faces of the shards;
+    ``facekit eval sets`` writes ``sets/<name>.bin`` (holistic) and ``sets/<name>_masked.bin`` (the second
+    face of each pair replaced by its synthetic masked twin; pairs without a twin are dropped).
+    ``facekit verify RUN`` scores ``finetune.out/RUN`` on every ``.bin`` there.
+    ``holdout_identities``: identities kept out of fine-tuning, by name (the shards' identity table) or a
+    count N (the N names with the smallest SHA-256, :func:`~facekit.eval.identity_pairs.choose_holdout`); the
+    sets then hold only pairs of two such identities, so models are scored on people they were not trained on.
     """
 
-    pairs: str = "faces/deepface/pairs.csv"
+    pairs: str = "auto"
     name: str = "sample"
     sets: str = "data/eval"
     flip: bool = True
     folds: int = 10
     reference: str = "models/mobilefacenet_128d.onnx"  # an external ONNX model scored for the leaderboard; "" = none
-    holdout_identities: list[str] = field(default_factory=list)
+    holdout_identities: list[str] | int = 0
 
 
 def _check_section(section: PretrainParams | FinetuneParams) -> None:

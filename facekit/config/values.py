@@ -55,6 +55,8 @@ def _fits_hint(value: Any, hint: Any) -> bool:
         return isinstance(value, str | Path)
     if origin is tuple or hint is tuple:
         return isinstance(value, list | tuple)
+    if origin is list:
+        return isinstance(value, list | tuple) and all(_fits_hint(v, typing.get_args(hint)[0]) for v in value)
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     return True  # Any
@@ -67,4 +69,6 @@ def _describe(hint: Any) -> str:
     names[type(None)] = "null"
     if hint in names:
         return names[hint]
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}s"
     return "a list" if typing.get_origin(hint) is tuple else "a mapping" if typing.get_origin(hint) is dict else "any"

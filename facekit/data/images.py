@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +51,7 @@ SNIFF_BYTES = 32
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 _FAST_JPEG_MODES = frozenset({"RGB", "L"})
 _EXIF_ORIENTATION_TAG = 0x0112
+_PIL_LIMIT_LOCK = threading.Lock()  # guards the swap of PIL's global MAX_IMAGE_PIXELS in _open_header
 #: DCT-domain reductions :func:`decode_image_reduced` chooses from, largest first (1 = full size).
 DCT_REDUCTIONS = (8, 4, 2, 1)
 #: For EXIF orientations 1-8: whether the upright x and y axes run against the stored ones.
@@ -231,14 +232,18 @@ def _check_bgr_image(img: np.ndarray) -> None:
 
 
 def _open_header(data: bytes, max_pixels: int) -> Image.Image:
-    """Parse the header only (PIL is lazy), identify the format and refuse oversized images."""
+    """Parse the header only (PIL is lazy), identify the format and refuse oversized images.
+
+    PIL's own global pixel limit is off while the header is parsed (under a lock): ``max_pixels`` alone
+    decides, checked right after, so a limit above PIL's default works and every refusal names it.
+    """
     try:
-        with warnings.catch_warnings():
-            # The pixel limit is enforced below with the caller's max_pixels, not PIL's global one.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            header = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageError("too_large", f"{exc} (max_pixels={max_pixels:,})") from exc
+        with _PIL_LIMIT_LOCK:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                header = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError as exc:
         raise _unidentified_error(data) from exc
     except Exception as exc:

@@ -1,5 +1,9 @@
 """The ``eval_sets`` stage: the verification sets of ``verify.pairs`` over the packed faces.
 
+``verify.pairs: auto`` draws balanced pairs from the shards' own identities
+(:func:`~facekit.eval.identity_pairs.identity_pairs`), so any labelled source gets its sets; a pair list file
+names faces of the shards instead.
+
 ``verify.sets/<name>.bin`` (holistic pairs) and ``<name>_masked.bin`` (the second face of each pair is its
 synthetic masked twin), with ``<metrics>/eval_sets.json`` counting the pairs kept and dropped; with
 ``verify.holdout_identities`` only pairs of those identities, which fine-tuning leaves out. The ``verify``
@@ -16,9 +20,11 @@ import numpy as np
 from facekit.assets import resolve_model
 from facekit.config import Params, PathsParams
 from facekit.data.shards import ShardReader, read_index
+from facekit.eval.identity_pairs import AUTO, choose_holdout, identity_pairs
 from facekit.eval.make_bin import AlignedFaces, PairList, build_bin, read_pairs
 
 MASKED_SUFFIX = "_masked"
+HOLDOUT_KEY = "verify.holdout_identities"
 
 
 def set_paths(params: Params) -> dict[str, Path]:
@@ -31,19 +37,27 @@ def run(params: Params, paths: PathsParams) -> str:
     """The stage: write the holistic and masked ``.bin`` sets of ``verify.pairs`` over ``finetune.shards``
     and the report ``<metrics>/eval_sets.json``; returns a one-line summary.
 
-    A CSV pair list has no folds of its own: its pairs are shuffled (seed 0) so that each of the 10
-    folds mixes same and different pairs. With ``verify.holdout_identities``, only pairs whose two faces
-    belong to those identities are kept (the others are counted as ``other_identities``). A pair whose face
+    ``verify.holdout_identities`` (names, or a count: :func:`~facekit.eval.identity_pairs.choose_holdout`)
+    are the people fine-tuning leaves out: ``auto`` pairs are drawn among them only; of a pair list, only
+    pairs whose two faces belong to them are kept (the others are counted as ``other_identities``). A pair
+    list has no folds of its own: its pairs are shuffled (seed 0) so that each of the 10 folds mixes same
+    and different pairs. A pair whose face
     is not in the shards (rejected upstream) or has no masked twin is dropped and counted; the report holds
     ``{set: {pairs, same, dropped}}``, the pair list's size and ``other_identities``: pairs = list - other
     - dropped.
     """
-    pairs = read_pairs(resolve_model(params.verify.pairs))
     shards = Path(params.finetune.shards)
     faces = AlignedFaces.from_shards(shards)
+    identities = read_index(shards).get("identities") or []
+    identity = _identity_by_key(shards, identities)
+    held = choose_holdout(identities, params.verify.holdout_identities, HOLDOUT_KEY)
     other = 0
-    if params.verify.holdout_identities:
-        faces, pairs, other = _holdout(faces, pairs, _identity_by_key(shards), params.verify.holdout_identities)
+    if params.verify.pairs == AUTO:
+        pairs = identity_pairs({k: v for k, v in identity.items() if not held or v in held})
+    else:
+        pairs = read_pairs(resolve_model(params.verify.pairs))
+        if held:
+            faces, pairs, other = _holdout(faces, pairs, identity, held)
     if pairs.n_folds is None:  # a CSV list has no protocol folds: mix same and different pairs in every fold
         pairs = _select(pairs, np.random.default_rng(0).permutation(len(pairs)).tolist())
     counts: dict[str, dict[str, int]] = {}
@@ -57,24 +71,21 @@ def run(params: Params, paths: PathsParams) -> str:
     return "eval sets: " + ", ".join(f"{n} {c['pairs']} pairs ({c['dropped']} dropped)" for n, c in counts.items())
 
 
-def _identity_by_key(shards: Path) -> dict[str, str]:
-    """Record key -> identity name, over the shards of ``shards/index.json``."""
-    index = read_index(shards)
-    names = index.get("identities") or []
-    return {r.key: names[r.identity] for e in index["shards"] for r in ShardReader(shards / e["name"])}
+def _identity_by_key(shards: Path, names: list[str]) -> dict[str, str]:
+    """Record key -> identity name (``names``: the identity table), over the labelled records of the shards of
+    ``shards/index.json``."""
+    records = (r for e in read_index(shards)["shards"] for r in ShardReader(shards / e["name"]))
+    return {r.key: names[r.identity] for r in records if r.identity >= 0}
 
 
 def _holdout(
     faces: AlignedFaces, pairs: PairList, identity: dict[str, str], holdout: list[str]
 ) -> tuple[AlignedFaces, PairList, int]:
     """(faces of the ``holdout`` identities, the pairs with no face of another identity, pairs left out)."""
-    unknown = sorted(set(holdout) - set(identity.values()))
-    if unknown:
-        raise ValueError(f"verify.holdout_identities: {unknown} have no face in the shards")
     held = set(holdout)
     kept = AlignedFaces(
-        images={k: v for k, v in faces.images.items() if identity[k] in held},
-        masked={k: v for k, v in faces.masked.items() if identity[k] in held},
+        images={k: v for k, v in faces.images.items() if identity.get(k) in held},
+        masked={k: v for k, v in faces.masked.items() if identity.get(k) in held},
     )
 
     def inside(name: str) -> bool:  # a face of a held-out identity, or one the shards lack (dropped later)

@@ -11,7 +11,7 @@ Its keyword arguments are ``finetune.method`` updated by the run's own keys, plu
 - ``<metrics>/finetune_R.json`` (DVC metrics, with the load report of the initialisation) and
   ``<metrics>/finetune_R.csv`` (the loss curve).
 
-The identities of ``verify.holdout_identities`` are left out of the training set (their labels stay
+The identities of ``verify.holdout_identities`` (names, or a count) are left out of the training set (their labels stay
 unused classes), so verification can score people the model never saw.
 """
 
@@ -26,6 +26,7 @@ from torch.utils.data import Subset
 from facekit.config import Params, PathsParams, RunConfig
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME, read_index
+from facekit.eval.identity_pairs import choose_holdout
 from facekit.nn import backbones
 from facekit.stages.pretrain import train_and_export
 from facekit.train.loop import TrainResult
@@ -54,15 +55,16 @@ def resolve_finetune_run(params: Params, name: str) -> RunConfig:
 
 def without_identities(dataset: FaceShardDataset, names: Sequence[str]) -> Subset:
     """The records of ``dataset`` whose identity is not in ``names`` (labels keep their numbers)."""
-    unknown = sorted(set(names) - set(dataset.identities))
-    if unknown:
-        raise ValueError(f"verify.holdout_identities: {unknown} are not in the shards' identity table")
     excluded = {dataset.identities.index(n) for n in names}
     labels = [record.identity for reader in dataset.readers for record in reader]
-    keep = [i for i, label in enumerate(labels) if label not in excluded]
-    if not keep:
-        raise ValueError("verify.holdout_identities holds out every identity: nothing left to fine-tune on")
-    return Subset(dataset, keep)
+    return Subset(dataset, [i for i, label in enumerate(labels) if label not in excluded])
+
+
+def holdout_names(params: Params) -> list[str]:
+    """The identity names ``verify.holdout_identities`` keeps out of fine-tuning (names, or a count N: see
+    :func:`~facekit.eval.identity_pairs.choose_holdout`), from the identity table of ``finetune.shards``."""
+    identities = read_index(Path(params.finetune.shards)).get("identities") or []
+    return choose_holdout(identities, params.verify.holdout_identities, "verify.holdout_identities")
 
 
 def run(params: Params, paths: PathsParams, name: str, *, progress: bool = True) -> TrainResult:
@@ -70,7 +72,7 @@ def run(params: Params, paths: PathsParams, name: str, *, progress: bool = True)
     but ``verify.holdout_identities``; its report is ``<metrics>/finetune_<name>.json``. Returns the loop's
     result."""
     resolved = resolve_finetune_run(params, name)
-    holdout = params.verify.holdout_identities
+    holdout = holdout_names(params)
     select = (lambda dataset: without_identities(dataset, holdout)) if holdout else None
     extra = {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")} | {"holdout_identities": holdout}
     report = paths.run_report("finetune", name)

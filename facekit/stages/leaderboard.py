@@ -93,7 +93,8 @@ def run(params: Params, paths: PathsParams) -> str:
     text = f"# Leaderboard: verification on `{params.verify.name}` ({pairs})\n\n"
     text += markdown_table(board, params.verify.name)
     held = params.verify.holdout_identities
-    source = f"`verify.pairs` over `finetune.shards`, {len(held)} identities left out of fine-tuning"
+    held_count = held if isinstance(held, int) else len(held)
+    source = f"`verify.pairs` over `finetune.shards`, {held_count} identities left out of fine-tuning"
     text += f"\nThe `{params.verify.name}` sets pair faces of the shards ({source}). " + (
         "The models were trained on these people. " if not held else ""
     )

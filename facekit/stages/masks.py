@@ -14,7 +14,6 @@ counts the twins per mask kind. :func:`mask_quality_report` measures what the ma
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +32,8 @@ from facekit.data.record import FaceRecord
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardReader, ShardWriter, read_index
 from facekit.eval.embedder import OnnxEmbedder
+from facekit.eval.identity_pairs import AUTO, identity_pairs
+from facekit.eval.make_bin import read_pairs
 from facekit.eval.verification import verify
 from facekit.stages.shard_folders import shard_to_shard_ids
 from facekit.stages.shard_map import ShardMap, process_map
@@ -137,23 +138,25 @@ def _fit(face: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def mask_quality_report(
     shards: Path | Sequence[Path],
     embedder_path: Path,
-    pairs_csv: Path,
+    pairs_file: Path | None,
     *,
     mparams: MaskParams | None = None,
-) -> dict[str, float]:
-    """10-fold verification accuracy on the pairs of ``pairs_csv`` (``file_x,file_y,same``; a file
-    matches the record whose key ends in its stem) with holistic and masked faces.
+) -> dict[str, float | int | str]:
+    """10-fold verification accuracy with holistic and masked faces, on the pairs of ``pairs_file`` (a CSV or
+    LFW pair list; a name matches the record whose key is it or ends in ``/name``), or with None on balanced
+    pairs drawn from the faces' identity labels (:func:`~facekit.eval.identity_pairs.identity_pairs`).
 
     Every face with dense landmarks is masked for this (as :func:`mask_face` draws it for its key,
     whatever ``fraction`` says); pairs with a face missing or without landmarks are left out and
     counted. Returns ``pairs``, ``pairs_left_out`` and ``accuracy_holistic`` (holistic vs holistic),
-    ``accuracy_masked_vs_holistic`` (file_x masked), ``accuracy_masked_vs_masked``.
+    ``accuracy_masked_vs_holistic`` (first face masked), ``accuracy_masked_vs_masked``; or, when no pair
+    has both faces (a pair list of other photos, a source without identities), ``{"quality_skipped": why}``.
     """
     mparams = mparams or MaskParams()
     templates = _templates(mparams.masks_dir)
     embedder = OnnxEmbedder(embedder_path)
     h, w = embedder.input_hw
-    stems, holistic, masked = [], [], []
+    keys, identities, holistic, masked = [], [], [], []
     for path in _shard_paths(shards):
         for record in ShardReader(path):
             points = record.extra.get(DENSE_KEY)
@@ -161,21 +164,29 @@ def mask_quality_report(
                 continue
             face = decode_jpeg_rgb(record.image)
             twin, _ = mask_face(face, points, record.key, templates, mparams)
-            stems.append(record.key.rsplit("/", 1)[-1])
+            keys.append(record.key)
+            identities.append(record.identity)
             holistic.append(_fit(face, (h, w)))
             masked.append(_fit(twin, (h, w)))
-    row_of = {stem: i for i, stem in enumerate(stems)}
-    with Path(pairs_csv).open(newline="") as f:
-        rows = [(Path(r["file_x"]).stem, Path(r["file_y"]).stem, r["same"] == "1") for r in csv.DictReader(f)]
-    pairs = [(row_of[a], row_of[b], same) for a, b, same in rows if a in row_of and b in row_of]
+    row_of = {key.rsplit("/", 1)[-1]: i for i, key in enumerate(keys)} | {key: i for i, key in enumerate(keys)}
+    try:
+        listed = (
+            read_pairs(pairs_file)
+            if pairs_file
+            else identity_pairs({key: str(label) for key, label in zip(keys, identities, strict=True) if label >= 0})
+        )
+    except ValueError as e:
+        return {"quality_skipped": str(e)}
+    rows = zip(listed.first, listed.second, listed.issame, strict=True)
+    pairs = [(row_of[a], row_of[b], bool(same)) for a, b, same in rows if a in row_of and b in row_of]
     if not pairs:
-        raise ValueError(f"no pair of {pairs_csv} has both faces (with dense landmarks) in the shards")
+        return {"quality_skipped": f"no pair of {pairs_file} has both faces (with dense landmarks) in the shards"}
     emb_h, emb_m = embedder.embed(np.stack(holistic)), embedder.embed(np.stack(masked))
     x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     same = np.array([p[2] for p in pairs])
     return {
         "pairs": len(pairs),
-        "pairs_left_out": len(rows) - len(pairs),
+        "pairs_left_out": len(listed) - len(pairs),
         "accuracy_holistic": verify(emb_h[x], emb_h[y], same).accuracy,
         "accuracy_masked_vs_holistic": verify(emb_m[x], emb_h[y], same).accuracy,
         "accuracy_masked_vs_masked": verify(emb_m[x], emb_m[y], same).accuracy,
@@ -203,8 +214,10 @@ def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None
     result = run_masks(params, params.masks, Path(paths.landmarks), out, progress=progress, shard_map=shard_map)
     shards = sorted(out.glob("shard-*.lmdb"))
     if params.masks.quality_pairs:
-        model, pairs = resolve_model(params.masks.quality_model), asset_path(params.masks.quality_pairs)
-        result.extra.update(mask_quality_report(shards, model, pairs, mparams=params.masks))
+        setting = params.masks.quality_pairs
+        pairs_file = None if setting == AUTO else asset_path(setting)
+        model = resolve_model(params.masks.quality_model)
+        result.extra.update(mask_quality_report(shards, model, pairs_file, mparams=params.masks))
     result.write(paths.report("masks"))
     save_mask_grid([r for path in shards for r in ShardReader(path)], paths.plot("masks"))
     return result

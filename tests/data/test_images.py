@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import struct
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import cv2
@@ -70,24 +68,22 @@ def test_every_deepface_photo_decodes_like_opencv(assets: Path) -> None:
         assert np.abs(ours.astype(np.int16) - reference).max() <= 2, path.name
 
 
-def test_decompression_bomb_refused_from_header_without_decoding() -> None:
-    """A real 30000x30000 PNG (109 KB on disk, 2.7 GB decoded) is refused before any pixel is decoded."""
-    width = height = 30000
-    packer = zlib.compressobj(9)
-    rows = (b"\x00" * (width // 8 + 1)) * 1000
-    idat = b"".join(packer.compress(rows) for _ in range(height // 1000)) + packer.flush()
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
+def test_decompression_bomb_refused_from_header_without_decoding(png_bomb: bytes) -> None:
+    """A real 30000x30000 PNG (a few KB on disk, 2.7 GB decoded) is refused before any pixel is decoded."""
+    bomb = png_bomb
     tracemalloc.start()
     assert _reason(bomb) == "too_large"
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB while refusing a bomb"
+
+
+def test_max_pixels_above_pils_own_limit_is_the_only_limit(png_bomb: bytes) -> None:
+    """PIL refuses images past 2 x its MAX_IMAGE_PIXELS (179 M) by itself; the caller's max_pixels decides
+    instead, both ways, and the refusal names it."""
+    with pytest.raises(ImageError, match=r"30000x30000 = 900,000,000 pixels exceeds max_pixels=899,999,999"):
+        decode_image(png_bomb, max_pixels=900_000_000 - 1)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # PIL's global limit is restored
 
 
 def test_max_pixels_is_the_callers_limit(photo_jpeg: bytes) -> None:

@@ -3,7 +3,9 @@ counts reconcile, and held-out sets pair only the people fine-tuning leaves out.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from facekit.stages.finetune import without_identities
 
 def test_sets_hold_the_pairs_of_the_shards_and_counts_reconcile(in_project: Path, assets: Path) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["verify"]["holdout_identities"] = []  # every pair of the list
+    params["verify"].update(pairs="faces/deepface/pairs.csv", holdout_identities=[])  # every pair of the list
     Path("all.yaml").write_text(yaml.safe_dump(params))
     params = load_params("all.yaml")
     summary = eval_sets.run(params, params.paths)
@@ -57,9 +59,11 @@ def test_sets_hold_the_pairs_of_the_shards_and_counts_reconcile(in_project: Path
 
 
 def test_held_out_sets_pair_only_the_people_fine_tuning_leaves_out(in_project: Path, assets: Path) -> None:
-    params = load_params()
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["verify"].update(pairs="faces/deepface/pairs.csv", holdout_identities=["id00", "id01", "id02", "id03", "id09"])
+    Path("held.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params("held.yaml")
     held = set(params.verify.holdout_identities)
-    assert held == {"id00", "id01", "id02", "id03", "id09"}
     eval_sets.run(params, params.paths)
     counts = json.loads(Path("metrics/eval_sets.json").read_text())
     index = read_index(Path("data/shards"))
@@ -76,5 +80,35 @@ def test_held_out_sets_pair_only_the_people_fine_tuning_leaves_out(in_project: P
     train = without_identities(dataset, sorted(held))
     labels = {index["identities"][dataset[i]["identity"]] for i in train.indices}
     assert len(train) == 61 - len(held_images) == 27 and not labels & held
-    with pytest.raises(ValueError, match="not in the shards' identity table"):
-        without_identities(dataset, ["nobody"])
+    for setting, message in ((["nobody"], "not in the shards' identity table"), (13, "13 of 13 identities")):
+        raw["verify"]["holdout_identities"] = setting
+        Path("bad.yaml").write_text(yaml.safe_dump(raw))
+        bad = load_params("bad.yaml")
+        with pytest.raises(ValueError, match=rf"verify.holdout_identities: .*{message}"):
+            eval_sets.run(bad, bad.paths)
+
+
+def test_auto_sets_pair_the_people_held_out_by_hash(in_project: Path) -> None:
+    """The defaults (pairs: auto, holdout_identities: 5) work on any labelled shards: the 5 identities with
+    the smallest SHA-256 of their names are held out, and the sets pair only their faces, same and different
+    pairs balanced, every same pair of them present."""
+    params = load_params()
+    assert (params.verify.pairs, params.verify.holdout_identities) == ("auto", 5)
+    eval_sets.run(params, params.paths)
+    index = read_index(Path("data/shards"))
+    names = index["identities"]
+    held = set(sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())[:5])
+    records = [r for e in index["shards"] for r in ShardReader(Path("data/shards") / e["name"])]
+    identity_of_image = {r.image: names[r.identity] for r in records}
+    per_identity = Counter(names[r.identity] for r in records if names[r.identity] in held)
+    same_pairs = sum(n * (n - 1) // 2 for n in per_identity.values())
+    counts = json.loads(Path("metrics/eval_sets.json").read_text())
+    assert counts["pair_list"] == 2 * same_pairs and counts["other_identities"] == 0
+    holistic = load_verification_bin(set_paths(params)["sample"])
+    assert len(holistic) == counts["sample"]["pairs"] == 2 * same_pairs and counts["sample"]["same"] == same_pairs
+    for a, b, same in zip(holistic.images[0::2], holistic.images[1::2], holistic.issame, strict=True):
+        assert identity_of_image[a] in held and identity_of_image[b] in held
+        assert (identity_of_image[a] == identity_of_image[b]) == bool(same)
+    dataset = FaceShardDataset(Path("data/shards"))
+    train_labels = {names[dataset[i]["identity"]] for i in without_identities(dataset, sorted(held)).indices}
+    assert not train_labels & held and len(train_labels) == len(names) - 5

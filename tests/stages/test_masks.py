@@ -105,6 +105,17 @@ def test_masks_cost_verification_accuracy(stage: dict, assets: Path) -> None:
     assert quality["accuracy_masked_vs_holistic"] > 0.9, quality  # masked faces still carry identity
 
 
+def test_quality_pairs_follow_the_source(stage: dict, assets: Path) -> None:
+    """quality_pairs auto draws pairs from the faces' own identities (any labelled source has them); a pair list
+    naming other photos is skipped with the reason recorded, never a failed run."""
+    model = assets / "models/mobilefacenet_128d.onnx"
+    quality = mask_quality_report(stage["root"] / "in3", model, None)
+    assert quality["pairs_left_out"] == 0 and quality["pairs"] > 100
+    assert quality["accuracy_holistic"] - quality["accuracy_masked_vs_holistic"] > 0.02, quality
+    skipped = mask_quality_report(stage["root"] / "in3", model, assets / "protocols" / "lfw_pairs.txt")
+    assert set(skipped) == {"quality_skipped"} and "no pair of" in str(skipped["quality_skipped"])
+
+
 def test_mask_grid_shows_pairs_side_by_side(stage: dict) -> None:
     _, records = stage["runs"]["seed0"]
     path = save_mask_grid(list(records.values()), stage["root"] / "plots/masks.png", count=12)

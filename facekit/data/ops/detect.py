@@ -2,6 +2,10 @@
 
 Both detectors take a BGR uint8 image ``[H, W, 3]``, letterbox it into a square ``input_size`` input
 (aspect ratio kept, padded at the bottom/right) and return :class:`Detections` in source-image pixels.
+A face that fills most of the input (a tight crop, e.g. a 92x112 face photo at 640: the face becomes
+~500 px) is beyond the detectors' largest anchors and is missed; so when the first pass finds nothing,
+a second pass letterboxes the image into :data:`RETRY_FILL` of the input side (the face then spans at
+most about half of it). Images with a face found in the first pass are unaffected.
 The five landmarks are in ArcFace order: left eye, right eye, nose tip, left and right mouth corner
 (left/right as seen in the image).
 """
@@ -18,6 +22,8 @@ import numpy as np
 import onnxruntime as ort
 
 DetectorKind = Literal["retinaface", "scrfd"]
+#: The share of the input side the image's longer side takes in the second pass (see the module docstring).
+RETRY_FILL = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,13 +92,13 @@ def select_face(dets: Detections, *, min_size: float, policy: Literal["largest",
     return int(candidates[np.argmax(values)])
 
 
-def letterbox(img_bgr: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    """Resize keeping aspect ratio so the longer side is ``size``, pad bottom/right with black.
+def letterbox(img_bgr: np.ndarray, size: int, fill: float = 1.0) -> tuple[np.ndarray, float]:
+    """Resize keeping aspect ratio so the longer side is ``fill * size``, pad bottom/right with black.
 
     Returns the ``[size, size, 3]`` uint8 canvas and the scale (canvas pixels per source pixel).
     """
     h, w = img_bgr.shape[:2]
-    scale = size / max(h, w)
+    scale = size * fill / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     canvas = np.zeros((size, size, 3), np.uint8)
     canvas[:new_h, :new_w] = cv2.resize(img_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
@@ -145,7 +151,20 @@ def _check_settings(input_size: int, score_threshold: float, nms_threshold: floa
         raise ValueError(f"thresholds must lie in [0, 1], got score {score_threshold}, nms {nms_threshold}")
 
 
-class RetinaFaceDetector:
+class _Letterboxed:
+    """The two-pass :meth:`detect` of both detectors; a subclass runs one letterboxed pass in ``_detect``."""
+
+    def detect(self, img_bgr: np.ndarray) -> Detections:
+        """Faces in ``img_bgr`` ([H, W, 3] uint8 BGR), sorted by score descending."""
+        _check_image(img_bgr)
+        found = self._detect(img_bgr, 1.0)
+        return found if len(found) else self._detect(img_bgr, RETRY_FILL)
+
+    def _detect(self, img_bgr: np.ndarray, fill: float) -> Detections:
+        raise NotImplementedError
+
+
+class RetinaFaceDetector(_Letterboxed):
     """RetinaFace MobileNet-0.25 (biubug6-style ONNX export: outputs ``loc``, ``conf``, ``iou``).
 
     The network sees BGR minus the mean (104, 117, 123), unscaled; box and landmark offsets are decoded
@@ -197,10 +216,8 @@ class RetinaFaceDetector:
             per_level.append(np.concatenate([centres, sizes], axis=2).reshape(-1, 4))
         return np.concatenate(per_level).astype(np.float32)
 
-    def detect(self, img_bgr: np.ndarray) -> Detections:
-        """Faces in ``img_bgr`` ([H, W, 3] uint8 BGR), sorted by score descending."""
-        _check_image(img_bgr)
-        canvas, scale = letterbox(img_bgr, self.input_size)
+    def _detect(self, img_bgr: np.ndarray, fill: float) -> Detections:
+        canvas, scale = letterbox(img_bgr, self.input_size, fill)
         blob = cv2.dnn.blobFromImage(canvas, 1.0, mean=self.MEAN_BGR, swapRB=False)
         loc, conf, lmk = self.session.run(["loc", "conf", "iou"], {self.input_name: blob})
         scores = conf[0, :, 1]
@@ -227,7 +244,7 @@ class RetinaFaceDetector:
         return boxes, landmarks
 
 
-class SCRFDDetector:
+class SCRFDDetector(_Letterboxed):
     """SCRFD with keypoints (e.g. ``scrfd_500m_bnkps.onnx``) through ``insightface.model_zoo``.
 
     insightface decodes the anchors and runs NMS; this class letterboxes the image the same way as
@@ -262,10 +279,8 @@ class SCRFDDetector:
         self.model = model
         self.input_size = input_size
 
-    def detect(self, img_bgr: np.ndarray) -> Detections:
-        """Faces in ``img_bgr`` ([H, W, 3] uint8 BGR), sorted by score descending."""
-        _check_image(img_bgr)
-        canvas, scale = letterbox(img_bgr, self.input_size)
+    def _detect(self, img_bgr: np.ndarray, fill: float) -> Detections:
+        canvas, scale = letterbox(img_bgr, self.input_size, fill)
         det, kps = self.model.detect(canvas, input_size=(self.input_size, self.input_size))
         if det.shape[0] == 0:
             return Detections.empty()
