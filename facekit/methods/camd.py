@@ -17,12 +17,17 @@ augmentation, ``view2`` the whole face, each with its crop box and flip, and a B
     loss  =  1 * UniGrad(pred, target) + 0.25 * global UniGrad + w * AGMD,  w = 0.1 if AGMD < 1 else 0.01
 
 Projector and predictor blocks are timm ``Block`` s whose norms are BatchNorm1d over all tokens of the
-batch (:class:`TokenBatchNorm`; the released code converts them to SyncBatchNorm under DDP).
+batch (:class:`TokenBatchNorm`; the released code converts them to SyncBatchNorm under DDP). The fixed
+2-D sin-cos tables of the encoder and the decoder put the row half first (the released
+``util/pos_embed.py``, unlike MAE's), the order of the relative embedding's rows and columns.
 
 Released recipe (:attr:`CAMD.recipe`; the loop owns these): ViT-B/16 at 224, batch 1024, 400 epochs
 (fast: 50), 5 warm-up epochs, AdamW betas (0.9, 0.95), base lr 3.125e-5 (lr = blr * batch / 256 =
 1.25e-4), weight decay 0.05 (none on biases and norms), gradient clipping 1.0, AMP, EMA momentum from
-0.995 to 1 (cosine).
+0.995 to 1 (cosine). The EMA momentum is the loop's ``hp.momentum``, its cosine from the run's
+``ema_momentum`` to ``ema_momentum_end`` (the released ``1 - (1 - mm) * (1 + cos(pi * t / T)) / 2``; the
+loop owns the schedule, one for every method), applied to the backbone, ``decoder_embed`` and projector
+once per optimizer step, at its first micro-batch, before the target forward, as released.
 
 The EMA momentum is the loop's ``hp.momentum``, the released ``1 - (1 - 0.995) * (1 + cos(pi * t / T)) / 2``
 (t / T = step / steps; base ``ema_momentum``, 0.995 in the recipe), applied once per optimizer step before
@@ -36,7 +41,10 @@ Deviations from the released code, each on purpose:
   (``global_mean="batch"``, giving ``[N, Dd]``); ``global_mean="token"`` averages over tokens
   (``[B, Dd]``), which is what "global" suggests.
 - facekit's ViT applies its final LayerNorm to the tokens it returns; the released encoder has no
-  final norm before ``decoder_embed``. AGMD reads the per-block tokens before that norm, as released.
+  final norm before ``decoder_embed`` (its fine-tuning starts a fresh ``fc_norm``). Kept so that the
+  exported backbone's final norm, which kNN and fine-tuning read, is trained; effect: one more learned
+  LayerNorm before ``decoder_embed`` on both branches. AGMD reads the per-block tokens before that
+  norm, as released.
 - What would not run as released, fixed here: the engine unpacks five values (a ``pixel_loss`` the
   model never computes) from a model returning four; an AGMD loss of exactly 1.0 got no weight
   (neither ``> 1`` nor ``< 1``); ``util/masking_generator.py`` ships only as a ``.pyc``; ``np.float``
@@ -292,7 +300,9 @@ class CAMD(Method):
         self.predictor = _blocks(decoder_dim, predictor_depth, decoder_heads, mlp_ratio)
         self.decoder_pred = nn.Linear(decoder_dim, decoder_dim)
         self.topk_attention = MultiHeadAttentionTopK(vit.embed_dim, vit.num_heads, top_k)
-        pos = sincos_2d(decoder_dim, self.grid, cls_token=True)[0]
+        if not isinstance(vit.pos_embed, nn.Parameter):  # fixed sin-cos: the released row-first table
+            vit.pos_embed.copy_(sincos_2d(vit.embed_dim, self.grid, cls_token=True, rows_first=True))
+        pos = sincos_2d(decoder_dim, self.grid, cls_token=True, rows_first=True)[0]
         self.register_buffer("decoder_pos_embed", pos, persistent=False)  # [1 + N, Dd]
         heads = (self.decoder_embed, self.projector, self.decoder_pos_mlp, self.predictor, self.decoder_pred)
         for module in (*heads, self.topk_attention):

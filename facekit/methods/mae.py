@@ -8,6 +8,16 @@ Pipeline, with N patches of p·p·3 values and K = N·(1 − mask_ratio) visible
     images [B, 3, H, W] --random_keep--> keep [B, K], mask [B, N] (True = masked)
       --encoder.encode(images, keep)--> patches [B, K, D] (+ cls [B, D])
       --MAEDecoder--> pred [B, N, p·p·3] --masked_mse against patchify(images)--> loss
+
+Released code followed: MAE ``facebookresearch/mae`` @ efb2a80 (``models_mae.py``), FaceT
+``zyainfal/Joint-Holistic-and-Masked-Face-Recognition`` @ 3126602 (``code/VIT/mim_pytorch.py``, class
+``MAE``). Differences from FaceT's, neither changing what is computed or its distribution:
+
+- FaceT's mask hides the patches of *lowest* noise, ``int(N·ratio)`` of them; here the lowest noise is
+  kept (MAE's rule), ``int(N·(1 − ratio))`` patches (the same counts at 196 patches and ratio 0.75).
+- FaceT puts the mask tokens before the visible ones in its decoder sequence; here every token sits at
+  its patch's place. The decoder blocks see no order (positions are added to the tokens), so each
+  token's output is the same.
 """
 
 from __future__ import annotations
@@ -58,11 +68,14 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 class MAEDecoder(nn.Module):
     """Pixel decoder: encoded visible tokens plus mask tokens at fixed 2-D sin-cos positions → pixels.
 
-    ``norm="pre"`` (MAE): pre-norm timm Blocks, then a final LayerNorm. ``norm="deepnorm"`` (FaceT):
-    DeepNorm blocks, whose last LayerNorm ends the stack, so no final norm. ``pos_on_visible=False``
-    follows FaceT's code, which adds decoder positions to the mask tokens only (visible tokens keep
-    just the encoder's positions). A cls token, when given, is prepended with no position (MAE's zero
-    slot) and dropped before the pixel head.
+    ``norm="pre"`` (MAE): pre-norm timm Blocks, then a final LayerNorm; every Linear Xavier-uniform.
+    ``norm="deepnorm"`` (FaceT): DeepNorm blocks, whose last LayerNorm ends the stack, so no final norm;
+    the blocks get DeepNorm's init, ``embed`` and ``pred`` keep PyTorch's default Linear init (FaceT's
+    ``enc_to_dec`` and ``to_pixels``). ``pos_on_visible=False`` follows FaceT's code, which adds decoder
+    positions to the mask tokens only (visible tokens keep just the encoder's positions).
+    ``pos_rows_first``: the position table's row half comes first (FaceT's ``PositionEmbed2D``; MAE puts
+    the column first). A cls token, when given, is prepended with no position (MAE's zero slot) and
+    dropped before the pixel head.
     """
 
     def __init__(
@@ -76,6 +89,7 @@ class MAEDecoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm: str = "pre",
         pos_on_visible: bool = True,
+        pos_rows_first: bool = False,
         mask_token_std: float = 0.02,
     ) -> None:
         super().__init__()
@@ -84,7 +98,7 @@ class MAEDecoder(nn.Module):
         self.pos_on_visible = pos_on_visible
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.randn(1, 1, dim) * mask_token_std)
-        self.register_buffer("pos_embed", sincos_2d(dim, grid_size, cls_token=False), persistent=False)
+        self.register_buffer("pos_embed", sincos_2d(dim, grid_size, rows_first=pos_rows_first), persistent=False)
         if norm == "pre":
             self.blocks = nn.ModuleList(
                 Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=_layer_norm) for _ in range(depth)
@@ -97,8 +111,9 @@ class MAEDecoder(nn.Module):
             init_deepnorm_(self.blocks, deepnorm_beta(depth))
             self.norm = nn.Identity()
         self.pred = nn.Linear(dim, patch_size * patch_size * 3)
-        _xavier_linear(self.embed)
-        _xavier_linear(self.pred)
+        if norm == "pre":
+            _xavier_linear(self.embed)
+            _xavier_linear(self.pred)
 
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: ``[B, K, D]`` encoded visible patches; keep: ``[B, K]`` their indices in ``[0, N)``;
@@ -169,6 +184,7 @@ class MAE(Method):
         decoder_mlp_ratio: float = 4.0,
         decoder_norm: str = "pre",
         decoder_pos_on_visible: bool = True,
+        decoder_pos_rows_first: bool = False,
         mask_token_std: float = 0.02,
         norm_pix_loss: bool = False,
         image_size: int | None = None,
@@ -193,6 +209,7 @@ class MAE(Method):
             mlp_ratio=decoder_mlp_ratio,
             norm=decoder_norm,
             pos_on_visible=decoder_pos_on_visible,
+            pos_rows_first=decoder_pos_rows_first,
             mask_token_std=mask_token_std,
         )
         self.mask_ratio = mask_ratio
@@ -246,9 +263,9 @@ class MAE(Method):
 
 #: FaceT's MAE (``mim_pytorch.MAE`` in the released code): facet_base encoder (112 px, patch 8, no cls,
 #: DeepNorm, so no final norm; pre-trained without prompts or the 512-d head), decoder 516-d, 8 DeepNorm
-#: blocks, 12 heads, MLP 3, positions on the mask tokens only, mask tokens ~ N(0, 1), plain MSE on
-#: masked patches, flip + (0.5, 0.5) normalisation, no crop. FaceT warms the lr up with ``np.linspace(0, base, W)``,
-#: one step ahead of the loop's ``base · i / W`` (:mod:`facekit.train.schedules`).
+#: blocks, 12 heads, MLP 3, row-first sin-cos positions on the mask tokens only, mask tokens ~ N(0, 1),
+#: plain MSE on masked patches, flip + (0.5, 0.5) normalisation, no crop. FaceT warms the lr up with
+#: ``np.linspace(0, base, W)``, one step ahead of the loop's ``base · i / W`` (:mod:`facekit.train.schedules`).
 FACET_MAE: dict[str, Any] = {
     "backbone": "facet_base",
     "backbone_kwargs": {"num_prompts": 0, "head_dim": None},
@@ -258,6 +275,7 @@ FACET_MAE: dict[str, Any] = {
     "decoder_mlp_ratio": 3.0,
     "decoder_norm": "deepnorm",
     "decoder_pos_on_visible": False,
+    "decoder_pos_rows_first": True,
     "mask_token_std": 1.0,
     "norm_pix_loss": False,
     "crop_scale": None,

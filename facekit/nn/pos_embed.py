@@ -1,9 +1,11 @@
 """Position embeddings: fixed sine-cosine tables (Vaswani et al. 2017; 2-D layout of MAE, He et al. 2022)
 and DINO's resampling of a learned table to another patch grid.
 
-``sincos_2d`` reproduces MAE's ``get_2d_sincos_pos_embed`` value for value (so MAE / CAMD / MCF
-checkpoints line up): the first half of the channels encodes the patch's column, the second half its
-row, each half being ``[sin(pos·ω), cos(pos·ω)]`` with ``ω_k = 10000^(−k / (D/4))``.
+``sincos_2d`` reproduces MAE's ``get_2d_sincos_pos_embed`` value for value (MAE, MCF): the first half
+of the channels encodes the patch's column, the second half its row, each half being
+``[sin(pos·ω), cos(pos·ω)]`` with ``ω_k = 10000^(−k / (D/4))``. With ``rows_first`` the halves swap
+(row, then column): the layout of CAMD's (SiameseIM's) ``get_2d_sincos_pos_embed`` and of FaceT's
+``PositionEmbed2D``.
 ``interpolate_pos_embed`` is DINO's ``interpolate_pos_encoding`` (multi-crop's smaller crops).
 """
 
@@ -33,20 +35,19 @@ def sincos_1d(embed_dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
-def sincos_2d(embed_dim: int, grid_size: int, cls_token: bool = False) -> torch.Tensor:
+def sincos_2d(embed_dim: int, grid_size: int, cls_token: bool = False, rows_first: bool = False) -> torch.Tensor:
     """MAE's fixed 2-D sin-cos table for a square ``grid_size × grid_size`` patch grid.
 
     Returns [1, (1 +) grid_size², embed_dim] float32, patches in row-major order (token ``r·G + c``);
-    channels ``[:D/2]`` encode the column ``c`` and ``[D/2:]`` the row ``r``. With ``cls_token`` a row of
-    zeros is put first for the class-token slot.
+    channels ``[:D/2]`` encode the column ``c`` and ``[D/2:]`` the row ``r`` (``rows_first``: the row
+    first, then the column). With ``cls_token`` a row of zeros is put first for the class-token slot.
     """
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be a multiple of 4, got {embed_dim}")
     coords = torch.arange(grid_size, dtype=torch.float64)
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # [G, G] each
-    table = torch.cat(
-        [sincos_1d(embed_dim // 2, cols.reshape(-1)), sincos_1d(embed_dim // 2, rows.reshape(-1))], dim=1
-    )  # [G², D]
+    halves = [sincos_1d(embed_dim // 2, cols.reshape(-1)), sincos_1d(embed_dim // 2, rows.reshape(-1))]
+    table = torch.cat(halves[::-1] if rows_first else halves, dim=1)  # [G², D]
     if cls_token:
         table = torch.cat([table.new_zeros(1, embed_dim), table], dim=0)
     return table[None]

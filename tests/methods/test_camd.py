@@ -59,6 +59,27 @@ def test_views_shapes_boxes_and_block_mask_of_exactly_118() -> None:
         assert 0.07 < float(area) < 0.61
 
 
+def test_views_follow_the_released_augmentation() -> None:
+    """CAMD_pretrain.py ``DataAugmentationForSIM``: view 1 RandomResizedCrop(0.08-0.6, bicubic), jitter
+    (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, blur p 1; view 2 the whole face, jitter p 0.8, grayscale
+    p 0.2, blur p 0.1, solarize p 0.2; each flipped with p 0.5; VGGFace2 mean / std."""
+    views = CAMDViews().views
+    one, two = views.recipe1, views.recipe2
+    for recipe in (one, two):
+        assert (recipe.size, recipe.interpolation, recipe.hflip_p, recipe.ratio) == (
+            224,
+            "bicubic",
+            0.5,
+            (3 / 4, 4 / 3),
+        )
+        assert (recipe.jitter, recipe.jitter_p, recipe.gray_p) == ((0.4, 0.4, 0.2, 0.1), 0.8, 0.2)
+        assert (recipe.blur_sigma, recipe.normalize) == ((0.1, 2.0), True)
+        assert (recipe.mean, recipe.std) == ((0.5231, 0.4044, 0.3489), (0.2536, 0.2194, 0.2070))
+    assert (one.scale, one.blur_p, one.solarize_p) == ((0.08, 0.6), 1.0, 0.0)
+    assert (two.scale, two.blur_p, two.solarize_p) == ((1.0, 1.0), 0.1, 0.2)
+    assert _tiny_camd().views().views.recipe1.scale == (0.08, 0.6)  # the method's default crop scale
+
+
 # ---------------------------------------------------------------- losses
 
 

@@ -135,9 +135,43 @@ def test_facet_preset_shapes() -> None:
 
 
 def test_views() -> None:
+    """MAE's main_pretrain.py: RandomResizedCrop(scale=(0.2, 1), bicubic), flip, ImageNet mean / std; FaceT's
+    data_pipe.py: flip and (0.5, 0.5) normalisation of the whole 112 px face."""
     rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     view = tiny_mae().views()
     assert isinstance(view, MAEView) and view(rgb)["image"].shape == (3, 32, 32)
+    recipe = view.recipe
+    assert (recipe.scale, recipe.ratio, recipe.interpolation, recipe.hflip_p) == (
+        (0.2, 1.0),
+        (3 / 4, 4 / 3),
+        "bicubic",
+        0.5,
+    )
+    assert (recipe.mean, recipe.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (recipe.jitter_p, recipe.gray_p, recipe.blur_p, recipe.solarize_p) == (0.0, 0.0, 0.0, 0.0)
     facet_view = facet_mae(backbone_kwargs={"depth": 1}, decoder_depth=1).views()
     assert isinstance(facet_view, ResizeFlipView) and facet_view(rgb)["image"].shape == (3, 112, 112)
-    assert facet_view.mean == (0.5, 0.5, 0.5)
+    assert (facet_view.mean, facet_view.std, facet_view.normalize) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True)
+
+
+def test_decoder_init_follows_each_released_code() -> None:
+    """MAE: Xavier-uniform Linears, zero biases, mask token ~ N(0, 0.02²). FaceT: ``enc_to_dec`` and
+    ``to_pixels`` keep PyTorch's default Linear init (weights and biases in ±1/sqrt(fan_in), kaiming-uniform
+    with a = √5), the blocks DeepNorm's Xavier gain (8·depth)^−¼, mask token ~ N(0, 1)."""
+    mae = tiny_mae().decoder
+    for layer in (mae.embed, mae.pred, mae.blocks[0].attn.qkv):
+        fan_out, fan_in = layer.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert torch.all(layer.bias == 0)
+    assert 0.01 < mae.mask_token.std().item() < 0.03
+    torch.manual_seed(0)
+    facet = facet_mae(backbone_kwargs={"depth": 1}, decoder_depth=2).decoder
+    for layer in (facet.embed, facet.pred):
+        bound = 1 / math.sqrt(layer.in_features)
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > 0.5 * bound
+    qkv = facet.blocks[0].attn.qkv
+    bound = (8 * 2) ** -0.25 * math.sqrt(6 / (qkv.in_features + qkv.out_features))
+    assert qkv.weight.abs().max() <= bound and qkv.weight.abs().max() > 0.9 * bound
+    assert 0.9 < facet.mask_token.std().item() < 1.1  # 516 draws
