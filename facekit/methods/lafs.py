@@ -36,8 +36,9 @@ network, which predicts the points on the face it embeds (fine-tuning trains it 
 ``"mesh"`` (deviation: the released network always predicts its points) it takes the face's MESH_196
 points as a second input: fine-tuning maps them through its crop, kNN reads them from the shards,
 verification from the ``.landmarks.npy`` the ``eval_sets`` stage writes beside each set, and the ONNX file
-has a ``landmarks`` input; a forward without them is an error. Released-code detail not kept: the landmark
-network's own weight decay in fine-tuning (5e-2 against 1e-1; facekit: the run's one).
+has a ``landmarks`` input; a forward without them is an error. Released-code details not kept: the landmark
+network's own weight decay in fine-tuning (5e-2 against 1e-1; facekit: the run's one), and the test scripts'
+input scaling ``x / 255 − 0.5`` (half the training range; facekit tests with the training normalisation).
 
 Released-code facts kept as defaults: σ = 5 px jitter on every view, 36-landmark subsets on local views only,
 teacher temperature 0.07 → 0.04 over 30 epochs, head 2048 → 256 → 100,000, (0.5, 0.5) normalisation, global

@@ -30,7 +30,7 @@ from facekit.methods.base import StepValues
 from facekit.methods.finetune import FineTune
 from facekit.methods.lafs import LAFS
 from facekit.nn import backbones
-from facekit.nn.landmark_patches import landmark_patches, mirror_landmarks
+from facekit.nn.landmark_patches import landmark_patches
 from facekit.nn.landmark_vit import LandmarkViT
 from facekit.train.loop import param_groups
 
@@ -73,6 +73,11 @@ def pretraining_forward(method: LAFS, images: torch.Tensor, points: torch.Tensor
 
 def unit(x: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(x, dim=1).numpy()
+
+
+def mirrored(points: torch.Tensor) -> torch.Tensor:
+    """Points [..., 2] of a 112-wide face on its mirror image: x -> 111 - x, same order."""
+    return torch.stack([111 - points[..., 0], points[..., 1]], dim=-1)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +143,8 @@ def test_fine_tuning_starts_from_the_pretraining_forward_on_its_views(
         flipped = [not torch.allclose(item["image"], faces["images"][i], atol=1e-6) for i, item in enumerate(items)]
         assert 0 < sum(flipped) < 4
         for i, flip in enumerate(flipped):
-            expected = mirror_landmarks(faces["mesh"][i].numpy(), 112) if flip else faces["mesh"][i].numpy()
-            np.testing.assert_allclose(batch["mesh_landmarks"][i].numpy(), expected, atol=1e-4)
+            expected = mirrored(faces["mesh"][i]) if flip else faces["mesh"][i]
+            np.testing.assert_allclose(batch["mesh_landmarks"][i].numpy(), expected.numpy(), atol=1e-4)
     points = batch["mesh_landmarks"] if run["mesh"] else run["method"].landmark_head(batch["image"])
     with torch.no_grad():
         torch.testing.assert_close(
@@ -173,14 +178,10 @@ def test_verification_embeds_a_set_with_its_landmarks_file(
 
     images = load_verification_bin(report.path).images
     landmarks = read_landmarks(report.path, 8) if run["mesh"] else None
-    mirrored = faces["images"].flip(-1)
+    flipped = faces["images"].flip(-1)
     with torch.no_grad():
-        points = (
-            torch.from_numpy(mirror_landmarks(faces["mesh"].numpy(), 112))
-            if run["mesh"]
-            else run["method"].landmark_head(mirrored)
-        )
-        with_flip = run["reference"] + pretraining_forward(run["method"], mirrored, points)
+        points = mirrored(faces["mesh"]) if run["mesh"] else run["method"].landmark_head(flipped)
+        with_flip = run["reference"] + pretraining_forward(run["method"], flipped, points)
     for flip, expected in ((False, run["reference"]), (True, with_flip)):
         emb = embed_encoded(model, images, flip=flip, resize=False, landmarks=landmarks)
         np.testing.assert_allclose(emb, unit(expected)[order], atol=1e-5)
@@ -194,6 +195,9 @@ def test_the_onnx_export_embeds_a_real_aligned_face_as_pytorch(run: dict, faces:
     assert embedder.needs_landmarks == run["mesh"]
     landmarks = faces["mesh"].numpy() if run["mesh"] else None
     np.testing.assert_allclose(embedder.embed(faces["rgb"], landmarks=landmarks), unit(run["reference"]), atol=1e-4)
+    torch_model = TorchEmbedder(backbones.load(run["dir"]), HALF, HALF)
+    with_flip = torch_model.embed(faces["rgb"], flip=True, landmarks=landmarks)
+    np.testing.assert_allclose(embedder.embed(faces["rgb"], flip=True, landmarks=landmarks), with_flip, atol=1e-4)
 
 
 # ---------------------------------------------------------------- the landmark network in fine-tuning
@@ -209,9 +213,13 @@ def test_fine_tuning_trains_the_landmark_network_in_the_stem_group(tmp_path: Pat
     head, vit = finetune.backbone.landmark_head, finetune.backbone.vit
     assert all(p.requires_grad and p.grad is not None for p in head.parameters())
     assert head.output_layer[1].weight.grad.abs().sum() > 0
-    scale = {id(p): g["lr_scale"] for g in param_groups(finetune, layer_decay=0.5) for p in g["params"]}
+    groups = param_groups(finetune, layer_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     stem = scale[id(vit.patch_embed.proj.weight)]
     assert {scale[id(p)] for p in head.parameters()} == {stem} and stem < scale[id(vit.blocks[0].attn.qkv.weight)]
+    # deviation: the run's weight decay, also for the landmark network (released: 5e-2 for it, 1e-1 for the rest)
+    decay = {id(p): g["wd_scale"] for g in groups for p in g["params"]}
+    assert decay[id(head.output_layer[1].weight)] == decay[id(vit.blocks[0].attn.qkv.weight)] == 1.0
 
 
 # ---------------------------------------------------------------- no landmarks, no grid fallback
