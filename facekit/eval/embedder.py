@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from facekit.nn.landmark_patches import mirror_landmarks
-from facekit.nn.landmark_vit import NUM_LANDMARKS
+from facekit.data.ops.landmarks import MESH_196, mirror_landmarks
 
 _DYNAMIC_BATCH = 256
 #: The input of an ONNX embedding model: ``(pixels - ONNX_PIXEL_MEAN) / ONNX_PIXEL_STD`` (ArcFace's).
@@ -89,11 +88,9 @@ class OnnxEmbedder:
             chunk = faces[start : start + self.batch_size]
             points = None if landmarks is None else np.asarray(landmarks[start : start + self.batch_size], np.float32)
             n = chunk.shape[0]
-            if self.fixed_batch and n < self.batch_size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
-                points = (
-                    None if points is None else np.concatenate([points, np.repeat(points[-1:], self.batch_size - n, 0)])
-                )
+            if self.fixed_batch and n < self.batch_size:  # pad with copies of the last face
+                pad = np.minimum(np.arange(self.batch_size), n - 1)
+                chunk, points = chunk[pad], None if points is None else points[pad]
             blob = ((chunk.astype(np.float32) - ONNX_PIXEL_MEAN) / ONNX_PIXEL_STD).transpose(0, 3, 1, 2)
             feed = {self.input_name: np.ascontiguousarray(blob)}
             if points is not None:
@@ -108,11 +105,12 @@ def check_landmarks(needed: bool, landmarks: np.ndarray | None, n: int) -> None:
         if landmarks is not None:
             raise ValueError("this embedding model takes no landmarks (only a LAFS model of the 'mesh' source does)")
         return
+    points = len(MESH_196)
     if landmarks is None:
         raise ValueError(
-            f"this model (LAFS, landmarks='mesh') embeds the patches at each face's {NUM_LANDMARKS} mesh landmarks: "
-            f"pass landmarks [N, {NUM_LANDMARKS}, 2] (a verification set built from shards with dense landmarks "
-            "has them beside it)"
+            f"this model (LAFS, landmarks='mesh') embeds the patches at each face's {points} mesh landmarks: "
+            f"pass landmarks [N, {points}, 2] (a verification set built from shards with dense landmarks has "
+            "them beside it)"
         )
-    if np.shape(landmarks) != (n, NUM_LANDMARKS, 2):
-        raise ValueError(f"landmarks must be [{n}, {NUM_LANDMARKS}, 2] for {n} faces, got {list(np.shape(landmarks))}")
+    if np.shape(landmarks) != (n, points, 2):
+        raise ValueError(f"landmarks must be [{n}, {points}, 2] for {n} faces, got {list(np.shape(landmarks))}")

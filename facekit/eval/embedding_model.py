@@ -4,7 +4,7 @@ Both follow :class:`EmbeddingModel`: ``embed(faces_rgb [N, 112, 112, 3] uint8, f
 float32, L2-normalised, where ``flip=True`` adds the embedding of the mirrored face before normalising (the
 flip test of insightface's verification and IJB scripts). A model with ``needs_landmarks`` (a LAFS backbone
 of the ``"mesh"`` source, or its ONNX export) also takes each face's 196 mesh landmarks ``[N, 196, 2]``
-(mirrored with the face by :func:`~facekit.nn.landmark_patches.mirror_landmarks`); any other model takes
+(mirrored with the face by :func:`~facekit.data.ops.landmarks.mirror_landmarks`); any other model takes
 none. A torch module gets the pixels normalised as its
 backbone spec says (``(x / 255 - mean) / std``, as it was trained); an ONNX file gets ArcFace's
 ``(x - 127.5) / 128``, and ``facekit export onnx`` folds the conversion between the two into the file, so a
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from facekit.data.augment import normalize_batch
+from facekit.data.ops.landmarks import mirror_landmarks
 from facekit.eval.embedder import OnnxEmbedder, check_landmarks
 from facekit.nn.backbones import Stats
-from facekit.nn.landmark_patches import mirror_landmarks
 from facekit.nn.landmark_vit import needs_landmarks
 
 

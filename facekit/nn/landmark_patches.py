@@ -8,8 +8,7 @@ the mesh stage's convention): pixel ``(r, c)`` covers ``[c − ½, c + ½] × [r
   (``8c + 4, 8r + 4``) give exactly the patch tokens of a plain ViT.
 - :func:`jitter_landmarks`, :func:`sample_landmarks`: LAFS's two landmark augmentations (Gaussian
   jitter of the coordinates; a random subset drawn with replacement).
-- :func:`landmarks_in_view`: mesh landmarks of the source crop → a RandomResizedCrop(+flip) view's pixels;
-  :func:`mirror_landmarks`: the same points on the mirrored image (the flip test).
+- :func:`landmarks_in_view`: mesh landmarks of the source crop → a RandomResizedCrop(+flip) view's pixels.
 - :class:`LandmarkCNN`: the small learned alternative (image → ``n`` points, min-max spread over the view).
 
 Released LAFS code, where it differs: its patches are transposed (x runs down a patch's rows) and sampled
@@ -101,14 +100,6 @@ def landmarks_in_view(
     y = (xy[:, 1] - top * src_h + 0.5) * (size / (height * src_h)) - 0.5
     x = np.where(flipped >= 0.5, size - 1 - x, x)
     return np.stack([x, y], axis=-1).astype(np.float32)
-
-
-def mirror_landmarks(points: np.ndarray, width: int) -> np.ndarray:
-    """Points ``[..., 2]`` (x, y) of an image ``width`` pixels wide → the same points on its horizontal mirror
-    (``x' = width − 1 − x``; the order is kept, as a flipped crop keeps it in :func:`landmarks_in_view`)."""
-    out = np.array(points, dtype=np.float32)
-    out[..., 0] = width - 1 - out[..., 0]
-    return out
 
 
 class LandmarkCNN(nn.Module):

@@ -14,7 +14,7 @@ This is exactly the token path of LAFS pre-training on a global view without jit
 
 - ``"mesh"``: the caller passes each face's 196 mesh points (:data:`~facekit.data.ops.landmarks.MESH_196`
   of the shards' dense landmarks, in the image's pixels; mirrored with a mirrored face, see
-  :func:`~facekit.nn.landmark_patches.mirror_landmarks`). Without them the forward is a ValueError, never
+  :func:`~facekit.data.ops.landmarks.mirror_landmarks`). Without them the forward is a ValueError, never
   a fall back to grid patches.
 - ``"learned"``: a :class:`~facekit.nn.landmark_patches.LandmarkCNN` inside the network predicts them from
   the image, so the network (and its ONNX export) embeds a bare aligned face, as the released one.
