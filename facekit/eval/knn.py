@@ -160,10 +160,10 @@ def representation_check(
     """
     spec, _ = run_spec(run_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    learned = backbones.load(run_dir)
-    faces = load_faces(shards, mesh=needs_landmarks(learned))
+    trained = backbones.load(run_dir)
+    faces = load_faces(shards, mesh=needs_landmarks(trained))
     scores = {}
-    for name, backbone in (("knn_accuracy", learned), ("knn_accuracy_random_init", random_init_backbone(run_dir))):
+    for name, backbone in (("knn_accuracy", trained), ("knn_accuracy_random_init", random_init_backbone(run_dir))):
         embedded = embed_faces(backbone, faces, (spec.mean, spec.std), device=device)
         scores[name] = knn_identity_accuracy(embedded, faces.labels, k)
     return {
