@@ -4,7 +4,9 @@ and image folders with a pair list (LFW ``pairs.txt`` or ``file_x,file_y,same`` 
 Protocol as insightface's ``verification.py`` (and the LAFS / FaceT evaluations): flip test (the
 embeddings of a face and its mirror are added, then normalised), cosine scores, 10-fold accuracy with
 the threshold chosen on the nine other folds (consecutive folds, no shuffle), ROC and TAR at FAR 1e-4 /
-1e-3 / 1e-2 / 1e-1 where the number of different-person pairs allows it (see :func:`verify`).
+1e-3 / 1e-2 / 1e-1 where the number of different-person pairs allows it (see :func:`verify`). A model that
+needs each face's mesh landmarks (LAFS, ``landmarks="mesh"``) gets them from the set's landmarks file
+(:func:`~facekit.eval.make_bin.read_landmarks`); image folders have none, so it cannot score those.
 
 Results are written for DVC: one metrics JSON (set name -> metric -> value), and per set a ROC CSV
 (``fpr,tpr``, for ``dvc plots``) plus one PNG of all curves.
@@ -25,7 +27,7 @@ from facekit.data.images import ImageError, decode_image
 from facekit.data.ops.detect import FaceDetector
 from facekit.data.sources.verification_bin import load_verification_bin
 from facekit.eval.embedding_model import EmbeddingModel
-from facekit.eval.make_bin import AlignedFaces, read_pairs
+from facekit.eval.make_bin import AlignedFaces, read_landmarks, read_pairs
 from facekit.eval.verification import VerificationResult, far_key, verify
 
 #: Faces decoded and embedded at a time (bounds memory on 12,000-image sets).
@@ -91,20 +93,35 @@ def decode_faces(
 
 
 def embed_encoded(
-    model: EmbeddingModel, images: Sequence[bytes], *, flip: bool, resize: bool, source: str = ""
+    model: EmbeddingModel,
+    images: Sequence[bytes],
+    *,
+    flip: bool,
+    resize: bool,
+    source: str = "",
+    landmarks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Embed encoded aligned faces [N] -> [N, D] float32 unit rows (faces decoded to ``model.input_hw``, see
-    :func:`decode_faces`); identical byte strings are embedded once, the distinct ones in chunks of
-    :data:`CHUNK`."""
+    :func:`decode_faces`; ``landmarks`` [N, 196, 2] passed on for a model that needs them); identical byte
+    strings are embedded once, the distinct ones in chunks of :data:`CHUNK`."""
     if not images:
         raise ValueError(f"{source}: no images to embed")
-    row = {}
-    for data in images:
-        row.setdefault(bytes(data), len(row))
+    if landmarks is not None and resize:
+        raise ValueError(f"{source}: mesh landmarks are in the faces' own pixels: the faces cannot be resized")
+    row: dict[bytes, int] = {}
+    first: list[int] = []
+    for i, data in enumerate(images):
+        if row.setdefault(bytes(data), len(row)) == len(first):
+            first.append(i)
     distinct = list(row)
+    points = None if landmarks is None else np.asarray(landmarks)[first]
     emb = np.concatenate(
         [
-            model.embed(decode_faces(distinct[i : i + CHUNK], model.input_hw, resize=resize, source=source), flip=flip)
+            model.embed(
+                decode_faces(distinct[i : i + CHUNK], model.input_hw, resize=resize, source=source),
+                flip=flip,
+                landmarks=None if points is None else points[i : i + CHUNK],
+            )
             for i in range(0, len(distinct), CHUNK)
         ]
     )
@@ -115,12 +132,14 @@ def evaluate_bin(
     path: Path, model: EmbeddingModel, *, flip: bool = True, n_folds: int = 10, resize: bool = False
 ) -> BenchmarkResult:
     """Verification on an insightface ``.bin`` (loaded with the restricted unpickler); name = file stem.
-    Faces that are not the model's input size are an error unless ``resize`` (see :func:`decode_faces`)."""
+    Faces that are not the model's input size are an error unless ``resize`` (see :func:`decode_faces`); a
+    model that needs mesh landmarks reads the set's landmarks file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"verification set not found: {path}")
     vbin = load_verification_bin(path)
-    emb = embed_encoded(model, vbin.images, flip=flip, resize=resize, source=str(path))
+    landmarks = read_landmarks(path, len(vbin.images)) if model.needs_landmarks else None
+    emb = embed_encoded(model, vbin.images, flip=flip, resize=resize, source=str(path), landmarks=landmarks)
     result = verify(emb[0::2], emb[1::2], vbin.issame, n_folds=n_folds)
     return BenchmarkResult(name=path.stem, pairs=len(vbin), flip=flip, verification=result)
 

@@ -9,9 +9,9 @@ its own random init has learned nothing identity-related (or is embedded the wro
 
 Each backbone is embedded the way its method trains it: with the input normalisation its ``backbone.json``
 records (its spec's mean / std), and its natural feature: a ViT's pooled output (cls token or mean of patch
-tokens), FRA's ResNet trunk's averaged map, and for LAFS the cls token of the 8 × 8 patches cut at the
-shards' 196 mesh landmarks (the tokens LAFS trains on; :meth:`~facekit.nn.vit.ViT.embed_patches`), not at a
-regular grid.
+tokens), FRA's ResNet trunk's averaged map, and for LAFS (a :class:`~facekit.nn.landmark_vit.LandmarkViT`)
+the cls token of the 8 × 8 patches cut at the face's 196 landmarks (the tokens LAFS trains on), not at a
+regular grid: the shards' mesh points for ``landmarks="mesh"``, its landmark network's for ``"learned"``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from facekit.data.ops.landmarks import mesh_196
 from facekit.data.record import FaceRecord
 from facekit.nn import backbones
 from facekit.nn.backbones import BackboneSpec, Stats
-from facekit.nn.landmark_patches import landmark_patches
+from facekit.nn.landmark_vit import needs_landmarks
 
 
 def knn_identity_accuracy(
@@ -126,27 +126,25 @@ def embed_faces(
     faces: ShardFaces,
     normalization: tuple[Stats, Stats],
     *,
-    landmark_tokens: bool = False,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Embed ``faces`` with ``backbone`` -> float32 ``[N, D]`` (not normalised).
 
     Inputs are ``(pixels / 255 − mean) / std`` with ``normalization = (mean, std)``; the backbone runs in eval
-    mode (BatchNorm running statistics, no drop-path); ``landmark_tokens``: LAFS's tokens, cut at the faces'
-    mesh landmarks (see the module docstring).
+    mode (BatchNorm running statistics, no drop-path). A LAFS backbone of the ``"mesh"`` source is given the
+    faces' mesh landmarks (see the module docstring).
     """
-    if landmark_tokens and faces.mesh is None:
-        raise ValueError("LAFS embeds landmark patches: load the faces with load_faces(shards, mesh=True)")
+    mesh = needs_landmarks(backbone)
+    if mesh and faces.mesh is None:
+        raise ValueError("this LAFS backbone takes mesh landmarks: load the faces with load_faces(shards, mesh=True)")
     mean, std = normalization
     backbone = backbone.to(device).eval()
     out = []
     for start in range(0, len(faces.labels), batch_size):
         x = normalize_batch(faces.images[start : start + batch_size].to(device), mean, std)
-        if landmark_tokens:
-            points = faces.mesh[start : start + batch_size].to(device)
-            patches = landmark_patches(x, points, backbone.patch_size)  # [B, 196, p·p·3]
-            out.append(backbone.encode_tokens(backbone.embed_patches(patches)).float().cpu())
+        if mesh:
+            out.append(backbone(x, faces.mesh[start : start + batch_size].to(device)).float().cpu())
         else:
             out.append(backbone(x).float().cpu())
     return torch.cat(out).numpy()
@@ -161,15 +159,12 @@ def representation_check(
     "identities", "k"}``.
     """
     spec, _ = run_spec(run_dir)
-    lafs, normalization = spec.method == "lafs", (spec.mean, spec.std)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    faces = load_faces(shards, mesh=lafs)
+    trained = backbones.load(run_dir)
+    faces = load_faces(shards, mesh=needs_landmarks(trained))
     scores = {}
-    for name, backbone in (
-        ("knn_accuracy", backbones.load(run_dir)),
-        ("knn_accuracy_random_init", random_init_backbone(run_dir)),
-    ):
-        embedded = embed_faces(backbone, faces, normalization, landmark_tokens=lafs, device=device)
+    for name, backbone in (("knn_accuracy", trained), ("knn_accuracy_random_init", random_init_backbone(run_dir))):
+        embedded = embed_faces(backbone, faces, (spec.mean, spec.std), device=device)
         scores[name] = knn_identity_accuracy(embedded, faces.labels, k)
     return {
         **scores,

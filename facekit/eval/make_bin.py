@@ -11,6 +11,11 @@ Faces come from a folder (aligned 112 x 112 crops used as they are, other photos
 onto the ArcFace template) or from packed shards (records matched by the end of their key, e.g.
 ``img38`` or ``Abel_Pacheco/Abel_Pacheco_0001``), whose masked twins give masked variants of a set.
 Pairs are kept in file order, so 10 consecutive folds of a LFW ``.bin`` are the protocol's folds.
+
+When every face of a set has dense landmarks (shards after the ``landmarks`` stage), the set gets a
+companion ``<name>.landmarks.npy`` (:func:`landmarks_path`): float32 ``[2P, 196, 2]``, the MESH_196 points of
+each image in its pixels (a masked twin shares its face's), which a LAFS model of the ``"mesh"`` source
+embeds with (:func:`read_landmarks`).
 """
 
 from __future__ import annotations
@@ -27,11 +32,37 @@ import numpy as np
 from facekit.data.images import ImageError, decode_image, encode_jpeg
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import FaceDetector, select_face
+from facekit.data.ops.landmarks import DENSE_KEY, MESH_196, mesh_196
 from facekit.data.shards import ShardError, ShardReader, read_index
 from facekit.data.sources.verification_bin import write_verification_bin
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MaskedMode = Literal["none", "second", "both"]
+#: The suffix of a set's landmarks file: ``sample.bin`` -> ``sample.landmarks.npy``.
+LANDMARKS_SUFFIX = ".landmarks.npy"
+
+
+def landmarks_path(bin_path: Path) -> Path:
+    """The landmarks file beside the set ``bin_path`` (see the module docstring)."""
+    return Path(bin_path).with_suffix(LANDMARKS_SUFFIX)
+
+
+def read_landmarks(bin_path: Path, n_images: int) -> np.ndarray:
+    """The mesh landmarks ``[n_images, 196, 2]`` float32 of the set ``bin_path``; a FileNotFoundError that says
+    how to get them when the set has none."""
+    path = landmarks_path(bin_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{bin_path}: the model embeds the patches at each face's mesh landmarks, but the set has no "
+            f"{path.name} beside it; build the set from shards with dense landmarks (`facekit eval sets`, "
+            "`facekit eval make-bin --shards`)"
+        )
+    points = np.load(path, allow_pickle=False)
+    if points.shape != (n_images, len(MESH_196), 2):
+        raise ValueError(
+            f"{path}: expected [{n_images}, {len(MESH_196)}, 2] for the set's images, got {list(points.shape)}"
+        )
+    return points.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -127,11 +158,13 @@ def face_name(file: str) -> str:
 
 @dataclass
 class AlignedFaces:
-    """Encoded aligned faces (and masked twins) by name; ``failed`` holds name -> reason for faces not found."""
+    """Encoded aligned faces (and masked twins) by name; ``landmarks``: name -> MESH_196 points ``[196, 2]``
+    of the faces that have dense landmarks; ``failed`` holds name -> reason for faces not found."""
 
     images: dict[str, bytes]
     masked: dict[str, bytes] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    landmarks: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def from_folder(
@@ -172,7 +205,8 @@ class AlignedFaces:
 
     @classmethod
     def from_shards(cls, shards: Path) -> AlignedFaces:
-        """Every record of packed shards, by key: a folder with ``index.json``, or one ``.lmdb`` shard."""
+        """Every record of packed shards, by key: a folder with ``index.json``, or one ``.lmdb`` shard; with
+        the MESH_196 points of the records that have dense landmarks."""
         shards = Path(shards)
         if not shards.exists():
             raise FileNotFoundError(f"shards not found: {shards}")
@@ -185,19 +219,30 @@ class AlignedFaces:
                     faces.images[record.key] = record.image
                     if record.masked_image is not None:
                         faces.masked[record.key] = record.masked_image
+                    if DENSE_KEY in record.extra:
+                        faces.landmarks[record.key] = mesh_196(record)
         except ShardError as e:
             raise ValueError(f"cannot read faces from {shards}: {e}") from e
         return faces
 
     def get(self, name: str, masked: bool = False) -> bytes | None:
         """The face called ``name`` (exactly, or the key ending in ``/name``), or its masked twin; None if absent."""
-        pool = self.masked if masked else self.images
-        if name in pool:
-            return pool[name]
+        key = self.key(name)
+        return (self.masked if masked else self.images).get(key) if key else None
+
+    def landmarks_of(self, name: str) -> np.ndarray | None:
+        """The MESH_196 points of the face called ``name`` (found as :meth:`get` finds it); None if it has none."""
+        key = self.key(name)
+        return self.landmarks.get(key) if key else None
+
+    def key(self, name: str) -> str | None:
+        """The key of the face called ``name``: itself, or the one key ending in ``/name``; None if absent."""
+        if name in self.images:
+            return name
         key = self._key_tails.get(name)
         if key == "":
             raise ValueError(f"face name {name!r} is ambiguous: several keys end with '/{name}'")
-        return pool.get(key) if key else None
+        return key
 
     @cached_property
     def _key_tails(self) -> dict[str, str]:
@@ -221,21 +266,24 @@ def _find_image(folder: Path, name: str) -> Path | None:
 @dataclass(frozen=True)
 class BinReport:
     """What :func:`build_bin` wrote: ``pairs`` written (``same`` of them same-person), ``dropped`` pair indices
-    with the reason (a face not found, or no masked twin)."""
+    with the reason (a face not found, or no masked twin), and the set's landmarks file (None without)."""
 
     path: Path
     pairs: int
     same: int
     dropped: dict[int, str]
+    landmarks: Path | None = None
 
     def summary(self) -> str:
-        return f"make-bin: {self.pairs} pairs ({self.same} same), {len(self.dropped)} dropped -> {self.path}"
+        extra = f" (+ {self.landmarks.name})" if self.landmarks else ""
+        return f"make-bin: {self.pairs} pairs ({self.same} same), {len(self.dropped)} dropped -> {self.path}{extra}"
 
 
 def build_bin(
     pairs: PairList, faces: AlignedFaces, out: Path, *, masked: MaskedMode = "none", strict: bool = True
 ) -> BinReport:
-    """Write ``out`` (insightface ``.bin``) with the faces of ``pairs``.
+    """Write ``out`` (insightface ``.bin``) with the faces of ``pairs``, and its landmarks file when every face
+    written has landmarks (else an old landmarks file there is removed).
 
     masked: ``"second"`` substitutes the masked twin for the second face of each pair, ``"both"`` for both
     faces. A pair whose face or twin is missing raises ``ValueError`` when ``strict``; otherwise it is
@@ -244,6 +292,7 @@ def build_bin(
     if masked not in ("none", "second", "both"):
         raise ValueError(f"masked must be 'none', 'second' or 'both', got {masked!r}")
     images: list[bytes] = []
+    points: list[np.ndarray | None] = []
     issame: list[bool] = []
     dropped: dict[int, str] = {}
     for i, (a, b, same) in enumerate(zip(pairs.first, pairs.second, pairs.issame, strict=True)):
@@ -251,6 +300,7 @@ def build_bin(
         found = [faces.get(name, twin) for name, twin in want]
         if all(f is not None for f in found):
             images.extend(found)  # type: ignore[arg-type]
+            points.extend(faces.landmarks_of(name) for name in (a, b))
             issame.append(bool(same))
             continue
         name, twin = next(w for w, f in zip(want, found, strict=True) if f is None)
@@ -263,4 +313,10 @@ def build_bin(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_verification_bin(out, images, issame)
-    return BinReport(path=out, pairs=len(issame), same=int(sum(issame)), dropped=dropped)
+    sidecar: Path | None = landmarks_path(out)
+    if all(p is not None for p in points):
+        np.save(sidecar, np.stack(points).astype(np.float32))  # type: ignore[arg-type]
+    else:
+        sidecar.unlink(missing_ok=True)
+        sidecar = None
+    return BinReport(path=out, pairs=len(issame), same=int(sum(issame)), dropped=dropped, landmarks=sidecar)

@@ -4,8 +4,13 @@ Follows FaceT (Zhu et al., TIFS 2023; training code on insightface ``arcface_tor
 fine-tuning (Sun et al., CVPR 2024)::
 
     record --FaceRecognitionView--> image [3, 112, 112] in [−1, 1], ismask (1 = the masked twin was used)
-      --backbone (FaceT-B: prompts chosen by ismask; IR-50/100)--> emb [B, 512]
+      [, mesh_landmarks [196, 2]: the mesh's MESH_196 through the view's crop and flip]
+      --backbone (FaceT-B: prompts chosen by ismask; IR-50/100; LAFS: patches at the landmarks)--> emb [B, 512]
       --PartialFC(margin head)--> {"loss": CE (+ MagFace's g), "ce", ...}
+
+A LAFS pre-training export is a :class:`~facekit.nn.landmark_vit.LandmarkViT`: it is fine-tuned over the
+same landmark patches it was pre-trained on, its landmarks predicted by its own landmark network
+(``"learned"``) or, for ``"mesh"``, read from the record's dense landmarks by the view.
 
 The backbone is built by name from :data:`~facekit.nn.backbones.BACKBONES` (ViTs, FaceT-B, ``ir50``/``ir100``,
 ResNet trunks), or from a run folder's exported backbone (``backbone.json`` + ``backbone.safetensors``, see
@@ -31,11 +36,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from facekit import distributed
 from facekit.data.images import ImageError, decode_jpeg_rgb
+from facekit.data.ops.landmarks import mesh_196
 from facekit.data.record import FaceRecord
 from facekit.data.views import ViewRecipe
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn import backbones
 from facekit.nn.backbones import BACKBONES, LoadReport
+from facekit.nn.landmark_patches import landmarks_in_view
+from facekit.nn.landmark_vit import LandmarkViT, needs_landmarks
 from facekit.nn.margins import MARGINS
 from facekit.nn.partial_fc import PartialFC
 from facekit.nn.vit import ViT
@@ -48,8 +56,10 @@ class FaceRecognitionView:
     geometry) replaces the face and ``ismask`` is 1; a record without a twin stays holistic. The random
     draw happens for every sample, so the stream of draws does not depend on which records have twins.
     crop_scale: RandomResizedCrop's area range (LAFS: (0.9, 1)); None keeps the whole face (FaceT).
-    Returns ``{"image": float32 [3, size, size], "ismask": long scalar}``. Called with the record by
-    :class:`~facekit.data.dataset.FaceShardDataset` (``takes_record``); with ``rgb`` only, no swap.
+    Returns ``{"image": float32 [3, size, size], "ismask": long scalar}``, with ``mesh_landmarks=True``
+    also ``"mesh_landmarks"``: float32 ``[196, 2]``, the record's MESH_196 points in the view's pixels (the masked
+    twin shares its face's geometry). Called with the record by :class:`~facekit.data.dataset.FaceShardDataset`
+    (``takes_record``); with ``rgb`` only, no swap (and no landmarks: an error with ``mesh_landmarks``).
     """
 
     takes_record = True
@@ -61,13 +71,16 @@ class FaceRecognitionView:
         masked_faces: float = 0.0,
         mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
         std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        mesh_landmarks: bool = False,
     ) -> None:
         if not 0.0 <= masked_faces <= 1.0:
             raise ValueError(f"masked_faces must be a probability in [0, 1], got {masked_faces}")
-        self.masked_faces = masked_faces
+        self.masked_faces, self.mesh_landmarks = masked_faces, mesh_landmarks
         self.recipe = ViewRecipe(size, scale=tuple(crop_scale or (1.0, 1.0)), mean=mean, std=std)
 
     def __call__(self, rgb: np.ndarray, record: FaceRecord | None = None) -> dict[str, torch.Tensor]:
+        mesh = mesh_196(record) if self.mesh_landmarks else None
+        source_hw = rgb.shape[:2]
         ismask = 0
         swap = self.masked_faces > 0 and np.random.random() < self.masked_faces
         if swap and record is not None and record.masked_image is not None:
@@ -76,8 +89,11 @@ class FaceRecognitionView:
             except ImageError as e:
                 raise ValueError(f"record {record.key}: masked_image is not a valid JPEG: {e}") from None
             ismask = 1
-        image, _ = self.recipe.apply(rgb)
-        return {"image": image, "ismask": torch.tensor(ismask, dtype=torch.long)}
+        image, box = self.recipe.apply(rgb)
+        out = {"image": image, "ismask": torch.tensor(ismask, dtype=torch.long)}
+        if mesh is not None:
+            out["mesh_landmarks"] = torch.from_numpy(landmarks_in_view(mesh, box, source_hw, self.recipe.size))
+        return out
 
 
 def build_backbone(
@@ -144,7 +160,8 @@ class FineTune(Method):
     :data:`~facekit.nn.margins.MARGINS` head (``arcface``, ``cosface``, ``combined``, ``curricularface``,
     ``magface``). sample_rate: Partial FC's fraction of centres (1.0 = full FC). image_size: defaults to the
     backbone's ``img_size``. crop_scale, masked_faces: see :class:`FaceRecognitionView`. FaceT-B's prompts
-    follow each sample's ``ismask``; IR nets ignore it.
+    follow each sample's ``ismask``; IR nets ignore it. A LAFS backbone that takes mesh landmarks gets them
+    from the views (``batch["mesh_landmarks"]``).
 
     Gradient clipping covers the backbone only (:meth:`clip_scope`). Under DDP the Partial FC shard is hidden
     from DDP's gradient averaging; the logged gradient norm sums every rank's shard, and each rank checkpoints
@@ -181,16 +198,23 @@ class FineTune(Method):
         self.masked_faces = masked_faces
 
     def views(self) -> Callable[..., dict[str, torch.Tensor]]:
-        return FaceRecognitionView(self.image_size, self.crop_scale, self.masked_faces)
+        mesh = needs_landmarks(self.backbone)
+        return FaceRecognitionView(self.image_size, self.crop_scale, self.masked_faces, mesh_landmarks=mesh)
 
-    def embed(self, images: torch.Tensor, ismask: torch.Tensor | None = None) -> torch.Tensor:
-        """images: [B, 3, S, S] in [−1, 1], ismask: [B] (ViT prompts; None = holistic) -> emb [B, D]."""
+    def embed(
+        self, images: torch.Tensor, ismask: torch.Tensor | None = None, landmarks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """images: [B, 3, S, S] in [−1, 1], ismask: [B] (ViT prompts; None = holistic), landmarks: [B, 196, 2]
+        (a LAFS backbone's mesh points, view pixels) -> emb [B, D]."""
+        if isinstance(self.backbone, LandmarkViT):
+            return self.backbone(images, landmarks)
         if isinstance(self.backbone, ViT):
             return self.backbone(images, ismask=ismask)
         return self.backbone(images)
 
     def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
-        return self.head(self.embed(batch["image"], batch.get("ismask")), batch["identity"])
+        emb = self.embed(batch["image"], batch.get("ismask"), batch.get("mesh_landmarks"))
+        return self.head(emb, batch["identity"])
 
     def clip_scope(self) -> nn.Module:
         """The backbone: FaceT's trainer and ``arcface_torch`` clip the backbone's gradients only, not the

@@ -27,6 +27,19 @@ Landmarks come from one of two sources (``landmarks=``):
   end-to-end scheme, here driven by the DINO loss: experimental). Use it for shards without mesh
   landmarks, or to reproduce the paper's pipeline with a landmark network of your own.
 
+Fine-tuning and testing keep the landmark path, as the released code does (``with_land=True`` in
+``train_largescale.py`` and ``IJB_evaluation.py``): :meth:`LAFS.export_backbone` is a
+:class:`~facekit.nn.landmark_vit.LandmarkViT` (``backbone.json``: ``landmark_vit`` with the source), the
+teacher's ViT over the patches at all 196 landmarks, unjittered. With ``"learned"`` it holds the landmark
+network, which predicts the points on the face it embeds (fine-tuning trains it with the rest, as released:
+``freeze=False``, in the stem's layer-decay group), so it and its ONNX export embed a bare aligned face. With
+``"mesh"`` (deviation: the released network always predicts its points) it takes the face's MESH_196
+points as a second input: fine-tuning maps them through its crop, kNN reads them from the shards,
+verification from the ``.landmarks.npy`` the ``eval_sets`` stage writes beside each set, and the ONNX file
+has a ``landmarks`` input; a forward without them is an error. Released-code details not kept: the landmark
+network's own weight decay in fine-tuning (5e-2 against 1e-1; facekit: the run's one), and the test scripts'
+input scaling ``x / 255 − 0.5`` (half the training range; facekit tests with the training normalisation).
+
 Released-code facts kept as defaults: σ = 5 px jitter on every view, 36-landmark subsets on local views only,
 teacher temperature 0.07 → 0.04 over 30 epochs, head 2048 → 256 → 100,000, (0.5, 0.5) normalisation, global
 crop 0 blurred (p 1.0), global 1 blurred p 0.1 + solarised p 0.2, locals blurred p 0.5, all jittered p 0.8 and
@@ -47,7 +60,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +72,7 @@ from facekit.data.record import FaceRecord
 from facekit.data.views import ViewRecipe, crop_views
 from facekit.methods.base import METHODS
 from facekit.methods.dino import DINO, Photometric
+from facekit.nn.backbones import BACKBONES
 from facekit.nn.landmark_patches import (
     LandmarkCNN,
     inside_view,
@@ -67,9 +81,8 @@ from facekit.nn.landmark_patches import (
     landmarks_in_view,
     sample_landmarks,
 )
+from facekit.nn.landmark_vit import LandmarkSource, LandmarkViT
 from facekit.nn.vit import LinearPatchEmbed
-
-LandmarkSource = Literal["mesh", "learned"]
 
 #: LAFS's ViT in facekit's terms: 112 px, 196 tokens of 8 × 8 × 3 embedded by Linear(192 → 768), learned
 #: positions ~ N(0, 1) (truncated at ±2), cls token, 12 pre-norm blocks, MLP 2048, no qkv bias,
@@ -327,6 +340,20 @@ class LAFS(DINO):
             points = self.view_landmarks(batch, local_names)
             locals_ = self.view_patches(images, points, self.num_local_landmarks)
         return self.crop_logits(globals_, locals_)
+
+    def export_backbone(self) -> LandmarkViT:
+        """The network fine-tuning and testing use: a :class:`~facekit.nn.landmark_vit.LandmarkViT` around the
+        teacher's ViT (and, for ``"learned"``, this method's landmark network), sharing their tensors; built on
+        the meta device, so exporting draws nothing from the RNG."""
+        teacher = self.teacher.backbone
+        made = teacher.registry_spec
+        with torch.device("meta"):
+            network = BACKBONES.create("landmark_vit", base=made.name, landmarks=self.landmarks, **made.kwargs)
+        state = {f"vit.{k}": v for k, v in teacher.state_dict().items()}
+        if self.landmark_head is not None:
+            state |= {f"landmark_head.{k}": v for k, v in self.landmark_head.state_dict().items()}
+        network.load_state_dict(state, assign=True)
+        return network
 
 
 def _landmark_state(path: Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
 """Backbones: the one registry of embedding networks, and a run folder's exported backbone.
 
-:data:`BACKBONES` names every network a method trains or fine-tunes: the ViTs (ViT-S/B, FaceT-B), the
-IR nets (``ir50``, ``ir100``) and FRA's ResNet trunks (``resnet18/34/50``). A module built by
+:data:`BACKBONES` names every network a method trains or fine-tunes: the ViTs (ViT-S/B, FaceT-B), LAFS's
+``landmark_vit`` (a ViT over patches at 196 facial landmarks), the IR nets (``ir50``, ``ir100``) and FRA's
+ResNet trunks (``resnet18/34/50``). A module built by
 ``BACKBONES.create`` remembers the call (``registry_spec``), so :func:`spec_of` can describe it.
 
 A run folder's exported backbone is two files::
@@ -33,6 +34,7 @@ from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
 from facekit.nn.iresnet import IResNet
+from facekit.nn.landmark_vit import LandmarkSource, LandmarkViT
 from facekit.nn.resnet import ResNetTrunk
 from facekit.nn.vit import ViT
 from facekit.registry import Registry
@@ -89,6 +91,18 @@ def facet_base(**overrides: Any) -> ViT:
         "num_prompts": 32,
     }
     return ViT(**{**config, **overrides})
+
+
+@BACKBONES.register("landmark_vit")
+def landmark_vit(base: str, landmarks: LandmarkSource = "mesh", **overrides: Any) -> nn.Module:
+    """LAFS's embedding network, a :class:`~facekit.nn.landmark_vit.LandmarkViT`: the ViT
+    ``BACKBONES.create(base, **overrides)`` over 8 × 8 patches at 196 landmarks, given (``"mesh"``) or
+    predicted by its landmark network (``"learned"``). (Annotated ``nn.Module`` so that the registry passes
+    the ViT's keywords on; the base's own ``create`` checks them.)"""
+    vit = BACKBONES.create(base, **overrides)
+    if not isinstance(vit, ViT):
+        raise ValueError(f"landmark_vit needs a ViT base, got {base!r} ({type(vit).__name__})")
+    return LandmarkViT(vit, landmarks)
 
 
 @BACKBONES.register("ir50")
@@ -196,6 +210,11 @@ def spec_from_json(data: Any, source: str | Path) -> BackboneSpec:
         raise ValueError(f"{source}: unknown backbone {name!r}; registered: {', '.join(BACKBONES.names())}")
     if not isinstance(kwargs, dict):
         raise ValueError(f"{source}: 'kwargs' must be an object of keyword arguments, got {kwargs!r}")
+    if data.get("method") == "lafs" and name != "landmark_vit":
+        raise ValueError(
+            f"{source}: a LAFS backbone exported as {name!r} would embed grid patches, not the landmark patches "
+            "it was pre-trained on; run its pre-training again (LAFS exports a 'landmark_vit')"
+        )
     mean, std = data.get("mean", DEFAULT_NORMALIZATION[0]), data.get("std", DEFAULT_NORMALIZATION[1])
     normalization = _stats(mean, std, source)
     for key in ("run", "method"):

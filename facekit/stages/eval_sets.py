@@ -5,7 +5,9 @@
 names faces of the shards instead.
 
 ``verify.sets/<name>.bin`` (holistic pairs) and ``<name>_masked.bin`` (the second face of each pair is its
-synthetic masked twin), with ``<metrics>/eval_sets.json`` counting the pairs kept and dropped; with
+synthetic masked twin), each with its ``.landmarks.npy`` when the shards have dense landmarks (the faces'
+mesh points, for LAFS models of the ``"mesh"`` source; see :mod:`facekit.eval.make_bin`), with
+``<metrics>/eval_sets.json`` counting the pairs kept and dropped; with
 ``verify.holdout_identities`` only pairs of those identities, which fine-tuning leaves out. The ``verify``
 stage (:mod:`facekit.stages.verify`) scores each model on them.
 """
@@ -86,6 +88,7 @@ def _holdout(
     kept = AlignedFaces(
         images={k: v for k, v in faces.images.items() if identity.get(k) in held},
         masked={k: v for k, v in faces.masked.items() if identity.get(k) in held},
+        landmarks={k: v for k, v in faces.landmarks.items() if identity.get(k) in held},
     )
 
     def inside(name: str) -> bool:  # a face of a held-out identity, or one the shards lack (dropped later)

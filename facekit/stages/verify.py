@@ -1,7 +1,8 @@
 """The ``verify@RUN`` and ``verify_reference`` stages: one model scored on the verification sets.
 
 The fine-tuned ``finetune.out/RUN`` is scored on every ``.bin`` of ``verify.sets`` (written by the
-``eval_sets`` stage; flip test, 10 folds; faces normalised as its backbone spec says) →
+``eval_sets`` stage; flip test, 10 folds; faces normalised as its backbone spec says; a LAFS backbone of the
+``"mesh"`` source given each set's mesh landmarks, see :func:`~facekit.eval.benchmarks.evaluate_bin`) →
 ``<metrics>/verify/RUN.json`` and ROC curves under ``<plots>/verify/RUN/``. Run ``reference`` scores
 ``verify.reference`` (an external ONNX model). The ``leaderboard`` stage gathers them.
 """

@@ -57,4 +57,3 @@ def test_holdout_by_count_is_the_smallest_hashes_whatever_the_order() -> None:
     for setting, message in ((50, "50 of 50"), (-1, "-1 of 50"), (["zz"], "not in the shards"), (names, "every")):
         with pytest.raises(ValueError, match=rf"^k.*{message}"):
             choose_holdout(names, setting, "k")
-

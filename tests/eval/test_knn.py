@@ -129,6 +129,7 @@ def _untrained_run(tmp_path: Path, name: str, settings: dict[str, Any], seed: in
             {"backbone_kwargs": {"depth": 1, "embed_dim": 96, "num_heads": 3}, "out_dim": 64, "head_hidden_dim": 64},
         ),
         ("fra", {"backbone": "resnet18", "backbone_kwargs": {"channels": (8, 16, 32, 64)}, "hidden_dim": 64}),
+        ("lafs", {"backbone_kwargs": {"depth": 1, "embed_dim": 96, "num_heads": 3}, "out_dim": 64, "n_local": 0}),
     ],
 )
 def test_random_init_is_the_network_the_run_started_from(tmp_path: Path, name: str, settings: dict[str, Any]) -> None:
@@ -165,7 +166,7 @@ def test_lafs_is_embedded_from_the_landmark_tokens_it_trains_on(faces: ShardFace
     images = (faces.images[:4].float() / 255 - 0.5) / 0.5  # LAFS's (0.5, 0.5) normalisation
     with torch.no_grad():
         trained_on = lafs.teacher.features(lafs.view_patches(images, points))
-    embedded = embed_faces(lafs.export_backbone(), with_mesh, HALF, landmark_tokens=True)
+    embedded = embed_faces(lafs.export_backbone(), with_mesh, HALF)
     torch.testing.assert_close(torch.from_numpy(embedded), trained_on)
     with pytest.raises(ValueError, match="mesh=True"):
-        embed_faces(lafs.export_backbone(), faces, HALF, landmark_tokens=True)
+        embed_faces(lafs.export_backbone(), faces, HALF)

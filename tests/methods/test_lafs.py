@@ -3,7 +3,6 @@ sources, real mesh landmarks from a shard, forward/backward and training without
 
 from __future__ import annotations
 
-import csv
 import math
 import pickle
 from pathlib import Path
@@ -15,13 +14,10 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from facekit.config import AlignParams, DetectParams
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.images import decode_jpeg_rgb
-from facekit.data.ops.detect_align import align_record
-from facekit.data.ops.landmarks import MESH_196, FaceMesh, mesh_aligned_face
-from facekit.data.record import FaceRecord, RawRecord
-from facekit.data.shards import ShardWriter
+from facekit.data.ops.landmarks import MESH_196
+from facekit.data.record import FaceRecord
 from facekit.data.views import ViewRecipe
 from facekit.methods.base import METHODS, StepValues
 from facekit.methods.lafs import LAFS, LAFSViews
@@ -48,31 +44,6 @@ def _tiny_lafs(**overrides) -> LAFS:
 
 def _collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([item[k] for item in items]) for k in items[0] if isinstance(items[0][k], torch.Tensor)}
-
-
-@pytest.fixture(scope="module")
-def faces(assets: Path) -> list[FaceRecord]:
-    """Four deepface photos detected and aligned (SCRFD, 112 ArcFace crops) with their MediaPipe mesh."""
-    folder = assets / "faces/deepface"
-    rows = list(csv.DictReader((folder / "identities.csv").open()))[:4]
-    mesh = FaceMesh(assets / "models/mediapipe_face_landmark_468.tflite")
-    records = []
-    for row in rows:
-        raw = RawRecord(f"deepface/{row['file']}", (folder / row["file"]).read_bytes(), int(row["identity_id"]))
-        record = align_record(raw, DetectParams(), AlignParams())
-        assert isinstance(record, FaceRecord), record
-        points = mesh_aligned_face(mesh, decode_jpeg_rgb(record.image), record.landmarks).points
-        records.append(record.replace(extra={"dense_landmarks": points[:, :2].astype(np.float16)}))
-    return records
-
-
-@pytest.fixture(scope="module")
-def shard(faces: list[FaceRecord], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("lafs") / "shard-00000.lmdb"
-    with ShardWriter(path, meta={"identities": ["a", "b", "c", "d"]}) as writer:
-        for record in faces:
-            writer.put(record)
-    return path
 
 
 # ---------------------------------------------------------------- patches and landmark augmentations
@@ -167,14 +138,16 @@ def test_a_bright_dot_lands_where_its_landmark_goes_through_crop_and_flip() -> N
 # ---------------------------------------------------------------- real mesh landmarks from a shard
 
 
-def test_mesh_landmarks_come_from_the_shard_and_follow_each_crop(shard: Path, faces: list[FaceRecord]) -> None:
+def test_mesh_landmarks_come_from_the_shard_and_follow_each_crop(
+    meshed_shard: Path, meshed_faces: list[FaceRecord]
+) -> None:
     method = _tiny_lafs()
     views = pickle.loads(pickle.dumps(method.views()))
     assert isinstance(views, LAFSViews) and views.takes_record
-    dataset = FaceShardDataset(shard, transform=views)
+    dataset = FaceShardDataset(meshed_shard, transform=views)
     np.random.seed(0)
     item = dataset[1]
-    mesh = faces[1].extra["dense_landmarks"][MESH_196].astype(np.float32)
+    mesh = meshed_faces[1].extra["dense_landmarks"][MESH_196].astype(np.float32)
     for name in ("global_0", "global_1", "local_0", "local_1"):
         assert item[name].shape == (3, 112, 112) and item[f"{name}_landmarks"].shape == (196, 2)
         expected = landmarks_in_view(mesh, item[f"{name}_box"].numpy(), (112, 112), 112)
@@ -190,9 +163,9 @@ def test_mesh_landmarks_come_from_the_shard_and_follow_each_crop(shard: Path, fa
     assert torch.isfinite(out["loss"]) and not dist.is_initialized()
 
 
-def test_a_record_without_mesh_landmarks_is_a_clear_error(faces: list[FaceRecord]) -> None:
+def test_a_record_without_mesh_landmarks_is_a_clear_error(meshed_faces: list[FaceRecord]) -> None:
     views = _tiny_lafs().views()
-    bare = faces[0].replace(extra={})
+    bare = meshed_faces[0].replace(extra={})
     with pytest.raises(ValueError, match=r"deepface/.*dense_landmarks.*landmarks stage"):
         views(decode_jpeg_rgb(bare.image), bare)
 
@@ -265,11 +238,13 @@ def test_defaults_follow_the_released_code() -> None:
         LAFS(backbone_kwargs={**TINY, "patch_embed": "conv"}, **HEAD)
 
 
-def test_a_few_steps_on_a_fixed_batch_of_real_faces_lower_the_loss(shard: Path) -> None:
+def test_a_few_steps_on_a_fixed_batch_of_real_faces_lower_the_loss(meshed_shard: Path) -> None:
     torch.manual_seed(0)
     method = _tiny_lafs(freeze_last_layer=0, landmark_jitter=0.0, warmup_teacher_temp=0.04)
     np.random.seed(0)
-    batch = next(iter(DataLoader(FaceShardDataset(shard, transform=method.views()), batch_size=4, collate_fn=_collate)))
+    batch = next(
+        iter(DataLoader(FaceShardDataset(meshed_shard, transform=method.views()), batch_size=4, collate_fn=_collate))
+    )
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
     losses = []
     for step in range(10):

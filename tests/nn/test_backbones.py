@@ -11,9 +11,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from facekit.methods.lafs import LAFS_BACKBONE
 from facekit.nn import backbones
 from facekit.nn.backbones import BACKBONES, DEFAULT_NORMALIZATION, BackboneSpec
 from facekit.nn.iresnet import IResNet
+from facekit.nn.landmark_vit import LandmarkViT
 from facekit.nn.resnet import ResNetTrunk
 from facekit.nn.vit import ViT
 from facekit.train.checkpoint import MODEL_FILE, find_checkpoint, save_checkpoint
@@ -22,14 +24,18 @@ TINY_VIT = {"img_size": 112, "depth": 1, "embed_dim": 48, "num_heads": 2}
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+#: The arguments a backbone needs beyond its defaults: LAFS's network names its ViT (LAFS's ViT-B, both sources).
+REQUIRED = {"landmark_vit": {"base": "vit_base_patch16_224", "landmarks": "learned", **LAFS_BACKBONE}}
+
+
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_every_backbone_rebuilds_from_its_spec(name: str) -> None:
     """Full size, on the meta device: the spec (through its JSON) rebuilds the same state-dict keys and shapes."""
     with torch.device("meta"):
-        module = BACKBONES.create(name)
+        module = BACKBONES.create(name, **REQUIRED.get(name, {}))
         spec = backbones.spec_of(module)
         rebuilt = backbones.build(backbones.spec_from_json(json.loads(json.dumps(spec.to_json())), "memory"))
-    assert isinstance(module, ViT | IResNet | ResNetTrunk) and spec.name == name
+    assert isinstance(module, ViT | IResNet | ResNetTrunk | LandmarkViT) and spec.name == name
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in module.state_dict().items()}
     assert spec.embedding_size == module.out_dim and spec.input_size == getattr(module, "img_size", 112)
 

@@ -17,6 +17,7 @@ Index tables into the 468 mesh vertices (MediaPipe's canonical face topology):
   (:func:`mesh_196` reads them off a record's ``extra[DENSE_KEY]``).
 - :func:`mesh_five_points`: the mesh's version of the detector's five points, to check one against the
   other (:func:`agreement`).
+- :func:`mirror_landmarks`: points of a face on its horizontal mirror (the flip test of LAFS models).
 
 Measured on the 61 deepface photos (SCRFD-500M five points, tight 112 ArcFace crops, JPEG q95): the
 median :func:`agreement` is 5.2% of the inter-ocular distance when the crop fills the whole 192 frame,
@@ -112,6 +113,15 @@ def mesh_196(record: FaceRecord | None) -> np.ndarray:
     if dense.ndim != 2 or dense.shape[0] != NUM_MESH_POINTS or dense.shape[1] not in (2, 3):
         raise ValueError(f"record {record.key}: extra[{DENSE_KEY!r}] is {list(dense.shape)}, not [468, 2]")
     return dense[MESH_196, :2].astype(np.float32)
+
+
+def mirror_landmarks(points: np.ndarray, width: int) -> np.ndarray:
+    """Points ``[..., 2]`` (x, y) of an image ``width`` pixels wide → the same points on its horizontal mirror
+    (``x' = width − 1 − x``; the order is kept, as a flipped crop keeps it in
+    :func:`~facekit.nn.landmark_patches.landmarks_in_view`)."""
+    out = np.array(points, dtype=np.float32)
+    out[..., 0] = width - 1 - out[..., 0]
+    return out
 
 
 _BORDERS = {"replicate": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
