@@ -4,8 +4,10 @@ at nothing (renamed or deleted tests fail here)."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,12 +41,13 @@ def _defined(path: Path) -> set[str]:
     return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
 
 
+@functools.cache
 def _pin_names() -> set[str]:
-    spec = importlib.util.spec_from_file_location(
-        "released_constants", ROOT / "tests/methods/test_released_constants.py"
-    )
+    path = ROOT / "tests/methods/test_released_constants.py"
+    spec = importlib.util.spec_from_file_location("released_constants_table", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return {pin.name for pin in module.PINS}
 
