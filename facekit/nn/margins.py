@@ -52,6 +52,13 @@ def _put_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -
     return cos.scatter(1, safe[:, None], torch.where(has_target, target, original)[:, None])
 
 
+def _cos_plus(cos: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
+    """``cos(θ + m) = cos θ·cos m − sin θ·sin m`` from ``cos θ``, elementwise, with no rule past π."""
+    m = torch.as_tensor(m, dtype=cos.dtype, device=cos.device)
+    sin = (1.0 - cos * cos).clamp(min=1e-12).sqrt()  # the clamp zeroes sqrt's infinite slope at cos = ±1
+    return cos * torch.cos(m) - sin * torch.sin(m)
+
+
 def additive_angular(
     cos: torch.Tensor, m: torch.Tensor | float, easy_margin: bool = False, beyond_pi: torch.Tensor | float | None = None
 ) -> torch.Tensor:
@@ -63,8 +70,7 @@ def additive_angular(
     broadcasting against ``cos`` (MagFace's per-sample margin).
     """
     m = torch.as_tensor(m, dtype=cos.dtype, device=cos.device)
-    sin = (1.0 - cos * cos).clamp(min=1e-12).sqrt()  # the clamp zeroes sqrt's infinite slope at cos = ±1
-    shifted = cos * torch.cos(m) - sin * torch.sin(m)
+    shifted = _cos_plus(cos, m)
     if easy_margin:
         return torch.where(cos > 0, shifted, cos)
     penalty = m * torch.sin(m) if beyond_pi is None else beyond_pi
@@ -199,9 +205,10 @@ class CombinedMargin(MarginHead):
 class CurricularFace(MarginHead):
     """CurricularFace (Huang et al., CVPR 2020): ArcFace target plus adaptive hard-negative weights; s 64, m 0.5.
 
-    Target ``T = cos(θ_y + m)`` (with the ``θ + m > π`` rule). A negative ``j`` is hard when
-    ``cos θ_j > T``; its logit becomes ``s·cos θ_j·(t + cos θ_j)``, easy ones stay ``s·cos θ_j`` (as do rows
-    without a target; with ``shared_rows`` T comes from the rank holding the target).
+    Target logit ``s·cos(θ_y + m)`` with the ``θ + m > π`` rule. A negative ``j`` is hard when
+    ``cos θ_j > cos(θ_y + m)``, the plain one even past π (as the official code and FaceT's: the mask is taken
+    before the rule); its logit becomes ``s·cos θ_j·(t + cos θ_j)``, easy ones stay ``s·cos θ_j`` (as do rows
+    without a target; with ``shared_rows`` the threshold comes from the rank holding the target).
     ``t`` (buffer, init 0) is an EMA of the mean target cosine, updated in training mode *before* it is
     used (as the official code): ``t ← 0.01·mean(cos θ_y) + 0.99·t``, without gradient. The mean runs over
     the rows with a target column, summed over processes, so every rank (and every Partial FC shard) keeps
@@ -230,7 +237,7 @@ class CurricularFace(MarginHead):
                 total, count = distributed.all_reduce_sum(stats).unbind()
                 if count > 0:
                     self.t.mul_(1 - self.t_momentum).add_(self.t_momentum * total / count)
-        row_target = final_target.detach()
+        row_target = _cos_plus(target, self.m).detach()
         if self.shared_rows:
             row_target = distributed.all_reduce_sum(torch.where(has_target, row_target, 0.0))
         hard = cos > row_target[:, None]

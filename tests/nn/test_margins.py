@@ -117,6 +117,17 @@ def test_curricularface_modulates_hard_negatives_and_updates_t() -> None:
     assert head.t.item() == pytest.approx(0.99 * t1 + t1, rel=1e-5)  # frozen in eval mode
 
 
+def test_curricularface_hard_negatives_past_pi_compare_with_the_plain_cos_theta_plus_m() -> None:
+    """Target cos −0.95 (θ + 0.5 > π): the mask compares with the plain cos(θ + m) = −0.98296, as the official
+    code and FaceT (before the rule), not with the target logit −0.95 − 0.5·sin 0.5 = −1.18971. t = 0 (eval)."""
+    head = CurricularFace().eval()
+    logits = head.margin(torch.tensor([[-0.95, -0.99, -0.97, 0.2]]), torch.tensor([0]), torch.ones(1))
+    # −0.99 is easy (below −0.98296); −0.97 and 0.2 are hard: cos·(t + cos) with t = 0
+    assert logits[0].tolist() == pytest.approx(
+        [64 * (-0.95 - 0.5 * math.sin(0.5)), -63.36, 64 * 0.9409, 2.56], abs=1e-4
+    )
+
+
 def test_magface_margin_is_linear_in_the_clamped_norm() -> None:
     head = MagFace()
     norms = torch.tensor([5.0, 10.0, 60.0, 110.0, 300.0])
