@@ -18,8 +18,9 @@ with ``mask_type="attn"``). Per view, for the online network and its EMA target:
 
 Evaluation heatmaps (:meth:`FRA.heatmaps`) use ``proto``, an EMA (0.9) of the batch-mean embeddings,
 instead of the batch's own. The target is updated after every optimizer step with the loop's
-``hp.momentum``, BYOL's ``1 - (1 - 0.996) (cos(pi k / K) + 1) / 2`` at step k of K (base ``ema_momentum``,
-0.996 in the recipe; parameters only, buffers keep their own values).
+``hp.momentum`` (FRA keeps no schedule of its own, so a run's ``ema_momentum`` / ``ema_momentum_end`` apply):
+BYOL's ``1 - (1 - 0.996) (cos(pi k / K) + 1) / 2`` at step k of K (base ``ema_momentum``, 0.996 in the
+recipe); parameters only, buffers keep their own values, as the released ``FRAB.momentum_update``.
 
 Why the heatmaps start (and in short runs stay) flat at ``1 / K``, as in the released code: the K mask
 embeddings leave the decoder nearly equal (cosine ~0.99 at init: the targets start at zero, so the queries
@@ -53,8 +54,6 @@ Deviations, on purpose:
 - Left out, as unused in the released code: the teacher ``center`` (never updated, stays 0) and the
   intersection masks computed in ``loss_func``.
 - Scores, heatmaps, region pooling and losses run in float32 under autocast.
-- [UNCONFIRMED] MLP1D init: the released ``utils/init.py`` is missing from the repository; this follows
-  OpenSelfSup's ``init_weights`` (which LEWEL adapted): Kaiming fan-in for the neck, N(0, 0.01²) predictors.
 """
 
 from __future__ import annotations
@@ -168,13 +167,11 @@ def region_heatmaps(
 class MLP1D(nn.Sequential):
     """BYOL's neck on sequences: ``Conv1d(k=1, no bias) -> BN1d -> ReLU -> Conv1d(k=1, no bias)``.
 
-    x: ``[B, in_dim, L]`` -> ``[B, out_dim, L]`` (BN statistics over B·L). ``init``: ``"kaiming"``
-    (normal, fan-in, ReLU: the released neck) or ``"normal"`` (std 0.01: the released predictors).
+    x: ``[B, in_dim, L]`` -> ``[B, out_dim, L]`` (BN statistics over B·L). Init as released (``utils/init.py``:
+    every ``Conv1d`` of the necks and the predictors gets Caffe2's MSRA fill): Kaiming normal, fan-out, ReLU.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, init: str = "normal") -> None:
-        if init not in ("kaiming", "normal"):
-            raise ValueError(f"MLP1D init must be 'kaiming' or 'normal', got {init!r}")
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__(
             nn.Conv1d(in_dim, hidden_dim, 1, bias=False),
             nn.BatchNorm1d(hidden_dim),
@@ -182,10 +179,7 @@ class MLP1D(nn.Sequential):
             nn.Conv1d(hidden_dim, out_dim, 1, bias=False),
         )
         for conv in (self[0], self[3]):
-            if init == "kaiming":
-                nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
-            else:
-                nn.init.normal_(conv.weight, std=0.01)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
 
 def sine_positions(height: int, width: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
@@ -292,9 +286,9 @@ class RegionNeck(nn.Module):
     ) -> None:  # fmt: skip
         super().__init__()
         self.scale, self.proto_momentum = scale, proto_momentum
-        self.proj = MLP1D(in_dim, hidden_dim, dim, init="kaiming")
-        self.proj_pixel = MLP1D(in_dim, hidden_dim, dim, init="kaiming")
-        self.proj_obj = MLP1D(in_dim, hidden_dim, dim, init="kaiming")
+        self.proj = MLP1D(in_dim, hidden_dim, dim)
+        self.proj_pixel = MLP1D(in_dim, hidden_dim, dim)
+        self.proj_obj = MLP1D(in_dim, hidden_dim, dim)
         self.proj_attn = MaskEmbedPredictor(in_dim, dim, num_regions, attn_heads, dim, attn_depth, attn_dropout)
         self.register_buffer("proto", torch.randn(num_regions, dim))
 

@@ -13,10 +13,18 @@ Every head works on the cosine matrix between L2-normalised embeddings and L2-no
   the whole computation; the cosine runs in float32 even under autocast.
 - :meth:`MarginHead.regularizers` adds loss terms that depend on the raw embedding norms (MagFace's g(a)).
 
-The ``θ + m > π`` rule (insightface ``arcface_torch``, ArcFace paper's code): ``cos(θ + m)`` is not
-monotonic in θ once ``θ + m > π``, so there the target logit becomes ``cos θ − m·sin m`` (a CosFace-like
-penalty that keeps the target decreasing in θ), i.e. ``where(cos θ > cos(π − m), cos(θ + m),
-cos θ − m·sin m)``. ``easy_margin`` instead keeps ``cos θ`` wherever ``cos θ ≤ 0``.
+The ``θ + m > π`` rule, as in FaceT's ``loss/face_losses.py`` (its ArcFace, CurricularFace and
+CombinedMarginLoss, copied from the ``arcface_torch`` of 2021-22): ``cos(θ + m)`` is not monotonic in θ
+once ``θ + m > π``, so there the target logit becomes ``cos θ − m·sin m`` (a CosFace-like penalty that
+keeps the target decreasing in θ), i.e. ``where(cos θ > cos(π − m), cos(θ + m), cos θ − m·sin m)``.
+FaceT's MagFace continues with ``cos θ`` there (its ``margin_am`` is 0). ``easy_margin`` instead keeps
+``cos θ`` wherever ``cos θ ≤ 0``.
+
+Deviation, on purpose: ``arcface_torch`` since December 2022 (``losses.py`` @ 7fadd42) computes ArcFace and
+``CombinedMarginLoss(1, m2, 0)`` as ``cos(arccos(cos θ) + m)`` under ``no_grad``: no ``θ + m > π`` rule (the
+target rises again past π) and a straight-through gradient (``s`` per unit of ``cos θ`` for the target too).
+facekit follows FaceT's ArcFace, which FaceT trained with: the rule and the exact gradient. The two agree
+wherever ``θ + m ≤ π`` (tests/methods/test_finetune_golden.py, ``test_arcface_beyond_pi_follows_facet``).
 """
 
 from __future__ import annotations
@@ -44,19 +52,29 @@ def _put_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -
     return cos.scatter(1, safe[:, None], torch.where(has_target, target, original)[:, None])
 
 
-def additive_angular(cos: torch.Tensor, m: torch.Tensor | float, easy_margin: bool = False) -> torch.Tensor:
+def _cos_plus(cos: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
+    """``cos(θ + m) = cos θ·cos m − sin θ·sin m`` from ``cos θ``, elementwise, with no rule past π."""
+    m = torch.as_tensor(m, dtype=cos.dtype, device=cos.device)
+    sin = (1.0 - cos * cos).clamp(min=1e-12).sqrt()  # the clamp zeroes sqrt's infinite slope at cos = ±1
+    return cos * torch.cos(m) - sin * torch.sin(m)
+
+
+def additive_angular(
+    cos: torch.Tensor, m: torch.Tensor | float, easy_margin: bool = False, beyond_pi: torch.Tensor | float | None = None
+) -> torch.Tensor:
     """ArcFace's target transform, elementwise: ``cos θ -> cos(θ + m)`` with the ``θ + m > π`` rule.
 
     ``cos(θ + m) = cos θ·cos m − sin θ·sin m`` (no ``arccos``; ``sin θ ≥ 1e-6`` keeps gradients finite); where
-    ``cos θ ≤ cos(π − m)`` it is ``cos θ − m·sin m`` instead (``easy_margin``: ``cos θ`` where ``cos θ ≤ 0``).
-    ``m`` is a float or a tensor broadcasting against ``cos`` (MagFace's per-sample margin).
+    ``cos θ ≤ cos(π − m)`` it is ``cos θ − beyond_pi`` instead (default ``m·sin m``, ArcFace's rule; MagFace: 0).
+    ``easy_margin``: ``cos θ`` wherever ``cos θ ≤ 0``, no rule. ``m``, ``beyond_pi``: floats or tensors
+    broadcasting against ``cos`` (MagFace's per-sample margin).
     """
     m = torch.as_tensor(m, dtype=cos.dtype, device=cos.device)
-    sin = (1.0 - cos * cos).clamp(min=1e-12).sqrt()  # the clamp zeroes sqrt's infinite slope at cos = ±1
-    shifted = cos * torch.cos(m) - sin * torch.sin(m)
+    shifted = _cos_plus(cos, m)
     if easy_margin:
         return torch.where(cos > 0, shifted, cos)
-    return torch.where(cos > torch.cos(math.pi - m), shifted, cos - m * torch.sin(m))
+    penalty = m * torch.sin(m) if beyond_pi is None else beyond_pi
+    return torch.where(cos > torch.cos(math.pi - m), shifted, cos - penalty)
 
 
 class MarginHead(nn.Module):
@@ -156,8 +174,9 @@ class CombinedMargin(MarginHead):
 
     (1, 0.5, 0) is ArcFace, (1, 0, 0.4) CosFace, (1.35, 0, 0) SphereFace-like. ``θ = arccos(cos)`` (clamped
     to ±(1 − 1e-7), which keeps gradients finite) and, where ``m1·θ + m2 > π``, the target continues as
-    ``cos θ − m2·sin m2 − m3`` (ArcFace's rule). insightface supports only m1 = 1 and there uses the
-    closed form of :func:`additive_angular`; the two agree up to rounding.
+    ``cos θ − m2·sin m2 − m3`` (ArcFace's rule). The released ``CombinedMarginLoss`` (FaceT's copy) covers
+    (1, m2, 0), in the closed form of :func:`additive_angular`, and m3 > 0, where it subtracts m3 alone
+    (ignoring m1 and m2); facekit agrees with it on (1, m2, 0) and (1, 0, m3) up to rounding.
     """
 
     def __init__(
@@ -186,9 +205,10 @@ class CombinedMargin(MarginHead):
 class CurricularFace(MarginHead):
     """CurricularFace (Huang et al., CVPR 2020): ArcFace target plus adaptive hard-negative weights; s 64, m 0.5.
 
-    Target ``T = cos(θ_y + m)`` (with the ``θ + m > π`` rule). A negative ``j`` is hard when
-    ``cos θ_j > T``; its logit becomes ``s·cos θ_j·(t + cos θ_j)``, easy ones stay ``s·cos θ_j`` (as do rows
-    without a target; with ``shared_rows`` T comes from the rank holding the target).
+    Target logit ``s·cos(θ_y + m)`` with the ``θ + m > π`` rule. A negative ``j`` is hard when
+    ``cos θ_j > cos(θ_y + m)``, the plain one even past π (as the official code and FaceT's: the mask is taken
+    before the rule); its logit becomes ``s·cos θ_j·(t + cos θ_j)``, easy ones stay ``s·cos θ_j`` (as do rows
+    without a target; with ``shared_rows`` the threshold comes from the rank holding the target).
     ``t`` (buffer, init 0) is an EMA of the mean target cosine, updated in training mode *before* it is
     used (as the official code): ``t ← 0.01·mean(cos θ_y) + 0.99·t``, without gradient. The mean runs over
     the rows with a target column, summed over processes, so every rank (and every Partial FC shard) keeps
@@ -217,7 +237,7 @@ class CurricularFace(MarginHead):
                 total, count = distributed.all_reduce_sum(stats).unbind()
                 if count > 0:
                     self.t.mul_(1 - self.t_momentum).add_(self.t_momentum * total / count)
-        row_target = final_target.detach()
+        row_target = _cos_plus(target, self.m).detach()
         if self.shared_rows:
             row_target = distributed.all_reduce_sum(torch.where(has_target, row_target, 0.0))
         hard = cos > row_target[:, None]
@@ -232,9 +252,19 @@ class MagFace(MarginHead):
     """MagFace (Meng et al., CVPR 2021): ArcFace with a margin growing with the feature norm, plus g(a).
 
     ``a = clamp(‖emb‖, l_a, u_a)`` (a ∈ [10, 110]); ``m(a) = l_m + (u_m − l_m)·(a − l_a)/(u_a − l_a)``
-    (0.45 → 0.8); target ``s·cos(θ_y + m(a))`` with the ``θ + m > π`` rule, s 64. The margin keeps its
-    gradient with respect to the norm (official code). Regulariser ``g(a) = a/u_a² + 1/a``, returned as
+    (0.45 → 0.8); target ``s·cos(θ_y + m(a))``, s 64; where ``θ_y + m(a) > π`` the target is ``s·cos θ_y``
+    (FaceT's MagFace: ``cos θ − margin_am`` with ``margin_am = 0``). The margin keeps its gradient with
+    respect to the norm (FaceT and the official code). Regulariser ``g(a) = a/u_a² + 1/a``, returned as
     ``{"mag_g": λ_g·mean(g(a))}`` with λ_g 35.
+
+    Deviations from FaceT, on purpose, both only with more than one process:
+
+    - a row whose positive lives on another rank (label −1) is only scaled; FaceT's MagFace writes the
+      margin into the last column of such a row (its label −1 indexes from the end).
+    - g is averaged over this process's embeddings, so under DDP its gradient is that of λ_g·mean(g) over
+      the global batch; FaceT takes g over the all-gathered batch, whose backward multiplies by the world
+      size W (meant for the sharded cross-entropy), so its g pulls W times harder (λ_g·W: 70 on the README's
+      2 GPUs). tests/nn/test_partial_fc.py, ``test_two_ranks_with_sharded_centres_match_one_process``.
     """
 
     def __init__(
@@ -265,7 +295,7 @@ class MagFace(MarginHead):
 
     def margin(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
         target, _, _ = _target_column(cos, labels)
-        return self.s * _put_target(cos, labels, additive_angular(target, self.adaptive_margin(norms)))
+        return self.s * _put_target(cos, labels, additive_angular(target, self.adaptive_margin(norms), beyond_pi=0.0))
 
     def regularizers(self, norms: torch.Tensor) -> dict[str, torch.Tensor]:
         a = self.clamped_norm(norms)

@@ -11,6 +11,16 @@ Gradients (insightface's choices): each rank's centres get ``∂L/∂W_local`` o
 the all-gather returns to each rank the sum over ranks of its embeddings' gradients, scaled by the world
 size so that DDP's gradient averaging yields ``∂L/∂θ`` for the backbone. The shard must therefore be
 hidden from DDP (:meth:`PartialFC.local_parameter_names`) — a single process needs nothing.
+
+Deviations from ``arcface_torch`` / FaceT, on purpose:
+
+- ``ceil(sample_rate · C_local)`` centres per step, where the released code truncates (``int``): one more
+  centre when the product is not whole (tests/nn/test_partial_fc.py,
+  ``test_sampling_keeps_every_positive_and_takes_ceil_rate_times_c_centres``).
+- The released cross-entropy clamps each row's target probability at 1e-30 before the log, which caps the
+  row's loss at −log(1e-30) ≈ 69.08; here the loss is exact. The gradients are the same (both take the plain
+  softmax); only the logged loss of such rows differs (tests/methods/test_finetune_golden.py,
+  ``test_cross_entropy_is_not_capped_where_the_released_clamps_the_target_probability``).
 """
 
 from __future__ import annotations

