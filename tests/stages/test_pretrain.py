@@ -46,7 +46,6 @@ RUNS: dict[str, dict[str, Any]] = {
         "teacher_arch": "vit_tiny_patch16_224",
         "teacher_kwargs": {"img_size": 112, "depth": 2},
         "teacher_layers": [0, 1],
-        "train": {"ema_momentum": 0.99, "ema_momentum_end": 0.99},
     },
     "camd": {
         "backbone": "vit_small_patch16_224",
