@@ -36,6 +36,7 @@ from torch import nn
 from facekit import __version__
 from facekit.hub.tokens import check_repo_id, hub_call, push_folder
 from facekit.nn import backbones
+from facekit.nn.landmark_vit import needs_landmarks
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -48,6 +49,11 @@ PIPELINE_TAG = "image-feature-extraction"
 #: DVC stages (``<stage>@<run>``) of a run that join the data stages in its lineage when dvc.lock records them.
 RUN_STAGES = ("pretrain", "finetune", "verify")
 #: ``write_metrics`` names a TAR ``tar_at_far_<far>`` (e.g. ``tar_at_far_1e-3``).
+#: The usage lines of a model that takes each face's landmarks as a second input (LAFS, mesh landmarks).
+LANDMARK_USAGE = (
+    "# landmarks: float32 [B, 196, 2], each face's 196 mesh points (x, y) in crop pixels: the MediaPipe mesh\n"
+    "# vertices facekit.data.ops.landmarks.MESH_196 of the face's dense landmarks\n"
+)
 TAR_KEY = re.compile(r"tar_at_far_(.+)")
 
 
@@ -163,6 +169,7 @@ def build_model_card(
         )
     else:
         verification = "No verification results were published with this model."
+    call = "model(x, landmarks)" if config.get("landmark_input") else "model(x)"
     usage = (
         "```python\nimport torch\nfrom facekit.hub.models import from_pretrained\n\n"
         f'model = from_pretrained("{repo_id or "<owner>/<name>"}")  # eval mode, CPU\n'
@@ -170,8 +177,9 @@ def build_model_card(
         "ArcFace 5-point template\n"
         f"mean, std = torch.tensor({list(config['mean'])}), torch.tensor({list(config['std'])})\n"
         "x = ((torch.as_tensor(faces).float() / 255 - mean) / std).permute(0, 3, 1, 2)\n"
-        "with torch.no_grad():\n"
-        f"    embeddings = torch.nn.functional.normalize(model(x), dim=1)  # [B, {config['embedding_size']}]\n"
+        + (LANDMARK_USAGE if config.get("landmark_input") else "")
+        + "with torch.no_grad():\n"
+        f"    embeddings = torch.nn.functional.normalize({call}, dim=1)  # [B, {config['embedding_size']}]\n"
         "similarity = embeddings @ embeddings.T  # cosine similarity\n```"
     )
     params = (
@@ -269,6 +277,7 @@ def save_model_folder(
         "facekit_version": __version__,
         **network,
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "landmark_input": needs_landmarks(model),
         "run": run,
         "method": spec.method or "unknown",
     }

@@ -154,6 +154,7 @@ def test_model_folder_and_card(run_dir: Path, project: Path) -> None:
         "std": [0.5, 0.5, 0.5],
         "embedding_size": 64,
         "num_parameters": sum(p.numel() for p in backbones.load(run_dir).parameters()),
+        "landmark_input": False,
         "run": RUN,
         "method": "finetune",
     }
@@ -436,3 +437,25 @@ def test_cli_dry_run(run_dir: Path, project: Path, capsys: pytest.CaptureFixture
     assert "(pass --out DIR to keep the folder)" in capsys.readouterr().out
     assert main(["push", "model", str(project), "--repo-id", REPO_ID, "--dry-run"]) == 2
     assert "not a trained run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("landmarks", ["mesh", "learned"])
+def test_a_lafs_model_card_shows_its_landmark_input(tmp_path: Path, landmarks: str) -> None:
+    """A LAFS model of the mesh source takes each face's 196 mesh points as a second input: its config.json
+    says so and the card's usage code passes them; the learned source embeds a bare face."""
+    tiny = {"img_size": 112, "patch_size": 8, "patch_embed": "linear", "depth": 1, "embed_dim": 32, "num_heads": 2}
+    module = BACKBONES.create("landmark_vit", base="vit_small_patch16_224", landmarks=landmarks, **tiny)
+    run = tmp_path / "lafs"
+    backbones.save(module, backbones.spec_of(module, run="lafs", method="lafs"), run)
+    folder = save_model_folder(run, tmp_path / "model", [], None, None)
+    config = json.loads((folder / "config.json").read_text())
+    usage = (folder / "README.md").read_text().split("## Usage")[1].split("```python")[1].split("```")[0]
+    assert config["landmark_input"] is (landmarks == "mesh")
+    if landmarks == "mesh":
+        assert "model(x, landmarks)" in usage and "MESH_196" in usage
+    else:
+        assert "model(x)" in usage and "landmarks" not in usage
+    model = from_pretrained(folder)
+    x = torch.zeros(1, 3, 112, 112)
+    points = torch.rand(1, 196, 2) * 111
+    assert model(x, points if landmarks == "mesh" else None).shape == (1, 32)
