@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import yaml
 from prefect.client.orchestration import get_client
@@ -17,6 +18,7 @@ from prefect.deployments import run_deployment
 from facekit.config import load_params
 from facekit.data.augment import normalize_to_tensor
 from facekit.data.dataset import FaceShardDataset
+from facekit.data.ops.landmarks import mesh_196
 from facekit.nn import backbones
 from facekit.stages import detect_align, landmarks, pack, sample
 from facekit.train.checkpoint import LAST, MODEL_FILE
@@ -70,7 +72,9 @@ def test_pretrain_lafs_on_a_process_worker(gpu_pool: WorkerPool, project: Path) 
         project / loaded.paths.shards, transform=lambda rgb: normalize_to_tensor(rgb, (0.5,) * 3, (0.5,) * 3)
     )
     batch = torch.stack([faces[0]["image"], faces[len(faces) - 1]["image"]])  # [2, 3, 112, 112]
+    records = [record for reader in faces.readers for record in reader]
+    mesh = torch.from_numpy(np.stack([mesh_196(records[0]), mesh_196(records[-1])]))  # [2, 196, 2]: its input
     with torch.no_grad():
-        embeddings = backbone(batch)
+        embeddings = backbone(batch, mesh)
     assert embeddings.shape == (2, 96) and torch.isfinite(embeddings).all()
     assert not torch.allclose(embeddings[0], embeddings[1])
