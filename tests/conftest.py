@@ -134,7 +134,8 @@ def _encoded(img: object, fmt: str, **kw: object) -> bytes:
 
 def _unreadable_file(path: Path) -> None:
     """A file at ``path`` that this process cannot read: mode 000, or, for root (whom modes do not stop), a
-    link to ``/proc/self/mem``, a regular file whose first bytes fail to read (EIO)."""
+    link to ``/proc/1/mem``: a regular file whose open fails (another process's memory) or whose first bytes
+    do (EIO, when this is process 1), with the same ``stat`` from one process to the next."""
     path.write_bytes(b"\xff\xd8\xff\xe0 a JPEG nobody may read")
     path.chmod(0)
     try:
@@ -142,7 +143,7 @@ def _unreadable_file(path: Path) -> None:
     except PermissionError:
         return
     path.unlink()
-    path.symlink_to("/proc/self/mem")
+    path.symlink_to("/proc/1/mem")
 
 
 @pytest.fixture(scope="session")
