@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from facekit.config import Params, PathsParams, SourceParams
+import pytest
+
+from facekit.config import Params, PathsParams, SourceParams, load_params
 from facekit.data.sources import open_source
 from facekit.data.sources.recordio import write_recordio
-from facekit.stages import scan
+from facekit.stages import detect_align, scan
 
 
 def test_the_manifest_lists_every_entry_of_a_bad_folder_without_opening_one(
@@ -44,3 +47,25 @@ def test_a_recordio_source_is_its_rec_idx_and_property(tmp_path: Path) -> None:
         ("train.idx", "file"),
         ("train.rec", "file"),
     ]
+
+
+def test_an_hf_source_runs_from_params_yaml(tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``source: {type: hf, ...}`` in params.yaml: its own keys are checked, scan and detect_align read it."""
+    pytest.importorskip("datasets")
+    for person, photo in (("alice", "img1.jpg"), ("bob", "img2.jpg")):
+        (tmp_path / "faces" / person).mkdir(parents=True)
+        shutil.copy(assets / "faces/deepface" / photo, tmp_path / "faces" / person / photo)
+    monkeypatch.chdir(tmp_path)
+    hf = "source: {type: hf, path: faces, name: h, split: train, label_column: label}\n"
+    Path("params.yaml").write_text(hf + "sharding: {num_shards: 1, workers: 1}\n")
+    params = load_params()
+    scan.run(params, params.paths)
+    assert [e["path"] for e in scan.read_manifest(Path(params.paths.source_manifest))] == [
+        "alice/img1.jpg",
+        "bob/img2.jpg",
+    ]
+    report = detect_align.run(params, params.paths, progress=False)
+    assert (report.read, report.written) == (2, 2), report.summary()
+    Path("params.yaml").write_text(hf.replace("split: train", "layout: vggface2"))
+    with pytest.raises(ValueError, match=r"source\.layout is a key of source type folder, not hf"):
+        load_params()
