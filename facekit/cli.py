@@ -44,6 +44,14 @@ def _cmd_sample(args: argparse.Namespace) -> str:
     return sample.run(params, params.paths).summary()
 
 
+def _cmd_scan(args: argparse.Namespace) -> str:
+    from facekit.config import load_params
+    from facekit.stages import scan
+
+    params = load_params(args.params)
+    return scan.run(params, params.paths)
+
+
 def _cmd_detect_align(args: argparse.Namespace) -> str:
     from facekit.config import load_params
     from facekit.stages import detect_align
@@ -144,6 +152,10 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("sample", help="copy the shared sample photos into sample.out (identity folders)")
     _add_params_option(p)
     p.set_defaults(func=_cmd_sample)
+
+    p = dsub.add_parser("scan", help="list the source without opening it: the manifest detect_align depends on")
+    _add_params_option(p)
+    p.set_defaults(func=_cmd_scan)
 
     p = dsub.add_parser("detect-align", help="detect faces and align them onto the ArcFace template, per shard")
     _add_params_option(p)

@@ -27,7 +27,7 @@ from facekit.config.values import check_value
         ("align", "jpeg_quality", 200, r"align.jpeg_quality must be in \[1, 100\], got 200"),
         ("sharding", "num_shards", "4", "sharding.num_shards must be an integer, got '4'"),
         ("sharding", "num_shards", 0, "sharding.num_shards must be >= 1, got 0"),
-        ("source", "type", "zip", "source.type must be one of 'folder', 'recordio', got 'zip'"),
+        ("source", "type", "zip", "source.type must be one of 'folder', 'recordio', 'laion', 'hf', got 'zip'"),
         ("masks", "jpeg_quality", 0, r"masks.jpeg_quality must be in \[1, 100\], got 0"),
         ("landmarks", "on_failure", "skip", "landmarks.on_failure must be one of 'reject', 'keep', got 'skip'"),
         ("verify", "folds", 1, "verify.folds must be >= 2, got 1"),
@@ -60,6 +60,7 @@ def test_the_checker_itself() -> None:
     [
         ("detect: {detector: scrfd\n", r"params.yaml: line \d+, column \d+: not valid YAML"),
         ("source: data/raw/mine\n", "params.yaml: source must be a mapping of keys, got 'data/raw/mine'"),
+        ("source: {type: recordio, path: a.rec, name: t, layout: webface}\n", "source.layout is a key of source type"),
         ("- just\n- a list\n", "params.yaml: expected a mapping of sections, got list"),
         ("detect: {model: models/no_such_detector.onnx}\n", "detect.model: asset 'models/no_such_detector.onnx'"),
         ("detect: {model: params.yaml}\n", "detect.model: params.yaml does not load as a scrfd detector"),

@@ -46,7 +46,8 @@ WORKER_TIMEOUT_S = 600.0  # how long a GPU stage waits while its pool has no onl
 
 def read_dag(root: Path | str = ".") -> tuple[list[str], dict[str, list[str]], set[str]]:
     """The pipeline stages of ``root``'s DVC project in a topological order (``dvc.yaml`` order among
-    independent stages), each stage's direct upstream stages, and the stages DVC reports as stale."""
+    independent stages), each stage's direct upstream stages, and the stages DVC reports as stale (a stage
+    marked ``always_changed`` only when something else about it changed)."""
     from dvc.repo import Repo  # only the orchestrating process needs DVC's Python API
     from dvc.stage import PipelineStage
 
@@ -54,12 +55,20 @@ def read_dag(root: Path | str = ".") -> tuple[list[str], dict[str, list[str]], s
         stages = [s for s in repo.index.stages if isinstance(s, PipelineStage)]
         graph = repo.index.graph  # an edge goes from a stage to a stage it depends on
         upstream = {s.addressing: [u.addressing for u in graph.successors(s) if u in stages] for s in stages}
-        stale = set(repo.status())
+        stale = {name for name, why in repo.status().items() if why != ["always changed"]}
     position = {name: i for i, name in enumerate(upstream)}
     dag = nx.DiGraph()
     dag.add_nodes_from(upstream)
     dag.add_edges_from((u, name) for name, ups in upstream.items() for u in ups)
     return list(nx.lexicographical_topological_sort(dag, key=position.__getitem__)), upstream, stale
+
+
+def always_changed_stages(root: Path | str = ".") -> list[str]:
+    """The stages of ``root``'s DVC project marked ``always_changed`` (``scan``: a cheap listing of the source)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return [s.addressing for s in repo.index.stages if getattr(s, "always_changed", False)]
 
 
 def is_gpu_stage(stage: str, gpu_stages: tuple[str, ...]) -> bool:
@@ -132,10 +141,15 @@ def full_chain(
     ``gpu_deployment`` (polled every ``poll_seconds``; failing after ``worker_timeout_s`` without an online
     worker in its pool, see :func:`wait_for_run`). Returns ``{stage: "ran" | "up to date"}`` in
     topological order; any failing stage fails the flow (stages downstream of it do not run)."""
-    order, upstream, stale = read_dag()
     cpu_stage = dvc_repro.with_options(task_run_name="{stage}")
+    refreshed = always_changed_stages()
+    for stage in refreshed:  # first, so that the stages after them are judged on their fresh output
+        cpu_stage(stage, single_item=True)
+    order, upstream, stale = read_dag()
     futures: dict[str, PrefectFuture[Any]] = {}
     for stage in order:
+        if stage in refreshed:
+            continue
         if stage not in stale and not any(u in futures for u in upstream[stage]):
             continue  # DVC would skip it: nothing upstream of it runs
         wait_for = [futures[u] for u in upstream[stage] if u in futures]
@@ -143,7 +157,10 @@ def full_chain(
             futures[stage] = gpu_stage.submit(stage, gpu_deployment, poll_seconds, worker_timeout_s, wait_for=wait_for)
         else:
             futures[stage] = cpu_stage.submit(stage, single_item=True, wait_for=wait_for)
-    summary = {stage: "ran" if stage in futures and futures[stage].result() else "up to date" for stage in order}
+    summary = {
+        stage: "ran" if stage in refreshed or (stage in futures and futures[stage].result()) else "up to date"
+        for stage in order
+    }
     ran = [stage for stage, what in summary.items() if what == "ran"]
     print(f"full-chain: {len(ran)} of {len(order)} stages ran: {', '.join(ran) or 'none'}")
     return summary

@@ -3,7 +3,8 @@
 Two ways to run the stages, chosen by the ``lineage`` parameter:
 
 - ``"dvc"`` (default): each stage is a task running ``dvc repro <stage>`` in the working directory, so DVC
-  decides what is stale and ``dvc.lock`` records the lineage. DVC's "Unable to acquire lock" is retried.
+  decides what is stale and ``dvc.lock`` records the lineage (``dvc repro detect_align`` runs ``scan``, the
+  manifest of the source it depends on, first). DVC's "Unable to acquire lock" is retried.
 - ``"none"`` (scale-out): facekit's stage functions run in a sub-flow whose task runner (threads, a local
   process pool, or Dask) executes every shard as a Prefect task with retries. Nothing is recorded in
   ``dvc.lock``.

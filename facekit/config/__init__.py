@@ -34,6 +34,7 @@ class PathsParams:
     of training run ``R`` ``<metrics>/<pretrain|finetune>_R.json``, its scores ``<metrics>/verify/R.json``.
     """
 
+    source_manifest: str = "data/source_manifest.jsonl"  # scan: one line per entry of the source
     aligned: str = "data/aligned"  # detect_align: per-shard LMDBs of aligned faces
     landmarks: str = "data/landmarks"  # landmarks: the same faces with dense landmarks
     masked: str = "data/masked"  # masks: the same faces, some with a masked twin; what pack reads
@@ -75,22 +76,57 @@ class SampleParams:
     out: str = "data/raw/sample"
 
 
+#: source.type -> its own keys of ``source:`` besides type, path and name (with their defaults)
+SOURCE_TYPE_KEYS: dict[str, dict[str, Any]] = {
+    "folder": {"layout": "vggface2", "bbox_csv": None, "landmarks_csv": None},
+    "recordio": {"channel_order": "bgr"},
+    "laion": {"max_member_bytes": 20_000_000},
+    "hf": {"split": "train", "image_column": "image", "label_column": "label"},
+}
+
+
 @dataclass(frozen=True)
 class SourceParams:
-    """Which raw source the lineage reads (see ``facekit.data.sources.open_source``)."""
+    """Which raw source the lineage reads (see ``facekit.data.sources.open_source``).
 
-    type: Literal["folder", "recordio"] = "folder"
+    Besides ``type``, ``path`` and ``name``, each type has its own keys (:data:`SOURCE_TYPE_KEYS`); a key of
+    another type is an error. ``folder``: ``layout``, ``bbox_csv``, ``landmarks_csv`` (VGGFace2's loose CSVs);
+    ``recordio``: ``channel_order`` (MS1MV3 bgr, WebFace4M rgb); ``laion``: ``max_member_bytes``; ``hf``:
+    ``split``, ``image_column``, ``label_column`` ("" = no labels). ``path`` of ``laion`` is a folder of tars
+    or a glob pattern.
+    """
+
+    type: Literal["folder", "recordio", "laion", "hf"] = "folder"
     path: str = "data/raw/sample"
     name: str = "sample"
-    layout: Literal["vggface2", "webface"] = "vggface2"
-    channel_order: Literal["bgr", "rgb"] = "bgr"  # RecordIO only: MS1MV3 bgr, WebFace4M rgb
+    layout: Literal["vggface2", "webface"] | None = None
+    bbox_csv: str | None = None
+    landmarks_csv: str | None = None
+    channel_order: Literal["bgr", "rgb"] | None = None
+    max_member_bytes: int | None = None
+    split: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+
+    def __post_init__(self) -> None:
+        own = SOURCE_TYPE_KEYS[self.type]
+        for key in (k for keys in SOURCE_TYPE_KEYS.values() for k in keys):
+            if key not in own and getattr(self, key) is not None:
+                types = [t for t, keys in SOURCE_TYPE_KEYS.items() if key in keys]
+                raise ValueError(
+                    f"source.{key} is a key of source type {types[0]}, not {self.type}; "
+                    f"{self.type} takes {', '.join(own)}"
+                )
 
     def spec(self) -> dict[str, Any]:
+        """The ``open_source`` spec: type, path, name and the type's own keys (defaults where not given)."""
         spec: dict[str, Any] = {"type": self.type, "path": self.path, "name": self.name}
-        if self.type == "folder":
-            spec["layout"] = self.layout
-        else:
-            spec["channel_order"] = self.channel_order
+        for key, default in SOURCE_TYPE_KEYS[self.type].items():
+            value = default if getattr(self, key) is None else getattr(self, key)
+            if value is not None:  # the loose CSVs only when given
+                spec[key] = value
+        if spec.get("label_column") == "":
+            spec["label_column"] = None  # an hf dataset without labels
         return spec
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 #: ``section.key`` -> (lowest, highest) allowed value (None: unbounded); checked when params.yaml is read
 RANGES: dict[str, tuple[float | None, float | None]] = {
+    "source.max_member_bytes": (1, None),
     "detect.input_size": (32, 4096), "detect.score_threshold": (0.0, 1.0), "detect.nms_threshold": (0.0, 1.0),
     "detect.min_face_size": (0.0, None), "detect.max_pixels": (1, None),
     "align.size": (16, 1024), "align.face_fraction": (0.1, 1.0), "align.jpeg_quality": (1, 100),

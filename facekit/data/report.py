@@ -1,7 +1,9 @@
 """Stage reports: what a stage read, wrote and rejected (with a reason for each rejection).
 
 A report is written as a DVC metrics file (``<name>.json``: counts and counts per reason) plus a
-``<name>.rejections.jsonl`` with one line per rejected key. ``read == written + rejected`` always;
+``<name>.rejections.jsonl``: a first line with the stage's counts (``{"stage", "read", "written", "rejected"}``,
+so the file is never empty: DVC warns on an empty output), then one line per rejected key
+(``{"key", "reason", "detail"}``). ``read == written + rejected`` always;
 :meth:`StageReport.check` raises if a stage ever breaks that.
 """
 
@@ -75,7 +77,8 @@ class StageReport:
         self.check()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        lines = [
+        counts = {"stage": self.stage, "read": self.read, "written": self.written, "rejected": self.rejected}
+        lines = [json.dumps(counts)] + [
             json.dumps({"key": r.key, "reason": r.reason, "detail": r.detail})
             for r in sorted(self.rejections, key=lambda r: r.key)
         ]
@@ -85,7 +88,7 @@ class StageReport:
     def load(cls, path: Path) -> StageReport:
         d = json.loads(path.read_text())
         rep = cls(stage=d["stage"], read=d["read"], written=d["written"])
-        for line in path.with_suffix(".rejections.jsonl").read_text().splitlines():
+        for line in path.with_suffix(".rejections.jsonl").read_text().splitlines()[1:]:  # after the counts
             r = json.loads(line)
             rep.reject(r["key"], r["reason"], r["detail"])
         return rep

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import csv
-import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from facekit.config import Params, PathsParams, SampleParams, ShardingParams, SourceParams
 from facekit.data.dataset import FaceShardDataset
@@ -92,73 +91,14 @@ def test_packed_faces_verify_on_the_real_pairs(sample_run: dict, assets: Path) -
     assert result.accuracy >= 0.97, result
 
 
-def _jpeg(img: Image.Image, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=92, **kw)
-    return buf.getvalue()
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _pgm(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PPM")
-    return buf.getvalue()
-
-
 def _records(shards: Path) -> list[FaceRecord]:
     return [r for entry in read_index(shards)["shards"] for r in ShardReader(shards / entry["name"])]
 
 
-def _bad_input_folder(root: Path, assets: Path, bomb: bytes) -> dict[str, str | None]:
-    """Identity folders holding every kind of bad input; returns key stem → expected rejection (None = kept)."""
-    face_bytes = (assets / "faces/deepface/img1.jpg").read_bytes()
-    face = Image.open(io.BytesIO(face_bytes)).convert("RGB")
-    face.thumbnail((640, 640))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display": the pixels are stored turned counter-clockwise
-    files: dict[str, tuple[bytes, str | None]] = {
-        "ok.jpg": (_jpeg(face), None),
-        "same_content.jpg": (_jpeg(face), "duplicate_conflicting_identity"),
-        "corrupt.jpg": (face_bytes[:200] + bytes(range(256)) * 40, "corrupt_image"),
-        "truncated.jpg": (face_bytes[: len(face_bytes) // 2], "truncated_image"),
-        "empty.jpg": (b"", "empty_file"),
-        "text.jpg": (b"this is not an image\n" * 10, "not_an_image"),
-        "alpha.png": (_png(face.convert("RGBA")), None),
-        "grey.jpg": (_jpeg(face.convert("L")), None),
-        "cmyk.jpg": (_jpeg(face.convert("CMYK")), None),
-        "exif_rotated.jpg": (_jpeg(face.rotate(90, expand=True), exif=exif), None),
-        "sixteen_bit.png": (_png(Image.fromarray(np.asarray(face.convert("L")).astype(np.uint16) * 257)), None),
-        "bomb.png": (bomb, "too_large"),
-        "no_face.jpg": (_jpeg(Image.new("RGB", (400, 300), (90, 140, 60))), "no_face"),
-        "one_pixel.png": (_png(Image.new("RGB", (1, 1))), "too_small"),
-        "face.pgm": (_pgm(face.convert("L")), None),
-        "group.jpg": ((assets / "faces/group/multiface.jpg").read_bytes(), None),
-    }
-    for name, (data, _) in files.items():
-        folder = root / ("b" if name.startswith("same") else "a")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
-    (root / "a" / "broken.jpg").symlink_to(root / "missing.jpg")
-    os.mkfifo(root / "a" / "fifo.jpg")  # never opened: nothing hangs
-    (root / "a" / "nested").mkdir()
-    (root / "a" / "nested" / "inner.jpg").write_bytes(files["ok.jpg"][0])
-    (root / "a" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (root / "identities.csv").write_text("file,identity\n")
-    expected = {Path(n).stem: reason for n, (_, reason) in files.items()}
-    expected |= {"broken": "broken_symlink", "fifo": "not_a_regular_file", "inner.jpg": "nested_file"}
-    expected |= {".DS_Store": "hidden_file", "identities.csv": "not_in_identity_folder"}
-    return expected
-
-
 def test_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(
-    tmp_path: Path, assets: Path, png_bomb: bytes
+    tmp_path: Path, bad_input_folder: Callable[[Path], dict[str, str | None]]
 ) -> None:
-    expected = _bad_input_folder(tmp_path / "raw", assets, png_bomb)
+    expected = bad_input_folder(tmp_path / "raw")
     params, paths = _params(tmp_path / "raw"), _paths(tmp_path)
     da = detect_align.run(params, paths, progress=False)
     pk = pack.run(params, paths, progress=False)

@@ -96,8 +96,10 @@ def _gpu_flow_runs() -> list[FlowRun]:
         return client.read_flow_runs(deployment_filter=deployments)
 
 
-def _dvc_status(project: Path) -> int:
-    return subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=project, check=False).returncode
+def _dvc_status(project: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=project, check=False, capture_output=True, text=True
+    ).stdout
 
 
 @pytest.mark.slow
@@ -123,12 +125,13 @@ def test_full_chain_runs_the_dvc_dag_with_gpu_stages_on_the_pool(gpu_pool: Worke
     assert sorted(r.parameters["stage"] for r in gpu_runs) == sorted(GPU_STAGES)  # CPU stages never went there
     assert all(r.work_pool_name == gpu_pool.name and r.state.is_completed() for r in gpu_runs)
     assert (dvc_repo / "data/runs/finetune/mae").is_dir() and (dvc_repo / "metrics/leaderboard.md").is_file()
-    assert _dvc_status(dvc_repo) == 0  # clean: dvc.lock records every stage as run
+    assert _dvc_status(dvc_repo).split() == ["scan:", "always", "changed"]  # dvc.lock records every stage as run
 
     lock = (dvc_repo / "dvc.lock").read_bytes()
     again = full_chain(poll_seconds=1, return_state=True)
-    assert again.is_completed() and again.result() == dict.fromkeys(stages, "up to date")
-    assert _task_runs(again.state_details.flow_run_id, stages) == {}  # nothing submitted, nothing sent to the pool
+    # only the scan runs (DVC's always_changed): its unchanged manifest leaves every other stage as it was
+    assert again.is_completed() and again.result() == {**dict.fromkeys(stages, "up to date"), "scan": "ran"}
+    assert set(_task_runs(again.state_details.flow_run_id, stages)) == {"scan"}  # nothing sent to the pool
     assert len(_gpu_flow_runs()) == len(GPU_STAGES)
     assert (dvc_repo / "dvc.lock").read_bytes() == lock
 
