@@ -3,10 +3,12 @@
 Landmarks are in ArcFace order (left eye, right eye, nose tip, left and right mouth corner, as seen in
 the image), ``(x, y)`` pixels. Images are BGR uint8 ``[H, W, 3]``.
 
-:func:`align_face` warps in float and rounds once: its crop is the nearest uint8 of the bilinear float crop
-(``cv2.warpAffine`` of the float32 image), where OpenCV's uint8 warp (insightface's ``norm_crop``) rounds
-its fixed-point weights too and is up to a grey level off. Only the source pixels under the crop are
-converted, so this costs ~0.1 ms per face whatever the photo's size.
+Deviation from insightface's ``norm_crop``: :func:`align_face` warps in float and rounds once, so its crop is
+the nearest uint8 of the bilinear float crop (``cv2.warpAffine`` of the float32 image) and a lossless
+``align.storage`` keeps exactly that. OpenCV's uint8 warp (``norm_crop``'s) rounds fixed-point weights and
+is one grey level off on ~1 in 10,000 values of real photos (tests/data/test_align.py keeps the two within a
+grey level; tests/data/test_crop_storage.py sees the rounding). Only the source pixels under the crop are
+converted to float: ~0.5 ms per face against OpenCV's ~0.1 ms, next to detect_align's ~40 ms per photo.
 """
 
 from __future__ import annotations
