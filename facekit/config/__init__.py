@@ -145,6 +145,11 @@ class DetectParams:
     assume_aligned: bool = False  # source is already aligned (MS1MV2/3, WebFace .rec): skip detection
 
 
+#: How aligned crops and their masked twins are stored (``align.storage``): JPEG with 4:2:0 chroma (the
+#: smallest and fastest to decode), JPEG with full-resolution chroma, or lossless PNG (the crop's exact pixels).
+CropStorage = Literal["jpeg", "jpeg444", "png"]
+
+
 @dataclass(frozen=True)
 class AlignParams:
     """Similarity alignment of the 5 landmarks onto the ArcFace template."""
@@ -152,6 +157,11 @@ class AlignParams:
     size: int = 112
     face_fraction: float = 1.0  # 1.0 = ArcFace crop; e.g. 224 with 0.75 leaves margin for SSL methods
     jpeg_quality: int = 95
+    # how crops and masked twins are stored: jpeg (4:2:0 chroma) | jpeg444 (full chroma) | png (lossless)
+    storage: CropStorage = "jpeg"
+    # reduced: align a large JPEG from its DCT-reduced decode while that still holds the crop's resolution;
+    # full: always from the full-size decode (sharper by ~1 grey level, ~2x the decode time of a large photo)
+    decode: Literal["reduced", "full"] = "reduced"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facekit.data.images import ImageError, decode_jpeg_rgb
+from facekit.data.images import ImageError, decode_crop_rgb
 from facekit.data.shards import INDEX_NAME, ShardError, ShardReader, read_index
 
 
@@ -86,9 +86,9 @@ class FaceShardDataset(Dataset):
         reader = self.readers[shard]
         record = reader[local]
         try:
-            rgb = decode_jpeg_rgb(record.image)
+            rgb = decode_crop_rgb(record.image)
         except ImageError as e:
-            raise ShardError(f"{reader.path}: record {local} ({record.key}): bad JPEG: {e}") from None
+            raise ShardError(f"{reader.path}: record {local} ({record.key}): bad image: {e}") from None
         if getattr(self.transform, "takes_record", False):  # e.g. a view that may swap in the masked twin
             image = self.transform(rgb, record)
         elif self.transform is not None:

@@ -26,11 +26,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-import simplejpeg
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, get_worker_info
 
 from facekit.data.dataset import FaceShardDataset
+from facekit.data.images import ImageError, crop_size, decode_crop_rgb
 from facekit.data.shards import ShardError
 
 _FIELDS = ("image", "identity", "landmarks")
@@ -136,7 +136,7 @@ class FaceBatches(Dataset):
             shard, local = faces.locate(0)
             (image,) = faces.readers[shard].read_fields(local, "image")
             faces.readers[shard].close()  # workers open their own handles
-            height, width, _, _ = simplejpeg.decode_jpeg_header(image)
+            height, width = crop_size(image)
             self._ring = _BatchRing(shared_buffers, batch_size, height, width)
 
     def __len__(self) -> int:
@@ -152,7 +152,7 @@ class FaceBatches(Dataset):
             shard, local = self.faces.locate(i)
             image, identities[b], landmarks[b] = self.faces.readers[shard].read_fields(local, *_FIELDS)
             images.append(image)
-        h, w, _, _ = simplejpeg.decode_jpeg_header(images[0])
+        h, w = crop_size(images[0])
         in_worker = get_worker_info() is not None
         ring = self._ring if in_worker else None
         slot = ring.claim(n, h, w) if ring is not None else None
@@ -182,9 +182,9 @@ class FaceBatches(Dataset):
         scratch = np.empty(out.shape[1:], np.uint8)
         for b, image in enumerate(images):
             try:
-                rgb = simplejpeg.decode_jpeg(image, colorspace="RGB", buffer=scratch if flips[b] else out[b])
-            except ValueError as e:
-                raise ShardError(f"{self._where(indices[b])}: bad JPEG: {e}") from None
+                rgb = decode_crop_rgb(image, buffer=scratch if flips[b] else out[b])
+            except (ImageError, ValueError) as e:  # ValueError: a crop larger than the batch's buffer
+                raise ShardError(f"{self._where(indices[b])}: bad image: {e}") from None
             if rgb.shape != scratch.shape:
                 raise ShardError(
                     f"{self._where(indices[b])}: a {rgb.shape[1]}x{rgb.shape[0]} face in a batch of "

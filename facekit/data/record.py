@@ -48,7 +48,7 @@ class Rejection:
 class FaceRecord:
     """One aligned face.
 
-    image:      encoded aligned crop (JPEG bytes), ``size`` x ``size`` pixels, RGB.
+    image:      encoded aligned crop (JPEG or PNG bytes, ``align.storage``), ``size`` x ``size`` pixels, RGB.
     identity:   integer identity label (-1 = unlabelled).
     landmarks:  [5, 2] float32, the five ArcFace points in crop pixel coordinates.
     bbox:       [4] float32, x1, y1, x2, y2 of the detection in the source image.

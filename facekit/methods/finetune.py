@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from facekit import distributed
-from facekit.data.images import ImageError, decode_jpeg_rgb
+from facekit.data.images import ImageError, decode_crop_rgb
 from facekit.data.ops.landmarks import mesh_196
 from facekit.data.record import FaceRecord
 from facekit.data.views import ViewRecipe
@@ -85,9 +85,9 @@ class FaceRecognitionView:
         swap = self.masked_faces > 0 and np.random.random() < self.masked_faces
         if swap and record is not None and record.masked_image is not None:
             try:
-                rgb = decode_jpeg_rgb(record.masked_image)
+                rgb = decode_crop_rgb(record.masked_image)
             except ImageError as e:
-                raise ValueError(f"record {record.key}: masked_image is not a valid JPEG: {e}") from None
+                raise ValueError(f"record {record.key}: masked_image cannot be decoded: {e}") from None
             ismask = 1
         image, box = self.recipe.apply(rgb)
         out = {"image": image, "ismask": torch.tensor(ismask, dtype=torch.long)}

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from facekit.assets import resolve_model
 from facekit.config import LandmarkParams, Params, PathsParams, section_hash
-from facekit.data.images import ImageError, decode_jpeg_rgb
+from facekit.data.images import ImageError, decode_crop_rgb
 from facekit.data.ops.landmarks import DENSE_KEY, FaceMesh, MeshResult, agreement, mesh_aligned_face
 from facekit.data.record import FaceRecord
 from facekit.data.report import StageReport
@@ -73,7 +73,7 @@ def mesh_shard(
             report.read += 1
             try:
                 result = mesh_aligned_face(
-                    mesh, decode_jpeg_rgb(record.image), record.landmarks, face_fraction=lparams.face_fraction
+                    mesh, decode_crop_rgb(record.image), record.landmarks, face_fraction=lparams.face_fraction
                 )
                 score = agreement(result.points, record.landmarks)
             except ImageError as e:

@@ -3,9 +3,9 @@
 Runs after ``landmarks`` (before ``pack``). Per shard (:func:`masks_shard`, a pure function of the
 parameters and the shard id) it reads ``in_dir/shard-NNNNN.lmdb`` and writes ``out_dir/shard-NNNNN.lmdb``
 with every record; for a ``fraction`` of the images (or of the identities) it draws a mask
-(:func:`~facekit.data.ops.masks.draw_mask`) and stores the JPEG in ``masked_image`` and the template
-name in ``mask``. Selection, template, colour and pixels depend only on ``(seed, key)`` (or
-``(seed, identity)`` for the selection by identity), never on sharding or order.
+(:func:`~facekit.data.ops.masks.draw_mask`) and stores it in ``masked_image`` (encoded like its crop,
+``align.storage``) and the template name in ``mask``. Selection, template, colour and pixels depend only
+on ``(seed, key)`` (or ``(seed, identity)`` for the selection by identity), never on sharding or order.
 
 Records without dense landmarks are written without a twin and counted (``no_landmarks``); the report's
 extra always reconciles: ``masked + not_selected + no_landmarks == written``, and ``masked_<kind>``
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from facekit.assets import asset_path, resolve_model
 from facekit.config import MaskParams, Params, PathsParams, section_hash
 from facekit.data.grid import save_grid
-from facekit.data.images import decode_jpeg_rgb, encode_jpeg
+from facekit.data.images import crop_storage, decode_crop_rgb, encode_crop
 from facekit.data.ops.landmarks import DENSE_KEY
 from facekit.data.ops.masks import MaskTemplate, is_selected, load_templates, mask_face
 from facekit.data.record import FaceRecord
@@ -86,8 +86,9 @@ def masks_shard(params: Params, mparams: MaskParams, shard_id: int, in_dir: Path
             elif not is_selected(mparams, record.key, record.identity):
                 report.extra["not_selected"] += 1
             else:
-                masked, template = mask_face(decode_jpeg_rgb(record.image), points, record.key, templates, mparams)
-                twin = {"mask": template.name, "masked_image": encode_jpeg(masked[..., ::-1], mparams.jpeg_quality)}
+                masked, template = mask_face(decode_crop_rgb(record.image), points, record.key, templates, mparams)
+                twin_image = encode_crop(masked[..., ::-1], crop_storage(record.image), mparams.jpeg_quality)
+                twin = {"mask": template.name, "masked_image": twin_image}
                 report.extra["masked"] += 1
                 report.extra[f"masked_{template.kind}"] += 1
             writer.put(record.replace(**twin))
@@ -162,7 +163,7 @@ def mask_quality_report(
             points = record.extra.get(DENSE_KEY)
             if points is None:
                 continue
-            face = decode_jpeg_rgb(record.image)
+            face = decode_crop_rgb(record.image)
             twin, _ = mask_face(face, points, record.key, templates, mparams)
             keys.append(record.key)
             identities.append(record.identity)
@@ -202,7 +203,7 @@ def save_mask_grid(records: Sequence[FaceRecord], path: Path, *, count: int = 24
             continue
         if len(faces) == 2 * count:
             break
-        faces += [decode_jpeg_rgb(record.image), decode_jpeg_rgb(record.masked_image)]
+        faces += [decode_crop_rgb(record.image), decode_crop_rgb(record.masked_image)]
     return save_grid(faces, path, columns=8)
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from facekit.config import Params, PathsParams, section_hash
 from facekit.data.grid import save_grid
-from facekit.data.images import decode_jpeg_rgb
+from facekit.data.images import decode_crop_rgb
 from facekit.data.record import Rejection
 from facekit.data.report import StageReport
 from facekit.data.shards import ShardInfo, ShardReader, ShardSetWriter, read_index, write_index
@@ -114,7 +114,7 @@ def save_face_grid(shards: list[Path], path: Path, count: int) -> Path:
         for record in ShardReader(shard):
             if len(faces) == count:
                 return save_grid(faces, path)
-            faces.append(decode_jpeg_rgb(record.image))
+            faces.append(decode_crop_rgb(record.image))
     return save_grid(faces, path)
 
 

@@ -2,6 +2,13 @@
 
 Landmarks are in ArcFace order (left eye, right eye, nose tip, left and right mouth corner, as seen in
 the image), ``(x, y)`` pixels. Images are BGR uint8 ``[H, W, 3]``.
+
+Deviation from insightface's ``norm_crop``: :func:`align_face` warps in float and rounds once, so its crop is
+the nearest uint8 of the bilinear float crop (``cv2.warpAffine`` of the float32 image) and a lossless
+``align.storage`` keeps exactly that. OpenCV's uint8 warp (``norm_crop``'s) rounds fixed-point weights and
+is one grey level off on ~1 in 10,000 values of real photos (tests/data/test_align.py keeps the two within a
+grey level; tests/data/test_crop_storage.py sees the rounding). Only the source pixels under the crop are
+converted to float: ~0.5 ms per face against OpenCV's ~0.1 ms, next to detect_align's ~40 ms per photo.
 """
 
 from __future__ import annotations
@@ -87,5 +94,22 @@ def align_face(
             f"{getattr(img_bgr, 'shape', '')}"
         )
     M = estimate_similarity(landmarks, alignment_template(size, face_fraction))
-    crop = cv2.warpAffine(img_bgr, M, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    return crop, M
+    return warp_rounded(img_bgr, M, size), M
+
+
+def warp_rounded(img: np.ndarray, M: np.ndarray, size: int) -> np.ndarray:
+    """``[size, size, C]`` uint8: the bilinear warp of ``img`` ([H, W, C] uint8) by ``M`` ([2, 3], source ->
+    crop pixels), computed in float32 on the source pixels under the crop and rounded (black outside)."""
+    corners = np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]], np.float64)
+    inverse = cv2.invertAffineTransform(M)
+    source = corners @ inverse[:, :2].T + inverse[:, 2]
+    h, w = img.shape[:2]
+    x0, y0 = np.clip(np.floor(source.min(axis=0)).astype(int) - 1, 0, [w, h])
+    x1, y1 = np.clip(np.ceil(source.max(axis=0)).astype(int) + 2, 0, [w, h])
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((size, size, img.shape[2]), np.uint8)
+    shifted = M.copy()
+    shifted[:, 2] += M[:, :2] @ [x0, y0]  # the region's pixel (0, 0) is the image's (x0, y0)
+    region = img[y0:y1, x0:x1].astype(np.float32)
+    crop = cv2.warpAffine(region, shifted, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    return np.rint(crop).clip(0, 255).astype(np.uint8)

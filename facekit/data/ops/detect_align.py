@@ -6,9 +6,11 @@ A JPEG much larger than the detector input is decoded at 1/2, 1/4 or 1/8 in the 
 is aligned from that same image when it still holds at least the crop's resolution over the face (the
 similarity onto the template is a downscale); otherwise the photo is decoded again at the largest
 reduction that does (at worst full size), so the shortcut never loses detail the crop could show.
-Boxes, ``min_face_size`` and the reports are in full-resolution source pixels either way. A photo whose
-shorter side is below ``min_face_size`` cannot hold a face that is kept: it is rejected as ``too_small``
-before detection (rather than as ``no_face``).
+``align.decode: full`` aligns every reduced photo from its full-size decode instead (the DCT-reduced pixels
+differ from a bilinear warp of the full-size ones by ~1 grey level on average). The crop is stored as
+``align.storage`` says (:func:`~facekit.data.images.encode_crop`). Boxes, ``min_face_size`` and the reports
+are in full-resolution source pixels either way. A photo whose shorter side is below ``min_face_size``
+cannot hold a face that is kept: it is rejected as ``too_small`` before detection (rather than as ``no_face``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from facekit.data.images import (
     ReducedImage,
     decode_image,
     decode_image_reduced,
-    encode_jpeg,
+    encode_crop,
 )
 from facekit.data.ops.align import ARCFACE_TEMPLATE, align_face, transform_points
 from facekit.data.ops.detect import Detections, FaceDetector, create_detector, select_face
@@ -91,7 +93,7 @@ def align_record(raw: RawRecord, detect: DetectParams, align: AlignParams) -> Fa
     crop, m, points = _align_without_loss(raw, view, dets.landmarks[i], detect, align)
     return FaceRecord(
         key=raw.key,
-        image=encode_jpeg(crop, align.jpeg_quality),
+        image=encode_crop(crop, align.storage, align.jpeg_quality),
         identity=raw.identity,
         landmarks=transform_points(points, m).astype(np.float32),
         bbox=dets.boxes[i].astype(np.float32),
@@ -114,7 +116,8 @@ def _align_without_loss(
     raw: RawRecord, view: ReducedImage, landmarks: np.ndarray, detect: DetectParams, align: AlignParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Align from ``view`` if its similarity onto the template is a downscale (scale <= 1), else from the
-    most reduced decode where it is (at worst full size). ``landmarks``: [5, 2] full-resolution pixels.
+    most reduced decode where it is (at worst full size; always full size with ``align.decode: full``).
+    ``landmarks``: [5, 2] full-resolution pixels.
 
     Returns (crop [size, size, 3] uint8 BGR, M [2, 3] from the aligned image's pixels, landmarks [5, 2]
     in those pixels).
@@ -122,10 +125,12 @@ def _align_without_loss(
     points = view.from_full(landmarks)
     crop, m = align_face(view.pixels, points, size=align.size, face_fraction=align.face_fraction)
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # crop pixels per view pixel
-    if scale <= 1.0 or view.reduction == 1:
+    if view.reduction == 1 or (scale <= 1.0 and align.decode == "reduced"):
         return crop, m, points
-    full_scale = scale / view.reduction
-    reduction = next(r for r in DCT_REDUCTIONS if r == 1 or (r < view.reduction and full_scale * r <= 1.0))
+    reduction = 1
+    if align.decode == "reduced":
+        full_scale = scale / view.reduction
+        reduction = next(r for r in DCT_REDUCTIONS if r == 1 or (r < view.reduction and full_scale * r <= 1.0))
     channel_order = raw.meta.get("channel_order", "rgb")
     view = decode_image_reduced(
         raw.data, max_reduction=reduction, max_pixels=detect.max_pixels, channel_order=channel_order
@@ -136,14 +141,14 @@ def _align_without_loss(
 
 
 def _already_aligned(raw: RawRecord, img: np.ndarray, sha: str, align: AlignParams) -> FaceRecord | Rejection:
-    """Sources such as MS1MV2/3 hold ArcFace-aligned crops: keep them, resized to ``align.size``."""
+    """Sources such as MS1MV2/3 hold ArcFace-aligned crops: keep them, resized to ``align.size``. An RGB JPEG of
+    that size is kept as it is whatever ``align.storage`` says: re-encoding cannot undo its loss."""
     h, w = img.shape[:2]
     if h != w:
         return Rejection(raw.key, "not_aligned", f"assume_aligned needs square crops, got {w}x{h}")
-    # an RGB JPEG of the right size is kept as it is: no needless re-encode
     reusable = w == align.size and raw.meta.get("channel_order", "rgb") == "rgb" and raw.data[:2] == JPEG_SOI
     resized = cv2.resize(img, (align.size, align.size), interpolation=cv2.INTER_AREA)
-    data = raw.data if reusable else encode_jpeg(resized, align.jpeg_quality)
+    data = raw.data if reusable else encode_crop(resized, align.storage, align.jpeg_quality)
     return FaceRecord(
         key=raw.key,
         image=data,
