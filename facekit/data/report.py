@@ -87,6 +87,16 @@ class StageReport:
         _replace(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         fault_point("report_written")
 
+    @classmethod
+    def load(cls, path: Path) -> StageReport:
+        """The report :meth:`write` wrote to ``path`` (its extra is not read back)."""
+        d = json.loads(path.read_text())
+        rep = cls(stage=d["stage"], read=d["read"], written=d["written"])
+        for line in path.with_suffix(".rejections.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            rep.reject(r["key"], r["reason"], r["detail"])
+        return rep
+
     def to_json(self) -> dict:
         """Everything, rejections in order and ``extra`` apart: what a shard stores of its stage's report."""
         return {
