@@ -114,6 +114,13 @@ class StageReport:
         return cls(d["stage"], d["read"], d["written"], rejections, dict(d["extra"])).check()
 
 
+def withdraw_report(path: Path) -> None:
+    """Remove the report at ``path`` (the metrics JSON, then its rejections). A stage calls this before it
+    changes its outputs, so a report on disk always describes outputs of a run that completed."""
+    for file in (path, path.with_suffix(".rejections.jsonl")):
+        file.unlink(missing_ok=True)
+
+
 def _replace(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file renamed over it."""
     tmp = path.with_name(path.name + ".tmp")

@@ -9,8 +9,10 @@ report as a rejection with its reason; each photo goes through
 A shard's report (its counts and rejections) is stored inside the shard and becomes visible with it, in
 one rename; a re-run (after a crash or ``kill -9`` at any point) keeps the complete shards made with the
 same parameters, redoes the others and derives the stage report from the shards' reports, so it gives
-the content and counts of an uninterrupted run. The crash tests stop the stage right after each of its
-writes with ``FACEKIT_FAULT`` (:mod:`facekit.data.faults` lists the points).
+the content and counts of an uninterrupted run. The stage report is withdrawn when the stage starts and
+written (atomically) when it ends: a report on disk describes the shards of a completed run. The crash
+tests stop the stage right after each of its writes with ``FACEKIT_FAULT`` (:mod:`facekit.data.faults`
+lists the points).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from facekit.config import Params, PathsParams, section_hash
 from facekit.data.ops.detect_align import align_record, load_detector
 from facekit.data.record import FaceRecord, Rejection
-from facekit.data.report import StageReport
+from facekit.data.report import StageReport, withdraw_report
 from facekit.data.shards import ShardError, ShardReader, ShardWriter
 from facekit.data.sources import open_source
 from facekit.data.sources.base import Source, SourceError
@@ -126,6 +128,7 @@ def run_detect_align(
 def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:
     """The stage: every source record into ``paths.aligned``, the report ``<metrics>/detect_align.json`` and a
     grid of the aligned faces ``<plots>/detect_align.png``."""
+    withdraw_report(paths.report("detect_align"))
     out = Path(paths.aligned)
     result = run_detect_align(params, out, progress=progress, shard_map=shard_map)
     result.write(paths.report("detect_align"))

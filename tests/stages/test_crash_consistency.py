@@ -112,6 +112,7 @@ def test_a_stage_killed_after_a_write_reruns_to_the_uninterrupted_outputs(
     root = shutil.copytree(clean["root"], tmp_path / "p")
     shutil.rmtree(root / STAGES[stage])
     assert _stage(root, stage, fault=point) == FAULT_EXIT_CODE, f"{point} was never reached"
+    assert (root / f"m/{stage}.json").exists() == (point == "report_written")  # no report of other shards
     assert _stage(root, stage) == 0
     assert _outputs(root, stage) == clean["outputs"][stage]
 
@@ -124,5 +125,6 @@ def test_detect_align_killed_over_the_shards_of_other_settings_reruns_to_the_uni
     replaces those shards, then a re-run: no shard keeps the other run's counts or rejections."""
     root = shutil.copytree(clean["other"], tmp_path / "p")
     assert _stage(root, "detect_align", fault=point) == FAULT_EXIT_CODE, f"{point} was never reached"
+    assert (root / "m/detect_align.json").exists() == (point == "report_written")
     assert _stage(root, "detect_align") == 0
     assert _outputs(root, "detect_align") == clean["outputs"]["detect_align"]
