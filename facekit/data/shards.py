@@ -2,12 +2,14 @@
 
 A shard is an LMDB directory ``<name>.lmdb/``. Record ``i`` is stored under ``b"%09d" % i`` as
 ``FaceRecord.to_bytes()``; ``b"__meta__"`` holds JSON metadata: ``schema_version``, ``count``,
-``content_hash`` (see :func:`content_hash`) and the caller's meta (``identities``, ``params_hash``, ...).
-Metadata carries no timestamps, so identical inputs give identical shards.
+``content_hash`` (see :func:`content_hash`) and the caller's meta (``identities``, ``params_hash``, ...);
+``b"__report__"`` holds the JSON report of the stage that wrote the shard (what it read, wrote and rejected
+for it), when the stage sets one. Metadata carries no timestamps, so identical inputs give identical shards.
 
 Writers build into ``<name>.lmdb.tmp`` and rename into place on close: a killed writer never leaves a
-shard that looks complete. Readers open read-only without a lock file (``lock=False``), lazily and once
-per process, so they are safe to hand to forking DataLoader workers and never modify a DVC output.
+shard that looks complete, and a shard's records, metadata and report become visible together. Readers
+open read-only without a lock file (``lock=False``), lazily and once per process, so they are safe to hand
+to forking DataLoader workers and never modify a DVC output.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from typing import Any
 
 import lmdb
 
+from facekit.data.faults import fault_point
 from facekit.data.record import SCHEMA_VERSION, FaceRecord
 
 META_KEY = b"__meta__"
+REPORT_KEY = b"__report__"
 INDEX_NAME = "index.json"
 TMP_SUFFIX = ".tmp"
 #: Keys the writer computes itself; caller meta may not set them.
@@ -88,7 +92,8 @@ class ShardWriter:
     """Write one shard; a context manager. Records get consecutive indices in ``put`` order.
 
     ``meta`` (JSON-serialisable, e.g. ``identities`` and ``params_hash``) is stored in the metadata
-    record; a transaction is committed every ``commit_every`` puts. On an exception inside ``with`` the
+    record; ``report``, when set before :meth:`close`, is stored with it (the stage's JSON report of this
+    shard). A transaction is committed every ``commit_every`` puts. On an exception inside ``with`` the
     temporary directory is removed and nothing is renamed.
     """
 
@@ -114,6 +119,7 @@ class ShardWriter:
         if commit_every < 1:
             raise ValueError(f"{self.path}: commit_every must be at least 1, got {commit_every}")
         self.commit_every = commit_every
+        self.report: dict | None = None
         self.count = 0
         self.nbytes = 0
         self._hash = hashlib.sha256()
@@ -141,6 +147,7 @@ class ShardWriter:
         _hash_value(self._hash, value)
         self.count += 1
         self.nbytes += len(value)
+        fault_point("shard_record_put")
         if self.count % self.commit_every == 0:
             self._txn.commit()
             self._txn = self._env.begin(write=True)
@@ -154,16 +161,21 @@ class ShardWriter:
         digest = self._hash.hexdigest()
         meta = {"schema_version": SCHEMA_VERSION, "count": self.count, "content_hash": digest, **self.meta}
         self._txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+        if self.report is not None:
+            self._txn.put(REPORT_KEY, json.dumps(self.report, sort_keys=True).encode())
         self._txn.commit()
         self._txn = None
         self._env.sync(True)
         self._env.close()
         _remove(self._tmp / "lock.mdb")
+        fault_point("shard_committed")
         old = self.path.with_name(self.path.name + ".old")
         _remove(old)
         if self.path.exists():
             self.path.rename(old)
+            fault_point("shard_moved_aside")
         self._tmp.rename(self.path)
+        fault_point("shard_renamed")
         _remove(old)
         _fsync_dir(self.path.parent)
         self._info = ShardInfo(self.path, self.count, digest, self.nbytes)
@@ -301,6 +313,7 @@ def write_index(
     tmp = path.with_name(INDEX_NAME + TMP_SUFFIX)
     tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+    fault_point("index_written")
     return path
 
 
@@ -415,6 +428,17 @@ class ShardReader:
         assert self._meta is not None
         return self._meta
 
+    @property
+    def report(self) -> dict | None:
+        """The report its stage stored with the shard (see :class:`ShardWriter`), or None."""
+        value = self._open().get(REPORT_KEY)
+        if value is None:
+            return None
+        try:
+            return json.loads(value)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardError(f"{self.path}: unreadable report: {e}") from None
+
     def __len__(self) -> int:
         return int(self.meta["count"])
 
@@ -468,9 +492,9 @@ def verify_shard(path: Path) -> ShardInfo:
     try:
         meta = reader.meta
         reader._open()
-        entries = reader._env.stat()["entries"]
-        if entries != meta["count"] + 1:
-            raise ShardError(f"{reader.path}: {entries - 1} records stored, metadata says {meta['count']}")
+        records = reader._env.stat()["entries"] - 1 - (reader.report is not None)
+        if records != meta["count"]:
+            raise ShardError(f"{reader.path}: {records} records stored, metadata says {meta['count']}")
         nbytes = 0
 
         def values() -> Iterator[bytes]:

@@ -5,6 +5,14 @@ shard id), so the same code runs serially, in a local process pool (:func:`run_d
 out by Prefect over Dask workers. Every key of the source ends up either in the shard or in the shard's
 report as a rejection with its reason; each photo goes through
 :func:`~facekit.data.ops.detect_align.align_record`.
+
+A shard's report (its counts and rejections) is stored inside the shard and becomes visible with it, in
+one rename; a re-run (after a crash or ``kill -9`` at any point) keeps the complete shards made with the
+same parameters, redoes the others and derives the stage report from the shards' reports, so it gives
+the content and counts of an uninterrupted run. The stage report is withdrawn when the stage starts and
+written (atomically) when it ends: a report on disk describes the shards of a completed run. The crash
+tests stop the stage right after each of its writes with ``FACEKIT_FAULT`` (:mod:`facekit.data.faults`
+lists the points).
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ from tqdm import tqdm
 from facekit.config import Params, PathsParams, section_hash
 from facekit.data.ops.detect_align import align_record, load_detector
 from facekit.data.record import FaceRecord, Rejection
-from facekit.data.report import StageReport
-from facekit.data.shards import ShardReader, ShardWriter
+from facekit.data.report import StageReport, withdraw_report
+from facekit.data.shards import ShardError, ShardReader, ShardWriter
 from facekit.data.sources import open_source
 from facekit.data.sources.base import Source, SourceError
 from facekit.stages.pack import save_face_grid
@@ -34,16 +42,15 @@ def stage_hash(params: Params) -> str:
 
 
 def detect_align_shard(params: Params, shard_id: int, out_dir: Path) -> StageReport:
-    """Process the source keys of one shard into ``out_dir/shard-NNNNN.lmdb`` (+ its report).
+    """Process the source keys of one shard into ``out_dir/shard-NNNNN.lmdb``, its report stored in it.
 
     A shard already complete with the same parameters is kept as it is (resume after a crash).
     """
-    name = shard_name(shard_id)
-    shard_path, report_path = out_dir / f"{name}.lmdb", out_dir / f"{name}.json"
+    shard_path = out_dir / f"{shard_name(shard_id)}.lmdb"
     phash = stage_hash(params)
-    done = shard_path.is_dir() and report_path.is_file()
-    if done and ShardReader(shard_path).meta.get("params_hash") == phash:
-        return StageReport.load(report_path)
+    done = _complete_report(shard_path, phash)
+    if done is not None:
+        return done
     if params.detect.assume_aligned and params.align.face_fraction != 1.0:
         raise ValueError("assume_aligned sources are ArcFace crops: align.face_fraction must be 1.0")
     source = open_source(params.source.spec())
@@ -59,8 +66,22 @@ def detect_align_shard(params: Params, shard_id: int, out_dir: Path) -> StageRep
             else:
                 writer.put(result)
                 report.written += 1
-    report.check().write(report_path)
+        writer.report = report.check().to_json()
     return report
+
+
+def _complete_report(shard_path: Path, params_hash: str) -> StageReport | None:
+    """The stored report of the shard at ``shard_path`` when it was made with ``params_hash``, else None."""
+    if not shard_path.is_dir():
+        return None
+    reader = ShardReader(shard_path)
+    try:
+        stored = reader.report if reader.meta.get("params_hash") == params_hash else None
+    except ShardError:  # not a shard of this facekit: it is rewritten
+        return None
+    finally:
+        reader.close()
+    return None if stored is None else StageReport.from_json(stored)
 
 
 def _process_key(source: Source, key: str, params: Params) -> FaceRecord | Rejection:
@@ -84,7 +105,7 @@ def run_detect_align(
     if not params.detect.assume_aligned:
         load_detector(params.detect)  # a missing or broken model fails here, before any photo is read
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("*.tmp"):
+    for stale in [*out_dir.glob("*.tmp"), *out_dir.glob("*.old")]:  # left by a killed run
         shutil.rmtree(stale)
     n = params.sharding.num_shards
     sizes = Counter(shard_of(key, n) for key in open_source(params.source.spec()).keys())
@@ -107,6 +128,7 @@ def run_detect_align(
 def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:
     """The stage: every source record into ``paths.aligned``, the report ``<metrics>/detect_align.json`` and a
     grid of the aligned faces ``<plots>/detect_align.png``."""
+    withdraw_report(paths.report("detect_align"))
     out = Path(paths.aligned)
     result = run_detect_align(params, out, progress=progress, shard_map=shard_map)
     result.write(paths.report("detect_align"))

@@ -27,7 +27,7 @@ from facekit.config import LandmarkParams, Params, PathsParams, section_hash
 from facekit.data.images import ImageError, decode_crop_rgb
 from facekit.data.ops.landmarks import DENSE_KEY, FaceMesh, MeshResult, agreement, mesh_aligned_face
 from facekit.data.record import FaceRecord
-from facekit.data.report import StageReport
+from facekit.data.report import StageReport, withdraw_report
 from facekit.data.shards import ShardReader, ShardWriter
 from facekit.stages.shard_folders import shard_to_shard_ids
 from facekit.stages.shard_map import ShardMap, process_map
@@ -143,6 +143,7 @@ def run_landmarks(
 def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:
     """The stage: dense landmarks for every face of ``paths.aligned`` into ``paths.landmarks`` (faces the
     mesh fails on are rejected), the report ``<metrics>/landmarks.json``."""
+    withdraw_report(paths.report("landmarks"))
     aligned, out = Path(paths.aligned), Path(paths.landmarks)
     result = run_landmarks(params, params.landmarks, aligned, out, progress=progress, shard_map=shard_map)
     result.write(paths.report("landmarks"))

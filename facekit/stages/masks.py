@@ -29,7 +29,7 @@ from facekit.data.images import crop_storage, decode_crop_rgb, encode_crop
 from facekit.data.ops.landmarks import DENSE_KEY
 from facekit.data.ops.masks import MaskTemplate, is_selected, load_templates, mask_face
 from facekit.data.record import FaceRecord
-from facekit.data.report import StageReport
+from facekit.data.report import StageReport, withdraw_report
 from facekit.data.shards import ShardReader, ShardWriter, read_index
 from facekit.eval.embedder import OnnxEmbedder
 from facekit.eval.identity_pairs import AUTO, identity_pairs
@@ -211,6 +211,7 @@ def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None
     """The stage: every face of ``paths.landmarks`` into ``paths.masked``, some with a masked twin; the report
     ``<metrics>/masks.json`` (with ``masks.quality_pairs`` set, the masked-face accuracy drop too) and the
     holistic / masked pairs ``<plots>/masks.png``."""
+    withdraw_report(paths.report("masks"))
     out = Path(paths.masked)
     result = run_masks(params, params.masks, Path(paths.landmarks), out, progress=progress, shard_map=shard_map)
     shards = sorted(out.glob("shard-*.lmdb"))

@@ -20,7 +20,7 @@ from facekit.config import Params, PathsParams, section_hash
 from facekit.data.grid import save_grid
 from facekit.data.images import decode_crop_rgb
 from facekit.data.record import Rejection
-from facekit.data.report import StageReport
+from facekit.data.report import StageReport, withdraw_report
 from facekit.data.shards import ShardInfo, ShardReader, ShardSetWriter, read_index, write_index
 from facekit.stages.shard_map import ShardMap, process_map
 
@@ -121,6 +121,7 @@ def save_face_grid(shards: list[Path], path: Path, count: int) -> Path:
 def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:
     """The stage: the faces of ``paths.masked`` de-duplicated and packed into ``paths.shards``, the report
     ``<metrics>/pack.json`` and a grid of the packed faces ``<plots>/faces.png``."""
+    withdraw_report(paths.report("pack"))
     out = Path(paths.shards)
     result = run_pack(params, Path(paths.masked), out, progress=progress, shard_map=shard_map)
     result.write(paths.report("pack"))

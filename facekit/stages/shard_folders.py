@@ -15,6 +15,6 @@ def shard_to_shard_ids(stage: str, in_dir: Path, out_dir: Path, missing_hint: st
     if out_dir.resolve() == in_dir.resolve():
         raise ValueError(f"the {stage} stage cannot write into its input folder {in_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.tmp"), *out_dir.glob("shard-*.lmdb")]:
+    for stale in [*out_dir.glob("*.tmp"), *out_dir.glob("*.old"), *out_dir.glob("shard-*.lmdb")]:
         shutil.rmtree(stale)
     return [int(path.stem.split("-")[1]) for path in shards]

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 import facekit.data.shards as shards_module
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.record import SCHEMA_VERSION, FaceRecord
+from facekit.data.report import StageReport
 from facekit.data.shards import (
     META_KEY,
     ShardError,
@@ -312,6 +313,24 @@ def test_verify_shard_catches_tampering(crops, tmp_path):
     _rewrite_entry(path, record_key(10), records[4].to_bytes())
     with pytest.raises(ShardError, match=r"t\.lmdb: 11 records stored"):
         verify_shard(path)
+
+
+def test_a_stage_report_is_stored_with_the_records_and_read_back(crops, tmp_path):
+    """The writer's report commits with the records; it is not a record and not in the content hash."""
+    records = make_records(crops, 6)
+    report = StageReport("detect_align", read=8, written=6, extra={"kept": 1.0})
+    report.reject("t/a/7", "no_face", "0 faces")
+    report.reject("t/a/2", "not_an_image", "text")
+    path = tmp_path / "t.lmdb"
+    with ShardWriter(path) as writer:
+        for record in records:
+            writer.put(record)
+        writer.report = report.to_json()
+    reader = ShardReader(path)
+    assert len(reader) == 6 and reader.meta["content_hash"] == content_hash(r.to_bytes() for r in records)
+    assert StageReport.from_json(reader.report) == report  # rejections keep their order
+    assert verify_shard(path).count == 6
+    assert ShardReader(write_shard(tmp_path / "plain.lmdb", records).path).report is None
 
 
 WRITER_SCRIPT = """
