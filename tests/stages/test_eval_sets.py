@@ -16,7 +16,7 @@ from facekit.config import load_params
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import ShardReader, read_index
 from facekit.data.sources.verification_bin import load_verification_bin
-from facekit.eval.make_bin import AlignedFaces, read_pairs
+from facekit.eval.make_bin import AlignedFaces, landmarks_path, read_pairs
 from facekit.stages import eval_sets
 from facekit.stages.eval_sets import set_paths
 from facekit.stages.finetune import without_identities
@@ -74,6 +74,8 @@ def test_held_out_sets_pair_only_the_people_fine_tuning_leaves_out(in_project: P
         assert counts[name]["pairs"] + counts[name]["dropped"] + counts["other_identities"] == 280, name
         vbin = load_verification_bin(path)
         assert all(img in held_images | held_twins for img in vbin.images)
+        # the faces' mesh points go with them (LAFS mesh models embed with them)
+        assert np.load(landmarks_path(path)).shape == (len(vbin.images), 196, 2), name
     assert counts["sample"]["pairs"] == 139  # pairs of two held-out photos in pairs.csv (102 same)
     assert counts["sample"]["same"] == 102
     dataset = FaceShardDataset(Path("data/shards"))
