@@ -71,6 +71,18 @@ def always_changed_stages(root: Path | str = ".") -> list[str]:
         return [s.addressing for s in repo.index.stages if getattr(s, "always_changed", False)]
 
 
+def upstream_closure(stage: str, upstream: dict[str, list[str]]) -> set[str]:
+    """Every stage ``stage`` depends on, directly or through others (``upstream``: stage -> direct upstream)."""
+    found: set[str] = set()
+    todo = list(upstream.get(stage, []))
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo.extend(upstream.get(name, []))
+    return found
+
+
 def is_gpu_stage(stage: str, gpu_stages: tuple[str, ...]) -> bool:
     """Whether ``stage`` (``pretrain@mae``, ``pack``, ``sub/dvc.yaml:pretrain@mae``) belongs on the GPU pool:
     its name before ``@`` is listed."""
@@ -142,10 +154,14 @@ def full_chain(
     worker in its pool, see :func:`wait_for_run`). Returns ``{stage: "ran" | "up to date"}`` in
     topological order; any failing stage fails the flow (stages downstream of it do not run)."""
     cpu_stage = dvc_repro.with_options(task_run_name="{stage}")
-    refreshed = always_changed_stages()
-    for stage in refreshed:  # first, so that the stages after them are judged on their fresh output
-        cpu_stage(stage, single_item=True)
     order, upstream, stale = read_dag()
+    # always-changed stages with nothing stale upstream run first, so that the stages after them are judged
+    # on their fresh output; the others run in their place, after their upstream stages
+    refreshed = [s for s in always_changed_stages() if not upstream_closure(s, upstream) & stale]
+    for stage in refreshed:
+        cpu_stage(stage, single_item=True)
+    if refreshed:
+        order, upstream, stale = read_dag()
     futures: dict[str, PrefectFuture[Any]] = {}
     for stage in order:
         if stage in refreshed:
