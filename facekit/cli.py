@@ -429,6 +429,14 @@ def _cmd_leaderboard(args: argparse.Namespace) -> str:
     return leaderboard.run(params, params.paths)
 
 
+def _cmd_readme(args: argparse.Namespace) -> str:
+    from facekit.config import load_params
+    from facekit.stages import leaderboard
+
+    params = load_params(args.params)
+    return leaderboard.write_readme(params, params.paths, Path(args.readme))
+
+
 def _train_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pre-training: one run of params.yaml's pretrain.runs")
     p.add_argument("run", metavar="RUN", help="run name under pretrain.runs (e.g. mae, mcf, camd)")
@@ -450,6 +458,11 @@ def _train_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("leaderboard", help="one row per method: verification, masked verification, images/s")
     _add_params_option(p)
     p.set_defaults(func=_cmd_leaderboard)
+
+    p = sub.add_parser("readme", help="the README's sample tables from the sample's metrics/leaderboard.json")
+    p.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
+    _add_params_option(p)
+    p.set_defaults(func=_cmd_readme)
 
 
 def build_parser() -> argparse.ArgumentParser:

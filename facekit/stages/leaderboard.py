@@ -13,6 +13,9 @@ it gathers what the chain measured:
 
 and writes ``<metrics>/leaderboard.json`` (``{run: {rank, method, ...}}``, DVC metrics) and
 ``<metrics>/leaderboard.md`` (a Markdown table, best holistic accuracy first; :mod:`facekit.eval.leaderboard`).
+
+``facekit readme`` copies the sample's ``leaderboard.json`` to :data:`README_BOARD` and writes the README's
+tables between their markers from it (:func:`render_readme`); a test fails when the README drifts from it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from facekit.nn import backbones
 from facekit.stages.eval_sets import MASKED_SUFFIX
 from facekit.stages.verify import REFERENCE
 from facekit.train.metrics_log import METRICS_NAME
+
+README_BOARD = Path("docs/sample_leaderboard.json")  # the sample run the README shows, committed
+README_BLOCKS = ("sample-knn", "sample-leaderboard")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -108,3 +114,37 @@ def run(params: Params, paths: PathsParams) -> str:
     best, row = next(iter(board.items()))
     accuracy = row["holistic_accuracy"]
     return f"leaderboard: {len(board)} runs; best {best} ({accuracy:.4f} holistic) -> {table}"
+
+
+def knn_table(board: dict[str, dict[str, Any]]) -> str:
+    """The representation check of every pre-trained run as a Markdown table (rows in leaderboard order)."""
+    lines = ["| run | pre-training steps | kNN learned / random init |", "|---|---|---|"]
+    for name, row in board.items():
+        if "knn_accuracy" in row:
+            learned, random_init = row["knn_accuracy"], row["knn_accuracy_random_init"]
+            lines.append(f"| `{name}` | {row['pretrain_steps']} | {learned:.3f} / {random_init:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_readme(text: str, board: dict[str, dict[str, Any]], set_name: str) -> str:
+    """``text`` with each block of :data:`README_BLOCKS` (between ``<!-- NAME:start -->`` and
+    ``<!-- NAME:end -->``) replaced by its table generated from ``board``."""
+    tables = {"sample-knn": knn_table(board), "sample-leaderboard": markdown_table(board, set_name)}
+    for name in README_BLOCKS:
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        head, found, rest = text.partition(start)
+        _, found_end, tail = rest.partition(end)
+        if not (found and found_end):
+            raise ValueError(f"the README has no {start} ... {end} block")
+        text = f"{head}{start}\n{tables[name]}{end}{tail}"
+    return text
+
+
+def write_readme(params: Params, paths: PathsParams, readme: Path) -> str:
+    """``facekit readme``: copy ``<metrics>/leaderboard.json`` to :data:`README_BOARD` and regenerate the
+    README's tables from it; returns a one-line summary."""
+    board_text = paths.report("leaderboard").read_text()
+    README_BOARD.parent.mkdir(parents=True, exist_ok=True)
+    README_BOARD.write_text(board_text)
+    readme.write_text(render_readme(readme.read_text(), json.loads(board_text), params.verify.name))
+    return f"readme: {len(README_BLOCKS)} tables of {readme} from {README_BOARD}"
