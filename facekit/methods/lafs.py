@@ -183,20 +183,7 @@ class LAFS(DINO):
     """
 
     num_landmarks = len(MESH_196)
-    recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 164,
-        "epochs": 41,
-        "optimizer": "adamw",
-        "blr": 5e-4,
-        "min_lr": 1e-6,
-        "warmup_epochs": 10,
-        "weight_decay": 0.04,
-        "weight_decay_end": 0.4,
-        "clip_grad": 3.0,
-        "clip_mode": "per_parameter",
-        "ema_momentum": 0.996,
-        "ema_momentum_end": 1.0,
-    }
+    recipe: ClassVar[dict[str, Any]] = {**DINO.recipe, "batch_size": 164, "epochs": 41}  # else DINO's
 
     def __init__(
         self,

@@ -51,7 +51,6 @@ def test_a_recordio_source_is_its_rec_idx_and_property(tmp_path: Path) -> None:
 
 def test_an_hf_source_runs_from_params_yaml(tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``source: {type: hf, ...}`` in params.yaml: its own keys are checked, scan and detect_align read it."""
-    pytest.importorskip("datasets")
     for person, photo in (("alice", "img1.jpg"), ("bob", "img2.jpg")):
         (tmp_path / "faces" / person).mkdir(parents=True)
         shutil.copy(assets / "faces/deepface" / photo, tmp_path / "faces" / person / photo)
