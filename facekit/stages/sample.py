@@ -1,8 +1,10 @@
-"""The ``sample`` stage: the shared sample photos, laid out as identity folders.
+"""The ``sample`` stage: a set of shared photos, laid out as identity folders.
 
-``<assets>/faces/deepface/identities.csv`` (``file,identity_id``) names 61 photos of 13 people; they
-are copied to ``<out>/id<NN>/<file>``, the VGGFace2 / WebFace layout the folder source reads. A real
-user points ``source`` in params.yaml at VGGFace2, WebFace or a ``.rec`` instead.
+``<assets>/<photos>/identities.csv`` names each photo and its person, either ``file,identity_id``
+(``faces/deepface``: 61 photos of 13 people, copied to ``<out>/id<NN>/<file>``) or ``file,identity``
+(``faces/celeba_medium``: copied to ``<out>/<identity>/<file name>``), the VGGFace2 / WebFace layout
+the folder source reads. A real user points ``source`` in params.yaml at VGGFace2, WebFace or a
+``.rec`` instead.
 """
 
 from __future__ import annotations
@@ -27,14 +29,21 @@ def run_sample(params: SampleParams, assets: Path, out: Path | None = None) -> S
         shutil.rmtree(out)
     report = StageReport("sample")
     with table.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    columns = set(reader.fieldnames or ())
+    if "file" not in columns or not columns & {"identity_id", "identity"}:
+        raise ValueError(f"{table}: needs the columns file and identity_id (or identity), found {sorted(columns)}")
     for row in rows:
         report.read += 1
         src = photos / row["file"]
         if not src.is_file():
             report.reject(row["file"], "missing_file", str(src))
             continue
-        dst = out / f"id{int(row['identity_id']):02d}" / row["file"]
+        if "identity_id" in row:
+            dst = out / f"id{int(row['identity_id']):02d}" / row["file"]
+        else:
+            dst = out / row["identity"] / Path(row["file"]).name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         report.written += 1
