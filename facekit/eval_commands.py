@@ -35,7 +35,7 @@ def _run_bin(args: argparse.Namespace) -> str:
         ]
     except FaceSizeError as e:
         raise ValueError(f"{e}; pass --resize to resize the faces to the model's input") from None
-    write_reports(results, args.metrics, args.plots)
+    write_reports(results, args.metrics, args.plots, title=f"{Path(args.model).stem}: verification ROC")
     return "\n".join(r.summary() for r in results)
 
 
@@ -44,7 +44,8 @@ def _run_pairs(args: argparse.Namespace) -> str:
     result = evaluate_pairs(
         args.folder, args.pairs, model, detector=_detector(args), flip=not args.no_flip, n_folds=args.folds
     )
-    write_reports([result], args.metrics, args.plots)
+    title = f"{Path(args.model).stem} on {result.name}: verification ROC, AUC {result.verification.auc:.3f}"
+    write_reports([result], args.metrics, args.plots, title=title)
     return result.summary()
 
 
@@ -70,7 +71,11 @@ def _run_ijb(args: argparse.Namespace) -> str:
         detector_score_weighting=not args.no_detector_score,
     )
     write_metrics({result.target: result.metrics()}, args.metrics)
-    write_roc({result.target: (result.fpr, result.tpr)}, args.plots, title=f"{result.target.upper()} 1:1 ROC")
+    write_roc(
+        {result.target: (result.fpr, result.tpr)},
+        args.plots,
+        title=f"{Path(args.model).stem} on {result.target.upper()}: 1:1 ROC, AUC {result.auc:.3f}",
+    )
     return result.summary()
 
 

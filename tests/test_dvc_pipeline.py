@@ -28,6 +28,10 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return _run([str(Path(sys.executable).parent / "dvc"), *args], repo)
 
 
+def _git_status(repo: Path) -> str:
+    return _run(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout
+
+
 def _ran(output: str) -> set[str]:
     return {s for s in STAGES if f"Running stage '{s}'" in output}
 
@@ -72,11 +76,32 @@ def test_repro_runs_the_sample_end_to_end_then_does_nothing(repo: Path) -> None:
     assert 0 < board["mae"]["knn_accuracy"] <= 1 and 0 < board["mae"]["knn_accuracy_random_init"] <= 1
     assert "| mae | mae |" in (repo / "metrics/leaderboard.md").read_text()
     assert _up_to_date(repo)
+    assert (repo / "plots/leaderboard_roc.png").is_file()
+    shown = _dvc(repo, "metrics", "show").stdout  # the data stages' counts and each run's verification
+    assert "metrics/pack.json" in shown and "metrics/verify/mae.json" in shown, shown
+    assert "leaderboard" not in shown and "final_loss" not in shown and max(map(len, shown.splitlines())) < 800
+    assert _git_status(repo) == "?? dvc.lock\n"  # the run adds its lock and nothing else to the clone
+    _run(["git", "add", "dvc.lock"], repo)
+    _run(["git", "-c", "user.name=facekit", "-c", "user.email=ci@facekit", "commit", "-qm", "lock"], repo)
 
     second = _dvc(repo, "repro")
     assert second.returncode == 0, second.stderr
     assert _ran(second.stdout) == {"scan"}  # a stat of each source file; its unchanged manifest keeps the rest
-    assert _up_to_date(repo)
+    assert _up_to_date(repo) and _git_status(repo) == ""
+
+
+@pytest.mark.slow
+def test_every_stage_run_again_records_the_same_lock(repo: Path) -> None:
+    """Run times stay out of every output DVC hashes (a run's timing.json is .dvcignored), so a clean clone's
+    `make sample` leaves the committed dvc.lock as it was: `git status` stays clean."""
+    if not (repo / "dvc.lock").is_file():
+        assert _dvc(repo, "repro").returncode == 0
+        _run(["git", "add", "dvc.lock"], repo)
+        _run(["git", "-c", "user.name=facekit", "-c", "user.email=ci@facekit", "commit", "-qm", "lock"], repo)
+    again = _dvc(repo, "repro", "--force", "--no-run-cache")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _ran(again.stdout) == set(STAGES)
+    assert _git_status(repo) == "", _run(["git", "diff"], repo).stdout
 
 
 @pytest.mark.slow
@@ -97,7 +122,7 @@ def test_changing_a_fine_tuning_param_keeps_the_data_and_the_pre_training(repo: 
     if not (repo / "dvc.lock").is_file():
         assert _dvc(repo, "repro").returncode == 0
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["finetune"]["runs"]["mae"] = {"margin": "cosface"}
+    params["finetune"]["runs"]["mae"] = {"margin_kwargs": {"s": 30.0, "m": 0.3}}  # another model
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = _dvc(repo, "repro")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr

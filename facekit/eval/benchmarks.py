@@ -19,9 +19,11 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from sklearn.metrics import auc
 
 from facekit.data.images import ImageError, decode_image
 from facekit.data.ops.detect import FaceDetector
@@ -29,6 +31,9 @@ from facekit.data.sources.verification_bin import load_verification_bin
 from facekit.eval.embedding_model import EmbeddingModel
 from facekit.eval.make_bin import AlignedFaces, read_landmarks, read_pairs
 from facekit.eval.verification import VerificationResult, far_key, verify
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Faces decoded and embedded at a time (bounds memory on 12,000-image sets).
 CHUNK = 512
@@ -183,26 +188,21 @@ def write_metrics(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Pat
     return path
 
 
-def write_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], plots_dir: Path, *, title: str) -> list[Path]:
-    """Per curve ``roc_<name>.csv`` (``fpr,tpr``) and one ``roc.png`` of all curves (log FAR axis)."""
-    from matplotlib.figure import Figure  # heavy; only the writers need it
+def roc_figure(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, title: str, reference: str | None = None
+) -> Figure:
+    """One figure of ROC curves (``{name: (fpr [P], tpr [P])}``) on a log FAR axis, each labelled with its
+    AUC (trapezoids over the curve's points); the curve named ``reference`` is drawn dashed black, on top."""
+    from matplotlib.figure import Figure  # heavy; only the plots need it
 
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    fig = Figure(figsize=(6, 4.5), dpi=100)
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
     ax = fig.subplots()
     smallest = 1.0
-    for name, (fpr, tpr) in curves.items():
-        csv_path = plots_dir / f"roc_{name}.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["fpr", "tpr"])
-            writer.writerows(zip((f"{x:.8g}" for x in fpr), (f"{y:.8g}" for y in tpr), strict=True))
-        written.append(csv_path)
+    for name, (fpr, tpr) in sorted(curves.items(), key=lambda item: item[0] == reference):
         positive = fpr[fpr > 0]
         smallest = min(smallest, float(positive.min()) if positive.size else 1.0)
-        ax.plot(np.maximum(fpr, 1e-12), tpr, lw=1.2, label=name)
+        style = {"color": "black", "ls": "--", "lw": 1.6, "zorder": 3} if name == reference else {"lw": 1.2}
+        ax.plot(np.maximum(fpr, 1e-12), tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})", **style)
     ax.set_xscale("log")
     ax.set_xlim(min(smallest, 1e-1), 1.0)
     ax.set_ylim(0.0, 1.01)
@@ -210,19 +210,39 @@ def write_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], plots_dir: Pa
     ax.set_ylabel("true accept rate")
     ax.set_title(title)
     ax.grid(True, which="both", ls=":", lw=0.5)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+def write_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], plots_dir: Path, *, title: str) -> list[Path]:
+    """Per curve ``roc_<name>.csv`` (``fpr,tpr``) and one ``roc.png`` of all curves (:func:`roc_figure`)."""
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (fpr, tpr) in curves.items():
+        csv_path = plots_dir / f"roc_{name}.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["fpr", "tpr"])
+            writer.writerows(zip((f"{x:.8g}" for x in fpr), (f"{y:.8g}" for y in tpr), strict=True))
+        written.append(csv_path)
     png = plots_dir / "roc.png"
-    fig.savefig(png)
-    written.append(png)
-    return written
+    roc_figure(curves, title=title).savefig(png)
+    return [*written, png]
 
 
-def write_reports(results: Sequence[BenchmarkResult], metrics_path: Path, plots_dir: Path) -> list[Path]:
-    """Metrics JSON and ROC plots of several benchmark results (names must differ)."""
+def read_roc(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr [P], tpr [P])`` of a ``roc_<name>.csv`` written by :func:`write_roc`."""
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    return table[:, 0], table[:, 1]
+
+
+def write_reports(results: Sequence[BenchmarkResult], metrics_path: Path, plots_dir: Path, *, title: str) -> list[Path]:
+    """Metrics JSON and ROC plots (titled ``title``) of several benchmark results (names must differ)."""
     names = [r.name for r in results]
     if len(set(names)) != len(names):
         raise ValueError(f"benchmark names must be unique, got {names}")
     written = [write_metrics({r.name: r.metrics() for r in results}, metrics_path)]
     curves = {r.name: (r.verification.fpr, r.verification.tpr) for r in results}
-    return written + write_roc(curves, plots_dir, title="verification ROC")
+    return written + write_roc(curves, plots_dir, title=title)

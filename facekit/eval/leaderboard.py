@@ -3,7 +3,7 @@ and the Markdown table (the ``leaderboard`` stage, :mod:`facekit.stages.leaderbo
 
 A row is ``{"method", "holistic_accuracy", "holistic_accuracy_std", "masked_accuracy", "masked_accuracy_std",
 "holistic_auc", "holistic_tar_at_far_<far>", "knn_accuracy", "knn_accuracy_random_init",
-"pretrain_images_per_s", "finetune_images_per_s", ...}``; a board is ``{run: {"rank": n, **row}}`` in rank order.
+"pretrain_steps", "finetune_steps", ...}``; a board is ``{run: {"rank": n, **row}}`` in rank order.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def markdown_table(board: dict[str, dict[str, Any]], set_name: str) -> str:
     tar_title = f"TAR@FAR={tar_key.rsplit('_', 1)[1]}" if tar_key else "TAR"
     header = (
         f"| # | run | method | {set_name} accuracy | {set_name} masked accuracy | AUC | {tar_title} "
-        "| kNN pre-trained / random init | pre-train img/s | fine-tune img/s |"
+        "| kNN pre-trained / random init | pre-training steps | fine-tuning steps |"
     )
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     for run, r in board.items():
@@ -52,6 +52,6 @@ def markdown_table(board: dict[str, dict[str, Any]], set_name: str) -> str:
             f"| {_fmt(r['masked_accuracy'])} ± {_fmt(r['masked_accuracy_std'])} "
             f"| {_fmt(r['holistic_auc'])} | {_fmt(r.get(tar_key) if tar_key else None)} "
             f"| {_fmt(r.get('knn_accuracy'), 3)} / {_fmt(r.get('knn_accuracy_random_init'), 3)} "
-            f"| {_fmt(r.get('pretrain_images_per_s'), 1)} | {_fmt(r.get('finetune_images_per_s'), 1)} |"
+            f"| {r.get('pretrain_steps', '–')} | {r.get('finetune_steps', '–')} |"
         )
     return "\n".join(lines) + "\n"

@@ -6,13 +6,15 @@ it gathers what the chain measured:
 - ``<metrics>/verify/<run>.json``: holistic and masked verification accuracy (± std over folds), AUC and TAR
   at the smallest FAR the holistic set measures (1e-4 … 1e-1: it needs 1 / FAR different-person pairs);
 - ``<pretrain.out>/<run>/`` and ``<finetune.out>/<run>/``: the method (``backbone.json``) and the training
-  throughput in images/s (``metrics.json`` of the loop; none for an untrained ``random_init`` run);
+  steps (``metrics.json`` of the loop; none for an untrained ``random_init`` run; the speed, which differs
+  from run to run, stays in each run's ``timing.json`` and out of the lineage);
 - the representation check of the pre-trained backbone before any fine-tuning
   (:func:`facekit.eval.knn.representation_check`: leave-one-out 1-NN identity accuracy on the shards'
   faces, learned vs the same backbone at random init);
 
-and writes ``<metrics>/leaderboard.json`` (``{run: {rank, method, ...}}``, DVC metrics) and
-``<metrics>/leaderboard.md`` (a Markdown table, best holistic accuracy first; :mod:`facekit.eval.leaderboard`).
+and writes ``<metrics>/leaderboard.json`` (``{run: {rank, method, ...}}``), ``<metrics>/leaderboard.md`` (a
+Markdown table, best holistic accuracy first; :mod:`facekit.eval.leaderboard`) and
+``<plots>/leaderboard_roc.png`` (every run's ROC curve in one figure, the reference dashed).
 
 ``facekit readme`` copies the sample's ``leaderboard.json`` to :data:`README_BOARD` and writes the README's
 tables between their markers from it (:func:`render_readme`); a test fails when the README drifts from it.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from facekit.config import Params, PathsParams
+from facekit.eval.benchmarks import read_roc, roc_figure
 from facekit.eval.knn import representation_check
 from facekit.eval.leaderboard import markdown_table, rank, smallest_far
 from facekit.nn import backbones
@@ -74,9 +77,7 @@ def leaderboard_row(params: Params, paths: PathsParams, name: str) -> dict[str, 
         "method": (spec.method if spec else None) or "?",
         "backbone": spec.name if spec else "?",
         **row,
-        "pretrain_images_per_s": pretrain.get("images_per_s"),
         "pretrain_steps": pretrain.get("steps", 0),
-        "finetune_images_per_s": finetune.get("images_per_s"),
         "finetune_steps": finetune.get("steps", 0),
     }
 
@@ -111,9 +112,20 @@ def run(params: Params, paths: PathsParams) -> str:
     )
     table = paths.table("leaderboard")
     table.write_text(text)
+    save_comparison(board, params, paths)
     best, row = next(iter(board.items()))
     accuracy = row["holistic_accuracy"]
     return f"leaderboard: {len(board)} runs; best {best} ({accuracy:.4f} holistic) -> {table}"
+
+
+def save_comparison(board: dict[str, dict[str, Any]], params: Params, paths: PathsParams) -> Path:
+    """``<plots>/leaderboard_roc.png``: the holistic ROC curve of every run of ``board`` in one figure (from
+    each run's ``roc_<set>.csv``), the reference model dashed."""
+    curves = {name: read_roc(paths.verify_plots(name) / f"roc_{params.verify.name}.csv") for name in board}
+    title = f"{params.verify.name}: verification ROC of {len(curves)} runs"
+    path = paths.plot("leaderboard_roc")
+    roc_figure(curves, title=title, reference=REFERENCE).savefig(path)
+    return path
 
 
 def knn_table(board: dict[str, dict[str, Any]]) -> str:

@@ -196,15 +196,17 @@ def mask_quality_report(
 
 def save_mask_grid(records: Sequence[FaceRecord], path: Path, *, count: int = 24) -> Path:
     """A PNG of up to ``count`` faces with a masked twin, each holistic beside masked (4 pairs a row,
-    112-pixel cells: 896 pixels wide)."""
+    112-pixel cells: 896 pixels wide), labelled with the face's identity and the mask's kind."""
     faces: list[np.ndarray] = []
+    labels: list[str] = []
     for record in records:
         if record.masked_image is None:
             continue
         if len(faces) == 2 * count:
             break
         faces += [decode_crop_rgb(record.image), decode_crop_rgb(record.masked_image)]
-    return save_grid(faces, path, columns=8)
+        labels += [f"id {record.identity}", f"{record.mask} mask"]
+    return save_grid(faces, path, columns=8, labels=labels)
 
 
 def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:

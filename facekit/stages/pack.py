@@ -9,20 +9,25 @@ shards under the size limit, a pure function of its inputs.
 
 from __future__ import annotations
 
+import itertools
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from facekit.config import Params, PathsParams, section_hash
 from facekit.data.grid import save_grid
 from facekit.data.images import decode_crop_rgb
-from facekit.data.record import Rejection
+from facekit.data.record import FaceRecord, Rejection
 from facekit.data.report import StageReport, withdraw_report
 from facekit.data.shards import ShardInfo, ShardReader, ShardSetWriter, read_index, write_index
 from facekit.stages.shard_map import ShardMap, process_map
+
+#: faces per row (one person per row) of the face grids, and how many records a grid reads at most
+GRID_COLUMNS = 8
+GRID_SCAN_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -107,15 +112,33 @@ def run_pack(
     return total.check()
 
 
-def save_face_grid(shards: list[Path], path: Path, count: int) -> Path:
-    """A PNG grid of the first ``count`` faces of ``shards``."""
-    faces: list[np.ndarray] = []
-    for shard in shards:
-        for record in ShardReader(shard):
-            if len(faces) == count:
-                return save_grid(faces, path)
-            faces.append(decode_crop_rgb(record.image))
-    return save_grid(faces, path)
+def save_face_grid(shards: list[Path], path: Path, count: int, names: Sequence[str] | None = None) -> Path:
+    """A PNG grid of about ``count`` faces of ``shards``: one row of up to 8 faces per person, people in order
+    of first appearance, each face labelled with its identity (``names[identity]`` when given, else
+    ``id <n>``); a source without identities fills the grid in shard order, unlabelled. Reads the shards
+    in order until the rows are full (at most ``GRID_SCAN_LIMIT`` records)."""
+    people = max(count // GRID_COLUMNS, 1)
+    rows: dict[int, list[FaceRecord]] = {}
+    unlabelled: list[FaceRecord] = []
+    records = (record for shard in shards for record in ShardReader(shard))
+    for record in itertools.islice(records, GRID_SCAN_LIMIT):
+        if record.identity < 0:
+            if len(unlabelled) < count:
+                unlabelled.append(record)
+            continue
+        if record.identity not in rows and len(rows) < people:
+            rows[record.identity] = []
+        row = rows.get(record.identity)
+        if row is not None and len(row) < GRID_COLUMNS:
+            row.append(record)
+        if len(rows) == people and all(len(r) == GRID_COLUMNS for r in rows.values()):
+            break
+    if not rows:
+        return save_grid([decode_crop_rgb(r.image) for r in unlabelled], path, columns=GRID_COLUMNS)
+    cells = [c for row in rows.values() for c in [*row, *[None] * (GRID_COLUMNS - len(row))]]
+    faces = [None if r is None else decode_crop_rgb(r.image) for r in cells]
+    labels = ["" if r is None else names[r.identity] if names else f"id {r.identity}" for r in cells]
+    return save_grid(faces, path, columns=GRID_COLUMNS, labels=labels)
 
 
 def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None, progress: bool = True) -> StageReport:
@@ -125,5 +148,7 @@ def run(params: Params, paths: PathsParams, *, shard_map: ShardMap | None = None
     out = Path(paths.shards)
     result = run_pack(params, Path(paths.masked), out, progress=progress, shard_map=shard_map)
     result.write(paths.report("pack"))
-    save_face_grid([out / s["name"] for s in read_index(out)["shards"]], paths.plot("faces"), params.pack.grid_size)
+    index = read_index(out)
+    shards = [out / s["name"] for s in index["shards"]]
+    save_face_grid(shards, paths.plot("faces"), params.pack.grid_size, index["identities"])
     return result

@@ -34,7 +34,7 @@ from facekit.data.shards import INDEX_NAME
 from facekit.methods.base import METHODS, Method  # the package registers every method
 from facekit.nn import backbones
 from facekit.nn.backbones import BACKBONES, DEFAULT_NORMALIZATION, RANDOM_INIT, BackboneSpec
-from facekit.train.loop import TrainResult, train
+from facekit.train.loop import TIMING_FIELDS, TrainResult, train
 from facekit.train.metrics_log import LOG_NAME
 
 
@@ -94,7 +94,7 @@ def train_and_export(
     if distributed.is_main():
         backbone = method.export_backbone()
         backbones.save(backbone, spec, out_dir)
-        summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"}
+        summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("out_dir", *TIMING_FIELDS)}
         summary |= {"run": run.name, "method": run.method, "backbone": spec.name}
         load_report = getattr(method, "load_report", None)  # fine-tuning: how the initialisation loaded
         if load_report is not None:

@@ -3,19 +3,23 @@
 ``<assets>/<photos>/identities.csv`` names each photo and its person, either ``file,identity_id``
 (``faces/deepface``: 61 photos of 13 people, copied to ``<out>/id<NN>/<file>``) or ``file,identity``
 (``faces/celeba_medium``: copied to ``<out>/<identity>/<file name>``), the VGGFace2 / WebFace layout
-the folder source reads. A real user points ``source`` in params.yaml at VGGFace2, WebFace or a
-``.rec`` instead.
+the folder source reads. Each copy gets the fixed modification time :data:`COPY_MTIME`, so the ``scan``
+manifest, and with it every hash in ``dvc.lock``, is the same on every machine. A real user points
+``source`` in params.yaml at VGGFace2, WebFace or a ``.rec`` instead.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
 from facekit.assets import assets_root
 from facekit.config import Params, PathsParams, SampleParams
 from facekit.data.report import StageReport
+
+COPY_MTIME = 946_684_800  # 2000-01-01T00:00:00Z: the sample's copies look the same wherever they are made
 
 
 def run_sample(params: SampleParams, assets: Path, out: Path | None = None) -> StageReport:
@@ -46,6 +50,7 @@ def run_sample(params: SampleParams, assets: Path, out: Path | None = None) -> S
             dst = out / row["identity"] / Path(row["file"]).name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
+        os.utime(dst, (COPY_MTIME, COPY_MTIME))
         report.written += 1
     return report.check()
 

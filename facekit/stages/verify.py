@@ -47,7 +47,9 @@ def run(params: Params, paths: PathsParams, name: str) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"verification set {path} not found; run `facekit eval sets` first")
         results.append(evaluate_bin(path, model, flip=params.verify.flip, n_folds=params.verify.folds))
-    write_reports(results, paths.verify_report(name), paths.verify_plots(name))
+    first = results[0]
+    title = f"{name}: verification ROC, {first.name} AUC {first.verification.auc:.3f}"
+    write_reports(results, paths.verify_report(name), paths.verify_plots(name), title=title)
     return f"verify {name}: " + "; ".join(
         f"{r.name} {r.verification.accuracy:.4f} ± {r.verification.accuracy_std:.4f} ({r.pairs} pairs)" for r in results
     )

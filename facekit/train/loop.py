@@ -50,10 +50,13 @@ from facekit.train.metrics_log import MetricsLogger
 from facekit.train.samplers import EpochSampler, SeededSamples
 from facekit.train.schedules import cosine_schedule, step_schedule
 
+#: the fields of :class:`TrainResult` that vary from run to run of the same inputs (``timing.json``)
+TIMING_FIELDS = ("images_per_s", "wall_time_s")
+
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Summary of a :func:`train` call (also written to ``out_dir/metrics.json``)."""
+    """Summary of a :func:`train` call (written to ``out_dir/metrics.json``, its speed to ``timing.json``)."""
 
     out_dir: Path
     steps: int  # optimizer steps completed in total (including those before a resume)
@@ -141,8 +144,8 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
             means = _window_means(window, window_steps)
             last_loss = means.get("loss", math.nan)
             ips = (step + 1 - window_start) * global_batch / max(now - window_time, 1e-9)
-            logger.log({"step": step, "epoch": hp.epoch, **means, "lr": hp.lr, "images_per_s": ips})
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{hp.lr:.2e}")
+            logger.log({"step": step, "epoch": hp.epoch, **means, "lr": hp.lr})
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{hp.lr:.2e}", img_s=f"{ips:.1f}")
             window, window_steps, window_time, window_start = {}, 0, now, step + 1
         if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == end_step:
             _save(ckpt_root, method, optimizer, step + 1, steps_per_epoch, run, cfg.keep_checkpoints)
@@ -151,7 +154,9 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
     steps_run = end_step - start_step
     ips = steps_run * global_batch / max(wall, 1e-9)
     result = TrainResult(out_dir, end_step, steps_run, run["skipped_steps"], last_loss, ips, wall)
-    logger.write_summary({k: v for k, v in dataclasses.asdict(result).items() if k != "out_dir"})
+    summary = dataclasses.asdict(result)
+    timing = {k: summary.pop(k) for k in TIMING_FIELDS}
+    logger.write_summary({k: v for k, v in summary.items() if k != "out_dir"}, timing)
     logger.close()
     if distributed.is_main():
         print(

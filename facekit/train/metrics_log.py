@@ -1,7 +1,10 @@
-"""Training metrics for DVC: ``train_log.csv`` (``dvc plots``) and ``metrics.json`` (``dvc metrics``).
+"""Training metrics for DVC: ``train_log.csv`` (``dvc plots``) and ``metrics.json`` (``dvc metrics``), and
+the run's speed ``timing.json``.
 
 Only the main process writes; on other ranks the logger is a no-op. The CSV's columns are fixed by the
-first row (``step, epoch, loss``, the method's other scalars, ``lr``, ``images_per_s``). When a run
+first row (``step, epoch, loss``, the method's other scalars, ``lr``). Both hold only what the same inputs
+reproduce, so a run records the same hashes in ``dvc.lock`` on every machine of a kind; the wall time and
+images/s go to ``timing.json``, which ``.dvcignore`` keeps out of the run's hash. When a run
 resumes at step ``s``, rows for steps ``>= s`` (logged by the interrupted run after its last checkpoint)
 are dropped, so the file reads as one uninterrupted run.
 """
@@ -20,6 +23,7 @@ from facekit import distributed
 
 LOG_NAME = "train_log.csv"
 METRICS_NAME = "metrics.json"
+TIMING_NAME = "timing.json"
 
 
 class MetricsLogger:
@@ -54,14 +58,15 @@ class MetricsLogger:
         self._file.write(",".join(_format(row.get(c)) for c in self._columns) + "\n")
         self._file.flush()
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write ``metrics.json`` atomically (NaN/Inf become null)."""
+    def write_summary(self, summary: dict[str, Any], timing: dict[str, float]) -> None:
+        """Write ``metrics.json`` and ``timing.json`` atomically (NaN/Inf become null)."""
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-        tmp = self.out_dir / f".{METRICS_NAME}.tmp"
-        tmp.write_text(json.dumps(clean, indent=2) + "\n")
-        os.replace(tmp, self.out_dir / METRICS_NAME)
+        for name, values in ((METRICS_NAME, summary), (TIMING_NAME, timing)):
+            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+            tmp = self.out_dir / f".{name}.tmp"
+            tmp.write_text(json.dumps(clean, indent=2) + "\n")
+            os.replace(tmp, self.out_dir / name)
 
     def close(self) -> None:
         if self._file is not None:

@@ -18,7 +18,7 @@ from facekit.data.images import decode_image, encode_jpeg
 from facekit.data.ops.align import align_face
 from facekit.data.ops.detect import create_detector, select_face
 from facekit.data.sources.verification_bin import load_verification_bin
-from facekit.eval.benchmarks import BenchmarkResult, evaluate_bin, evaluate_pairs, write_reports
+from facekit.eval.benchmarks import BenchmarkResult, evaluate_bin, evaluate_pairs, read_roc, roc_figure, write_reports
 from facekit.eval.embedding_model import EmbeddingModel, load_embedding_model
 from facekit.eval.make_bin import AlignedFaces, build_bin, read_pairs
 from facekit.eval.verification import verify
@@ -97,7 +97,7 @@ def test_folder_and_pairs_equal_the_bin_built_from_them(
 
 def test_reports_for_dvc(deepface_result: BenchmarkResult, tmp_path: Path) -> None:
     result = deepface_result
-    written = write_reports([result], tmp_path / "metrics" / "eval.json", tmp_path / "plots")
+    written = write_reports([result], tmp_path / "metrics" / "eval.json", tmp_path / "plots", title="t")
     assert [p.name for p in written] == ["eval.json", "roc_deepface.csv", "roc.png"]
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())["deepface"]
     v = result.verification
@@ -107,12 +107,12 @@ def test_reports_for_dvc(deepface_result: BenchmarkResult, tmp_path: Path) -> No
         "accuracy", "accuracy_std", "threshold", "best_threshold_accuracy", "auc", "pairs",
         "tar_at_far_1e-2", "tar_at_far_1e-1",
     }  # fmt: skip
-    roc = np.loadtxt(tmp_path / "plots" / "roc_deepface.csv", delimiter=",", skiprows=1)
-    np.testing.assert_allclose(roc, np.stack([v.fpr, v.tpr], 1), atol=1e-7)
+    fpr, tpr = read_roc(tmp_path / "plots" / "roc_deepface.csv")
+    np.testing.assert_allclose(np.stack([fpr, tpr], 1), np.stack([v.fpr, v.tpr], 1), atol=1e-7)
     png = cv2.imread(str(tmp_path / "plots" / "roc.png"))
     assert png is not None and png.shape[2] == 3 and png.std() > 0
     with pytest.raises(ValueError, match="unique"):
-        write_reports([result, result], tmp_path / "m.json", tmp_path / "p")
+        write_reports([result, result], tmp_path / "m.json", tmp_path / "p", title="t")
 
 
 def test_cli_eval_bin_and_pairs(
@@ -156,3 +156,19 @@ def test_cli_eval_bin_refuses_faces_of_another_size_unless_resize(
     assert main(["eval", "bin", str(path), "--resize", *out]) == 0
     assert "small: 280 pairs, accuracy" in capsys.readouterr().out
     assert json.loads((tmp_path / "m.json").read_text())["small"]["accuracy"] > 0.9
+
+
+def test_the_roc_figure_names_each_curve_with_its_auc_and_dashes_the_reference() -> None:
+    """AUC by hand: a perfect curve 1, the diagonal 0.5, the staircase (0,0)-(0,.5)-(.5,.5)-(.5,1)-(1,1) 0.75."""
+    curves = {
+        "perfect": (np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0])),
+        "reference": (np.array([0.0, 1.0]), np.array([0.0, 1.0])),
+        "stairs": (np.array([0.0, 0.0, 0.5, 0.5, 1.0]), np.array([0.0, 0.5, 0.5, 1.0, 1.0])),
+    }
+    fig = roc_figure(curves, title="run x: ROC", reference="reference")
+    ax = fig.axes[0]
+    assert ax.get_title() == "run x: ROC" and ax.get_xscale() == "log"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["perfect (AUC 1.000)", "stairs (AUC 0.750)", "reference (AUC 0.500)"]  # reference last
+    styles = {line.get_label(): (line.get_linestyle(), line.get_color()) for line in ax.get_lines()}
+    assert styles["reference (AUC 0.500)"] == ("--", "black") and styles["stairs (AUC 0.750)"][0] == "-"

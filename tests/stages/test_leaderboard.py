@@ -7,6 +7,7 @@ import json
 from hashlib import sha256
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 import yaml
@@ -41,12 +42,16 @@ def test_scratch_run_is_fine_tuned_scored_and_ranked_below_the_reference(in_proj
     verify = json.loads(Path("metrics/verify/scratch.json").read_text())
     assert board["scratch"]["holistic_accuracy"] == verify["sample"]["accuracy"]
     assert board["scratch"]["masked_accuracy"] == verify["sample_masked"]["accuracy"]
-    assert board["scratch"]["finetune_images_per_s"] > 0 and board["scratch"]["pretrain_images_per_s"] is None
+    assert board["scratch"]["finetune_steps"] > 0 and board["scratch"]["pretrain_steps"] == 0
+    assert "images_per_s" not in json.dumps(board)  # the speed stays in timing.json, out of dvc.lock
+    assert json.loads(Path("data/runs/finetune/scratch/timing.json").read_text())["images_per_s"] > 0
     table = Path("metrics/leaderboard.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
     assert rows[0].startswith("| 1 | reference |") and rows[1].startswith("| 2 | scratch | random_init |")
     assert f"{verify['sample']['accuracy']:.4f}" in rows[1]
     assert "leaderboard: 2 runs; best reference" in capsys.readouterr().out
+    comparison = cv2.imread("plots/leaderboard_roc.png")  # both runs' curves, the reference dashed black
+    assert comparison is not None and (comparison.max(axis=2) < 60).sum() > 500
 
 
 def test_leaderboard_needs_every_run_scored(in_project: Path) -> None:

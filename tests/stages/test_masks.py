@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from facekit.config import MASK_KINDS, MaskParams, Params, ShardingParams
+from facekit.data.grid import LABEL_HEIGHT
 from facekit.data.images import decode_jpeg_rgb
 from facekit.data.ops.landmarks import DENSE_KEY
 from facekit.data.record import FaceRecord
@@ -120,7 +121,8 @@ def test_mask_grid_shows_pairs_side_by_side(stage: dict) -> None:
     _, records = stage["runs"]["seed0"]
     path = save_mask_grid(list(records.values()), stage["root"] / "plots/masks.png", count=12)
     with Image.open(path) as img:
-        assert img.size == (8 * 112, 3 * 112)  # 12 pairs, 4 a row
+        assert img.size == (8 * 112, 3 * (112 + LABEL_HEIGHT))  # 12 pairs, 4 a row, a caption under each face
         tiles = np.asarray(img.convert("RGB"))
     first = next(r for r in records.values() if r.masked_image is not None)
     np.testing.assert_allclose(tiles[:112, 112:224].astype(float), decode_jpeg_rgb(first.masked_image), atol=1)
+    assert (tiles[112 : 112 + LABEL_HEIGHT, :224] < 100).any()  # "id N" and "<kind> mask" captions

@@ -9,7 +9,7 @@ import pytest
 
 from facekit.assets import assets_root
 from facekit.config import SampleParams
-from facekit.stages.sample import run_sample
+from facekit.stages.sample import COPY_MTIME, run_sample
 
 
 def test_the_medium_photos_become_one_folder_per_person(tmp_path: Path) -> None:
@@ -23,6 +23,7 @@ def test_the_medium_photos_become_one_folder_per_person(tmp_path: Path) -> None:
     first = rows[0]
     copied = tmp_path / "raw" / first["identity"] / Path(first["file"]).name
     assert copied.read_bytes() == (table.parent / first["file"]).read_bytes()
+    assert {p.stat().st_mtime for p in (tmp_path / "raw").rglob("*.jpg")} == {COPY_MTIME}  # the same scan anywhere
 
 
 def test_the_deepface_photos_keep_their_numbered_folders(tmp_path: Path) -> None:

@@ -53,9 +53,10 @@ def test_metrics_logger_drops_rows_after_the_resume_step_and_torn_lines(tmp_path
     resumed = MetricsLogger(tmp_path, resume_step=2)
     assert resumed.last_row == {"step": "1", "epoch": "0.25", "loss": "0.5"}
     resumed.log({"step": 2, "epoch": 0.5, "loss": 0.125})
-    resumed.write_summary({"final_loss": float("nan"), "steps": 3})
+    resumed.write_summary({"final_loss": float("nan"), "steps": 3}, {"images_per_s": float("inf")})
     resumed.close()
     with (tmp_path / "train_log.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["step"], r["loss"]) for r in rows] == [("0", "1.0"), ("1", "0.5"), ("2", "0.125")]
     assert (tmp_path / "metrics.json").read_text() == '{\n  "final_loss": null,\n  "steps": 3\n}\n'
+    assert (tmp_path / "timing.json").read_text() == '{\n  "images_per_s": null\n}\n'
