@@ -42,10 +42,12 @@ class Rejected:
 
 @dataclass(frozen=True)
 class DatasetScan:
-    """What a reader made of a root: the items and every rejected file or row."""
+    """What a reader made of a root: the items, every rejected file or row, and the files read besides the photos
+    (annotation files, label maps): ``annotations``, the photos and the rejected files are every file of the root."""
 
     items: list[DownstreamItem]
     rejected: list[Rejected] = field(default_factory=list)
+    annotations: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,48 @@ class DatasetReader:
     def read(self, root: str | Path) -> list[DownstreamItem]:
         """The items of ``root`` (rejections dropped; :meth:`scan` keeps them)."""
         return self.scan(Path(root)).items
+
+
+def require_dir(root: Path) -> Path:
+    """``root`` as a Path, or FileNotFoundError when it is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such dataset folder")
+    return root
+
+
+def require_file(path: Path) -> Path:
+    """``path``, or FileNotFoundError naming it when it is not there."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (the dataset's layout needs it)")
+    return path
+
+
+def find_one(root: Path, name: str) -> Path | None:
+    """The one file called ``name`` under ``root`` (None when there is none; ValueError when several)."""
+    found = sorted(path for path in root.rglob(name) if path.is_file())
+    if len(found) > 1:
+        raise ValueError(f"{root}: several {name} files ({', '.join(str(p) for p in found)})")
+    return found[0] if found else None
+
+
+def malformed(path: Path, line: int, problem: str) -> ValueError:
+    """The one error of a malformed annotation file: ``<file>:<line>: <problem>``."""
+    return ValueError(f"{path}:{line}: {problem}")
+
+
+def finish(
+    root: Path,
+    items: list[DownstreamItem],
+    rejected: list[Rejected],
+    consumed: set[Path],
+    reason: Callable[[Path], str],
+) -> DatasetScan:
+    """The scan of ``root``: every file neither ``consumed`` (read) nor already rejected is rejected with
+    ``reason(path)``, so files and rows reconcile."""
+    named = {entry.path for entry in rejected if entry.line is None}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path not in consumed and path not in named:
+            rejected.append(Rejected(path, reason(path)))
+    photos = {item.image for item in items}
+    return DatasetScan(items, rejected, sorted(consumed - photos))
