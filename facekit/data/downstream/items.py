@@ -89,6 +89,14 @@ def find_one(root: Path, name: str) -> Path | None:
     return found[0] if found else None
 
 
+def find_one_dir(root: Path, name: str) -> Path | None:
+    """The one folder called ``name`` under ``root`` (None when there is none; ValueError when several)."""
+    found = sorted(path for path in root.rglob(name) if path.is_dir())
+    if len(found) > 1:
+        raise ValueError(f"{root}: several {name} folders ({', '.join(str(p) for p in found)})")
+    return found[0] if found else None
+
+
 def malformed(path: Path, line: int, problem: str) -> ValueError:
     """The one error of a malformed annotation file: ``<file>:<line>: <problem>``."""
     return ValueError(f"{path}:{line}: {problem}")
