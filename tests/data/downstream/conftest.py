@@ -42,7 +42,7 @@ def reconciles() -> Callable[[Path, DatasetScan, int], None]:
     file under ``root`` (no file twice), and the items plus the rejected rows are ``rows``."""
 
     def check(root: Path, scan: DatasetScan, rows: int) -> None:
-        photos = [item.image for item in scan.items]
+        photos = sorted({item.image for item in scan.items})  # a photo may hold several faces
         rejected_files = [entry.path for entry in scan.rejected if entry.line is None]
         accounted = photos + scan.annotations + rejected_files
         assert len(accounted) == len(set(accounted))
