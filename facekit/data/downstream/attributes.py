@@ -44,8 +44,8 @@ CELEBA_PARTITION = {"0": "train", "1": "val", "2": "test"}
 CELEBA_PARTITION_ENDS = ((162770, "train"), (182637, "val"))  # the last image number of each, then test
 
 
-def _celeba_split(name: str) -> str:
-    number = int(Path(name).stem)
+def celeba_split(number: int) -> str:
+    """The split of CelebA image ``number`` (1-based) by CelebA's published contiguous partition."""
     return next((split for end, split in CELEBA_PARTITION_ENDS if number <= end), "test")
 
 
@@ -112,7 +112,7 @@ def scan_celeba(root: Path) -> DatasetScan:
         if partition_file is not None and name not in partition:
             rejected.append(Rejected(attribute_file, f"{name} is not in list_eval_partition.txt", number))
             continue
-        split = CELEBA_PARTITION[partition[name][1][0]] if partition_file else _celeba_split(name)
+        split = CELEBA_PARTITION[partition[name][1][0]] if partition_file else celeba_split(int(Path(name).stem))
         box = None
         if name in boxes:
             x, y, width, height = (float(value) for value in boxes[name][1])
