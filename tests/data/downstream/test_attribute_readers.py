@@ -11,7 +11,7 @@ import pytest
 import scipy.io
 
 from facekit.data.downstream import READERS, DatasetScan
-from facekit.data.downstream.attributes import CELEBA_ATTRIBUTES
+from facekit.data.downstream.attributes import CELEBA_ATTRIBUTES, celeba_split
 
 WritePhoto = Callable[[Path, int], Path]
 Reconciles = Callable[[Path, DatasetScan, int], None]
@@ -40,12 +40,19 @@ def test_celeba_real_rows(downstream: Path, reconciles: Reconciles) -> None:
     reconciles(root, scan, rows=7)
 
 
+def test_celeba_published_partition_ranges() -> None:
+    assert [celeba_split(n) for n in (1, 162770, 162771, 182637, 182638, 202599)] == [
+        "train", "train", "val", "val", "test", "test",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def celeba(tmp_path: Path, downstream: Path, write_photo: WritePhoto) -> Path:
     """The full layout: three real attribute rows, the partition file, aligned and wild photos, boxes."""
     _count, header, *rows = (downstream / "celeba" / "Anno" / "list_attr_celeba.txt").read_text().splitlines()
     (tmp_path / "Anno").mkdir()
-    (tmp_path / "Anno" / "list_attr_celeba.txt").write_text("\n".join(["3", header, *rows[:3]]) + "\n")
+    text = "\r\n".join(["3", header, *rows[:3]]) + "\r\n"  # CelebA's release ends its lines with CRLF
+    (tmp_path / "Anno" / "list_attr_celeba.txt").write_bytes(text.encode())
     (tmp_path / "Anno" / "list_bbox_celeba.txt").write_text(
         "3\nimage_id x_1 y_1 width height\n000093.jpg 95 71 226 313\n000114.jpg 1 2 3 4\n000131.jpg 5 6 7 8\n"
     )

@@ -93,7 +93,7 @@ def celebamask_hq(tmp_path: Path, write_photo: WritePhoto) -> Path:
     _save(masks / "0" / "02005_skin.png", _mask((slice(4, 5), slice(4, 5))))  # in the wrong folder
     _save(masks / "0" / "00003_skin.png", _mask((slice(4, 5), slice(4, 5))))  # no photo 3.jpg
     (root / "CelebA-HQ-to-CelebA-mapping.txt").write_text(
-        "idx         orig_idx        orig_file\n0 119613 119614.jpg\n1 170000 170001.jpg\n"
+        "idx         orig_idx        orig_file\n0 162769 162770.jpg\n1 162770 162771.jpg\n"
         "3 10 11.jpg\n7 1 2.jpg\n2005 190000 190001.jpg\n"
     )
     (root / "CelebAMask-HQ-pose-anno.txt").write_text("2\nYaw Pitch Raw\n")
@@ -103,8 +103,8 @@ def celebamask_hq(tmp_path: Path, write_photo: WritePhoto) -> Path:
 def test_celebamask_hq_merges_part_masks(celebamask_hq: Path, reconciles: Reconciles) -> None:
     scan = READERS["celebamask_hq"].scan(celebamask_hq)
     assert [(item.image.name, item.split) for item in scan.items] == [
-        ("0.jpg", "train"),  # orig_idx 119613: CelebA image 119614
-        ("1.jpg", "val"),  # CelebA image 170001
+        ("0.jpg", "train"),  # orig_idx 162769: CelebA image 162770, the last of train
+        ("1.jpg", "val"),  # CelebA image 162771, the first of val
         ("2005.jpg", "test"),  # CelebA image 190001
     ]
     classes = READERS["celebamask_hq"].classes
@@ -130,6 +130,6 @@ def test_celebamask_hq_merges_part_masks(celebamask_hq: Path, reconciles: Reconc
 
 def test_celebamask_hq_malformed_mapping_names_the_line(celebamask_hq: Path) -> None:
     mapping = celebamask_hq / "CelebA-HQ-to-CelebA-mapping.txt"
-    mapping.write_text(mapping.read_text().replace("1 170000 170001.jpg", "1 x 170001.jpg"))
+    mapping.write_text(mapping.read_text().replace("1 162770 162771.jpg", "1 x 162771.jpg"))
     with pytest.raises(ValueError, match=r"CelebA-HQ-to-CelebA-mapping.txt:3: expected"):
         READERS["celebamask_hq"].read(celebamask_hq)
