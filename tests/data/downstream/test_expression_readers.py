@@ -61,12 +61,12 @@ VOTE_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust
 
 @pytest.fixture
 def ferplus(tmp_path: Path, real_photos: list[Path]) -> Path:
-    """Five FER2013 rows of real photos (48 px grey) and FERPlus vote rows of each kind."""
+    """Six FER2013 rows of real photos (48 px grey) and FERPlus vote rows of each kind."""
     pixels = []
-    for photo in real_photos[:5]:
+    for photo in real_photos[:6]:
         with Image.open(photo) as image:
             pixels.append(" ".join(map(str, np.asarray(image.convert("L").resize((48, 48))).ravel())))
-    usages = ("Training", "PublicTest", "PrivateTest", "Training", "Training")
+    usages = ("Training", "PublicTest", "PrivateTest", "Training", "Training", "PublicTest")
     (tmp_path / "fer2013.csv").write_text(
         "emotion,pixels,Usage\n" + "".join(f"3,{p},{u}\n" for p, u in zip(pixels, usages, strict=True))
     )
@@ -77,6 +77,7 @@ def ferplus(tmp_path: Path, real_photos: list[Path]) -> Path:
         "PrivateTest,fer0000002.png,0,0,0,0,0,0,0,0,0,10\n"  # not a face
         "Training,,4,0,0,0,0,0,0,0,0,0\n"  # FERPlus dropped the photo
         "Training,fer0000004.png,1,1,1,1,3,0,0,0,0,0\n"  # anger once the single votes are dropped
+        "PublicTest,fer0000005.png,0,0,6,0,0,0,2,0,0,0\n"  # surprise
     )
     return tmp_path
 
@@ -84,7 +85,11 @@ def ferplus(tmp_path: Path, real_photos: list[Path]) -> Path:
 def test_ferplus_majority_vote_and_the_photos_it_writes(ferplus: Path, reconciles: Reconciles) -> None:
     scan = READERS["ferplus"].scan(ferplus)
     got = [(item.image.relative_to(ferplus).as_posix(), int(item.target), item.split) for item in scan.items]
-    assert got == [("FER2013Train/fer0000000.png", 1, "train"), ("FER2013Train/fer0000004.png", 4, "train")]
+    assert got == [
+        ("FER2013Train/fer0000000.png", 1, "train"),
+        ("FER2013Train/fer0000004.png", 4, "train"),
+        ("FER2013Valid/fer0000005.png", 2, "val"),
+    ]
     pixels = (ferplus / "fer2013.csv").read_text().splitlines()[1].split(",")[1]
     written = np.asarray(Image.open(scan.items[0].image))
     np.testing.assert_array_equal(written, np.array(pixels.split(), dtype=np.uint8).reshape(48, 48))
@@ -93,8 +98,8 @@ def test_ferplus_majority_vote_and_the_photos_it_writes(ferplus: Path, reconcile
         (4, "majority vote is NF"),
         (5, "no image name: FERPlus dropped this photo"),
     ]
-    reconciles(ferplus, scan, rows=5)
-    assert len(READERS["ferplus"].scan(ferplus).items) == 2  # a second scan reads the photos already written
+    reconciles(ferplus, scan, rows=6)
+    assert len(READERS["ferplus"].scan(ferplus).items) == 3  # a second scan reads the photos already written
 
 
 def test_ferplus_rows_out_of_step_name_the_file(ferplus: Path) -> None:
