@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from facekit.data.downstream.items import (
     DatasetReader,
@@ -37,6 +36,7 @@ from facekit.data.downstream.items import (
     find_one,
     find_one_dir,
     finish,
+    load_mat,
     malformed,
     require_dir,
 )
@@ -154,7 +154,7 @@ def _published_aflw19(root: Path, items: list[DownstreamItem], rejected: list[Re
     photos = find_one_dir(root, "flickr")
     if photos is None:
         raise FileNotFoundError(f"{root}: AFLW-19 needs the flickr/ photo folder")
-    mat = scipy.io.loadmat(path)
+    mat = load_mat(path)
     if missing := [key for key in ("data", "bbox", "mask_new", "nameList", "ra") if key not in mat]:
         raise malformed(path, 1, f"no {', '.join(missing)} variable")
     data, bbox, mask = np.asarray(mat["data"]), np.asarray(mat["bbox"]), np.asarray(mat["mask_new"])

@@ -8,7 +8,8 @@
 - LFWA: the release of the CelebA authors: ``lfw_att_40.mat`` (``name``: N image paths relative to the LFW folder,
   Windows separators allowed; ``label``: (N, 40) {0, 1} in CelebA's attribute order; ``AttrName``) and
   ``indices_train_test.mat`` (``indices_img_train`` / ``indices_img_test``: 1-based rows of ``label``), photos under
-  a ``lfw/`` folder. Both are read with scipy (MATLAB v5/v7 files); a row in neither index list is rejected.
+  a ``lfw/`` folder. Both are read with scipy, so as MATLAB v5/v7 files (a v7.3 copy is one clear error: re-save
+  it as v7); a row in neither index list is rejected.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from facekit.data.downstream.items import (
     DatasetReader,
@@ -26,6 +26,7 @@ from facekit.data.downstream.items import (
     find_one,
     find_one_dir,
     finish,
+    load_mat,
     malformed,
     require_dir,
 )
@@ -144,7 +145,7 @@ def scan_lfwa(root: Path) -> DatasetScan:
     photos = find_one_dir(root, "lfw")
     if attribute_file is None or index_file is None or photos is None:
         raise FileNotFoundError(f"{root}: LFWA needs lfw_att_40.mat, indices_train_test.mat and the lfw/ folder")
-    attributes, indices = scipy.io.loadmat(attribute_file), scipy.io.loadmat(index_file)
+    attributes, indices = load_mat(attribute_file), load_mat(index_file)
     for path, mat, keys in (
         (attribute_file, attributes, ("name", "label")),
         (index_file, indices, ("indices_img_train", "indices_img_test")),

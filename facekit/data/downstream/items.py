@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
 TASKS = ("expression", "attributes", "alignment", "parsing", "pose")
 SPLITS = ("train", "val", "test")
@@ -95,6 +96,14 @@ def find_one_dir(root: Path, name: str) -> Path | None:
     if len(found) > 1:
         raise ValueError(f"{root}: several {name} folders ({', '.join(str(p) for p in found)})")
     return found[0] if found else None
+
+
+def load_mat(path: Path) -> dict[str, np.ndarray]:
+    """The variables of a MATLAB v5/v7 ``.mat`` file (scipy); a v7.3 (HDF5) file is one ValueError naming it."""
+    try:
+        return scipy.io.loadmat(path)
+    except NotImplementedError:
+        raise ValueError(f"{path}: a MATLAB v7.3 (HDF5) file; save it as v7 (MATLAB's save -v7) to read it") from None
 
 
 def malformed(path: Path, line: int, problem: str) -> ValueError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from scipy.spatial.transform import Rotation
 
 from facekit.data.downstream.items import (
@@ -25,6 +24,7 @@ from facekit.data.downstream.items import (
     DownstreamItem,
     Rejected,
     finish,
+    load_mat,
     malformed,
     require_dir,
 )
@@ -34,7 +34,7 @@ ANGLES = ("yaw", "pitch", "roll")
 
 def read_pose_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(yaw, pitch, roll) degrees ``(3,)`` and the ``pt2d`` box ``(4,)`` (None without points) of a 3DDFA ``.mat``."""
-    mat = scipy.io.loadmat(path)
+    mat = load_mat(path)
     pose = np.asarray(mat.get("Pose_Para", np.empty(0)), dtype=np.float64).ravel()
     if pose.size != 7:
         raise ValueError(f"{path}: Pose_Para must hold 7 values (pitch, yaw, roll, tx, ty, tz, scale), got {pose.size}")

@@ -131,3 +131,10 @@ def test_lfwa_rows_indices_and_photos(lfwa: Path, reconciles: Reconciles) -> Non
         (None, "photo without a row in lfw_att_40.mat"),
     ]
     reconciles(lfwa, scan, rows=4)
+
+
+def test_lfwa_hdf5_mat_is_one_clear_error(lfwa: Path) -> None:
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + bytes(8) + b"\x00\x02IM"  # v7.3's header
+    (lfwa / "lfw_att_40.mat").write_bytes(header + bytes(512))
+    with pytest.raises(ValueError, match=r"lfw_att_40.mat: a MATLAB v7.3 \(HDF5\) file"):
+        READERS["lfwa"].read(lfwa)
