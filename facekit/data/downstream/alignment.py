@@ -38,6 +38,7 @@ from facekit.data.downstream.items import (
     finish,
     load_mat,
     malformed,
+    progress,
     require_dir,
 )
 
@@ -89,7 +90,7 @@ def _alignment(photo: Path, points: np.ndarray, split: str, **extra: np.ndarray 
 
 def _published_300w(root: Path, items: list[DownstreamItem], rejected: list[Rejected], consumed: set[Path]) -> bool:
     annotations = sorted(root.rglob("*.pts"))
-    for path in annotations:
+    for path in progress(annotations, "300w"):
         photo = _photo_beside(path)
         if photo is None:
             rejected.append(Rejected(path, "no photo beside it"))
@@ -103,7 +104,7 @@ def _published_300w(root: Path, items: list[DownstreamItem], rejected: list[Reje
 
 def _published_300vw(root: Path, items: list[DownstreamItem], rejected: list[Rejected], consumed: set[Path]) -> bool:
     annotations = sorted(path for path in root.rglob("*.pts") if path.parent.name == "annot")
-    for path in annotations:
+    for path in progress(annotations, "300vw"):
         video = path.parent.parent
         photo = video / "imgs" / f"{path.stem}.jpg"
         if not photo.is_file():
@@ -181,7 +182,7 @@ def _published_aflw19(root: Path, items: list[DownstreamItem], rejected: list[Re
 
 def _published_lapa(root: Path, items: list[DownstreamItem], rejected: list[Rejected], consumed: set[Path]) -> bool:
     annotations = sorted(path for path in root.rglob("*.txt") if path.parent.name == "landmarks")
-    for path in annotations:
+    for path in progress(annotations, "lapa_landmarks"):
         lines = path.read_text().split("\n")
         if lines[0].strip() != "106":
             raise malformed(path, 1, f"expected the point count 106, got {lines[0].strip()!r}")

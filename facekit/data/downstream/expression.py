@@ -33,6 +33,7 @@ from facekit.data.downstream.items import (
     find_one,
     finish,
     malformed,
+    progress,
     require_dir,
     require_file,
 )
@@ -131,7 +132,8 @@ def scan_ferplus(root: Path) -> DatasetScan:
     items: list[DownstreamItem] = []
     rejected: list[Rejected] = []
     consumed = {pixels_csv, votes_csv}
-    for (pixel_line, (_emotion, pixels, usage)), (line, fields) in zip(pixel_rows, vote_rows, strict=True):
+    rows = progress(zip(pixel_rows, vote_rows, strict=True), "ferplus")
+    for (pixel_line, (_emotion, pixels, usage)), (line, fields) in rows:
         if fields[0] != usage or usage not in _FERPLUS_SPLITS:
             raise malformed(votes_csv, line, f"Usage {fields[0]!r} (fer2013.csv line {pixel_line}: {usage!r})")
         try:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import scipy.io
+from tqdm import tqdm
 
 TASKS = ("expression", "attributes", "alignment", "parsing", "pose")
 SPLITS = ("train", "val", "test")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,16 @@ class DatasetScan:
     rejected: list[Rejected] = field(default_factory=list)
     annotations: list[Path] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line: the items per split and the rejected files and rows."""
+        splits = Counter(item.split for item in self.items)
+        files = sum(entry.line is None for entry in self.rejected)
+        per_split = ", ".join(f"{split} {splits[split]}" for split in SPLITS if splits[split])
+        return (
+            f"{len(self.items)} items ({per_split or 'none'}); "
+            f"rejected {files} files, {len(self.rejected) - files} rows"
+        )
+
 
 @dataclass(frozen=True)
 class DatasetReader:
@@ -65,6 +79,11 @@ class DatasetReader:
     def read(self, root: str | Path) -> list[DownstreamItem]:
         """The items of ``root`` (rejections dropped; :meth:`scan` keeps them)."""
         return self.scan(Path(root)).items
+
+
+def progress(items: Iterable[T], what: str) -> Iterable[T]:
+    """``items`` with a progress bar on a terminal (none in logs and tests)."""
+    return tqdm(items, desc=what, unit="file", leave=False, disable=None)
 
 
 def require_dir(root: Path) -> Path:

@@ -27,6 +27,7 @@ from facekit.data.downstream.items import (
     find_one_dir,
     finish,
     malformed,
+    progress,
     require_dir,
 )
 
@@ -51,7 +52,7 @@ def scan_lapa(root: Path) -> DatasetScan:
     items: list[DownstreamItem] = []
     rejected: list[Rejected] = []
     consumed: set[Path] = set()
-    for label in labels:
+    for label in progress(labels, "lapa"):
         photo = label.parent.parent / "images" / f"{label.stem}.jpg"
         if not photo.is_file():
             rejected.append(Rejected(label, f"photo images/{photo.name} is missing"))
@@ -127,7 +128,7 @@ def scan_celebamask_hq(root: Path) -> DatasetScan:
             parts_of.setdefault(int(match.group(1)), {})[match.group(2)] = mask
     items: list[DownstreamItem] = []
     consumed = {mapping_file}
-    for index, parts in sorted(parts_of.items()):
+    for index, parts in progress(sorted(parts_of.items()), "celebamask_hq"):
         photo = photos / f"{index}.jpg"
         if not photo.is_file() or index not in split_of:
             why = "no photo" if not photo.is_file() else "no row in CelebA-HQ-to-CelebA-mapping.txt"

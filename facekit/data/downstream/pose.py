@@ -26,6 +26,7 @@ from facekit.data.downstream.items import (
     finish,
     load_mat,
     malformed,
+    progress,
     require_dir,
 )
 
@@ -54,7 +55,7 @@ def _scan_pose_mats(root: Path, split: str, reason: str) -> DatasetScan:
     items: list[DownstreamItem] = []
     rejected: list[Rejected] = []
     consumed: set[Path] = set()
-    for path in sorted(root.rglob("*.mat")):
+    for path in progress(sorted(root.rglob("*.mat")), root.name):
         if "landmarks" in path.relative_to(root).parts or "Code" in path.relative_to(root).parts:
             continue
         photo = path.with_suffix(".jpg")
@@ -115,7 +116,7 @@ def scan_biwi(root: Path) -> DatasetScan:
     items: list[DownstreamItem] = []
     rejected: list[Rejected] = []
     consumed: set[Path] = set()
-    for path in sorted(root.rglob("frame_*_pose.txt")):
+    for path in progress(sorted(root.rglob("frame_*_pose.txt")), "biwi"):
         photo = path.with_name(path.name.replace("_pose.txt", "_rgb.png"))
         if not photo.is_file():
             rejected.append(Rejected(path, f"no photo {photo.name} beside it"))
