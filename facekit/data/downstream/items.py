@@ -61,7 +61,7 @@ class DatasetScan:
         per_split = ", ".join(f"{split} {splits[split]}" for split in SPLITS if splits[split])
         return (
             f"{len(self.items)} items ({per_split or 'none'}); "
-            f"rejected {files} files, {len(self.rejected) - files} rows"
+            f"rejected: files {files}, rows {len(self.rejected) - files}"
         )
 
 

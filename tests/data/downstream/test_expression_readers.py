@@ -141,7 +141,7 @@ def test_affectnet_eight_and_seven_classes(affectnet: Path, reconciles: Reconcil
         (5, "photo 2/missing.jpg is missing"),
     ]
     reconciles(affectnet, scan, rows=5)
-    assert scan.summary() == "3 items (train 2, test 1); rejected 0 files, 2 rows"
+    assert scan.summary() == "3 items (train 2, test 1); rejected: files 1, rows 2"
     seven = READERS["affectnet7"].scan(affectnet)
     assert [item.image.name for item in seven.items] == ["a.jpg", "d.jpg"]
     assert READERS["affectnet7"].classes == READERS["affectnet"].classes[:7]
