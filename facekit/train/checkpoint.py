@@ -122,7 +122,7 @@ def save_checkpoint(
         _fsync(shard_file)
         distributed.barrier()  # every shard is on disk before rank 0 commits the folder
     if distributed.is_main():
-        _save_weights(method, tmp / MODEL_FILE, sharded, {"step": str(step), "epoch": str(epoch)})
+        _save_weights(method, tmp / MODEL_FILE, sharded)
         state = {
             "step": step,
             "epoch": epoch,
@@ -141,8 +141,10 @@ def save_checkpoint(
     return root / LAST
 
 
-def _save_weights(method: nn.Module, path: Path, exclude: set[str], metadata: dict[str, str]) -> None:
-    """safetensors' ``save_model`` (shared tensors stored once) of ``method`` without the tensors ``exclude``."""
+def _save_weights(method: nn.Module, path: Path, exclude: set[str]) -> None:
+    """safetensors' ``save_model`` (shared tensors stored once) of ``method`` without the tensors ``exclude``;
+    no metadata (safetensors writes a metadata map in any order, so the same weights would not give the same
+    bytes; the step and epoch are in the training state)."""
 
     def drop(_module: nn.Module, state: dict[str, Any], _prefix: str, _metadata: Any) -> None:
         for name in exclude:
@@ -150,7 +152,7 @@ def _save_weights(method: nn.Module, path: Path, exclude: set[str], metadata: di
 
     hook = method.register_state_dict_post_hook(drop)
     try:
-        save_model(method, str(path), metadata=metadata)
+        save_model(method, str(path))
     finally:
         hook.remove()
 

@@ -199,3 +199,12 @@ def test_ema_momentum_is_the_released_cosine_from_the_recipes_base_to_one(recipe
     assert method.momenta[4] == pytest.approx(halfway, abs=1e-15)
     last = 1 - (1 - base) * (1 - math.cos(math.pi / 8)) / 2  # cos(7 pi / 8) = -cos(pi / 8)
     assert method.momenta[-1] == pytest.approx(last, abs=1e-15) and method.momenta[-1] < 1.0
+
+
+def test_a_checkpoint_is_the_same_bytes_every_time(tmp_path) -> None:
+    """The same run twice writes byte-identical weights and checkpoints (dvc.lock hashes them)."""
+    for name in ("a", "b"):
+        train(ToyMethod(), ToySamples(), toy_config(tmp_path / name, epochs=1))
+    for path in sorted((tmp_path / "a").rglob("*")):
+        if path.is_file() and path.name not in ("timing.json", "train_config.json"):  # the speed; out_dir
+            assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes(), path
