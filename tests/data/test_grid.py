@@ -67,3 +67,10 @@ def test_the_face_grid_gives_each_person_a_row_in_order_of_appearance(tmp_path: 
     levels = [[10 + 20 * i for i in row] for row in ([0, 2, 6], [1, 5])]
     assert np.allclose(centre[0], levels[0], atol=3)
     assert np.allclose(centre[1][:2], levels[1], atol=3) and centre[1][2] == 128  # a short row is padded grey
+
+
+def test_a_person_with_many_faces_gets_one_row_of_eight(tmp_path: Path) -> None:
+    shard = _shard(tmp_path / "s.lmdb", [1] * 10 + [0])
+    grid = np.asarray(Image.open(save_face_grid([shard], tmp_path / "faces.png", count=2 * GRID_COLUMNS)))
+    assert grid.shape[:2] == (2 * (112 + LABEL_HEIGHT), GRID_COLUMNS * 112)  # id 1's first 8, then id 0
+    assert abs(int(grid[112 + LABEL_HEIGHT + 56, 56, 0]) - (10 + 20 * 10)) <= 3  # row 2 starts with id 0's face
