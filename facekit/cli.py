@@ -399,6 +399,12 @@ def _cmd_eval_downstream(args: argparse.Namespace) -> str:
     return downstream.summary(report, out)
 
 
+def _cmd_eval_board(args: argparse.Namespace) -> str:
+    from facekit.stages import downstream_board
+
+    return downstream_board.run(args.results, args.recognition, args.out)
+
+
 def _downstream_commands(esub: argparse._SubParsersAction) -> None:
     from facekit.train.downstream import DEFAULT_LR, PROTOCOLS, ProtocolConfig
 
@@ -433,6 +439,12 @@ def _downstream_commands(esub: argparse._SubParsersAction) -> None:
         p.add_argument("--out", type=Path, default=None, help="result JSON (default metrics/downstream/TASK_NAME.json)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=_cmd_eval_downstream)
+
+    p = esub.add_parser("board", help="one table: recognition and every downstream task per backbone")
+    p.add_argument("--results", type=Path, default=Path("metrics/downstream"), help="folder of eval <task> JSONs")
+    p.add_argument("--recognition", type=Path, default=None, help="a recognition leaderboard.json (if it exists)")
+    p.add_argument("--out", type=Path, default=Path("metrics/board"), help="writes OUT.json and OUT.md")
+    p.set_defaults(func=_cmd_eval_board)
 
 
 def _export_commands(sub: argparse._SubParsersAction) -> None:
@@ -491,7 +503,10 @@ def _cmd_leaderboard(args: argparse.Namespace) -> str:
 
 def _cmd_readme(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.stages import leaderboard
+    from facekit.stages import downstream_board, leaderboard
+
+    if args.downstream:
+        return downstream_board.write_readme(args.downstream, Path(args.readme))
 
     params = load_params(args.params)
     return leaderboard.write_readme(params, params.paths, Path(args.readme))
@@ -521,6 +536,9 @@ def _train_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("readme", help="the README's sample tables from the sample's metrics/leaderboard.json")
     p.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
+    p.add_argument(
+        "--downstream", type=Path, default=None, help="only the downstream table, from this board JSON (eval board)"
+    )
     _add_params_option(p)
     p.set_defaults(func=_cmd_readme)
 
