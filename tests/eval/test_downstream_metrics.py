@@ -73,11 +73,11 @@ def test_nme_rejects_a_layout_mismatch_and_unknown_norm() -> None:
 
 
 def test_failure_rate_and_auc_at_8_and_10_percent() -> None:
-    errors = np.array([0.02, 0.04, 0.09, 0.2])
-    assert failure_rate(errors, 0.08) == pytest.approx(2 / 4)
-    assert failure_rate(errors, 0.10) == pytest.approx(1 / 4)
-    assert ced_auc(errors, 0.08) == pytest.approx((0.06 + 0.04) / 4 / 0.08)
-    assert ced_auc(errors, 0.10) == pytest.approx((0.08 + 0.06 + 0.01) / 4 / 0.10)
+    errors = np.array([0.02, 0.04, 0.08, 0.09, 0.2])
+    assert failure_rate(errors, 0.08) == pytest.approx(2 / 5)  # an error of exactly 0.08 is no failure
+    assert failure_rate(errors, 0.10) == pytest.approx(1 / 5)
+    assert ced_auc(errors, 0.08) == pytest.approx((0.06 + 0.04) / 5 / 0.08)
+    assert ced_auc(errors, 0.10) == pytest.approx((0.08 + 0.06 + 0.02 + 0.01) / 5 / 0.10)
     grid = np.linspace(0, 0.10, 100001)  # the area under the sampled curve agrees with the exact one
     curve = (errors[None, :] <= grid[:, None]).mean(axis=1)
     assert ced_auc(errors, 0.10) == pytest.approx(np.trapezoid(curve, grid) / 0.10, abs=1e-4)
