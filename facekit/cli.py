@@ -392,7 +392,14 @@ def _cmd_eval_downstream(args: argparse.Namespace) -> str:
         seed=args.seed,
     )
     evaluation = downstream.Evaluation(
-        args.eval_command, args.backbone, args.dataset, args.data, config, args.reference_model, args.mesh_model
+        args.eval_command,
+        args.backbone,
+        args.dataset,
+        args.data,
+        config,
+        args.resplit,
+        args.reference_model,
+        args.mesh_model,
     )
     out = args.out or downstream.default_out(args.eval_command, args.backbone)
     report = downstream.run(evaluation, out, progress=not args.quiet)
@@ -427,6 +434,9 @@ def _downstream_commands(esub: argparse._SubParsersAction) -> None:
         p.add_argument("--data", type=Path, default=Path("data/shards"), help="the shards, or the dataset's root")
         p.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol, help="frozen backbone or not")
         p.add_argument("--few-shot", type=float, default=defaults.few_shot, help="seeded fraction of the train split")
+        p.add_argument(
+            "--resplit", type=float, default=0.0, help="hold out this seeded fraction as test, not the dataset's splits"
+        )
         p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
         p.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
         p.add_argument("--lr", type=float, default=None, help=f"head learning rate (default {DEFAULT_LR[task]:g})")

@@ -14,7 +14,7 @@ Backbones: ``RUN_DIR`` (``backbone.json`` + weights), ``random:RUN_DIR`` (its sp
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,16 @@ PRIMARY = {
 @dataclass(frozen=True)
 class Evaluation:
     """What ``facekit eval <task>`` was asked: task, backbone (see the module docstring), dataset (``derived``
-    or a reader name), data (the shards for ``derived``, else the dataset root), the protocol's settings."""
+    or a reader name), data (the shards for ``derived``, else the dataset root), the protocol's settings;
+    resplit: 0, or a fraction of the items held out as the test split instead of the dataset's own splits
+    (seeded by the protocol's seed; for a handful of real items that all sit in one split)."""
 
     task: str
     backbone: str
     dataset: str
     data: Path
     config: ProtocolConfig
+    resplit: float = 0.0
     reference_model: str = "models/mobilefacenet_128d.onnx"
     mesh_model: str = "models/mediapipe_face_landmark_468.tflite"
 
@@ -83,6 +86,8 @@ class Evaluation:
                 raise ValueError(f"dataset {self.dataset!r} is a {reader.task} dataset, not {self.task}")
         elif self.task not in DERIVED_TASKS:
             raise ValueError(f"no derived labels for {self.task}")
+        if not 0.0 <= self.resplit < 1.0:
+            raise ValueError(f"resplit must be a fraction in [0, 1), got {self.resplit}")
         if not self.data.exists():
             raise FileNotFoundError(f"{self.data} not found (--data: the shards, or the dataset root)")
         if self.backbone == REFERENCE:
@@ -137,6 +142,13 @@ def load_task_data(evaluation: Evaluation, size: int, with_mesh: bool, progress:
     return TaskData(task, images, targets, split, int(num_outputs or 0)), names
 
 
+def held_out_split(n: int, fraction: float, seed: int) -> np.ndarray:
+    """``[n]`` splits: a seeded ``fraction`` of the items (at least one) "test", the rest "train"."""
+    split = np.full(n, "train", dtype=object)
+    split[np.random.default_rng(seed).permutation(n)[: max(1, round(fraction * n))]] = "test"
+    return split.astype(str)
+
+
 def prior_predictions(data: TaskData, train_index: np.ndarray, n_test: int) -> np.ndarray:
     """Predictions that see no image: the train items' majority class (per pixel for parsing, per attribute)
     or mean target (alignment, pose), repeated for the ``n_test`` test items."""
@@ -178,6 +190,8 @@ def run(evaluation: Evaluation, out: Path, *, progress: bool = True) -> dict[str
     encoder, normalization, size, described = load_encoder(evaluation)
     with_mesh = isinstance(encoder, BackboneFeatures) and needs_landmarks(encoder.backbone)
     data, names = load_task_data(evaluation, size, with_mesh, progress)
+    if evaluation.resplit:
+        data = replace(data, split=held_out_split(len(data.split), evaluation.resplit, evaluation.config.seed))
     result = run_protocol(data, encoder, normalization, evaluation.config, progress=progress)
     gt = data.targets[result.test_index]
     prior = prior_predictions(data, result.train_index, len(gt))
@@ -187,6 +201,7 @@ def run(evaluation: Evaluation, out: Path, *, progress: bool = True) -> dict[str
         "dataset": evaluation.dataset,
         "backbone": described,
         "protocol": asdict(evaluation.config),
+        "resplit": evaluation.resplit,
         "primary": primary,
         "higher_is_better": higher,
         "n_train": len(result.train_index),
