@@ -94,8 +94,11 @@ class Evaluation:
             if self.config.protocol != "linear":
                 raise ValueError("the reference model is an ONNX embedding: only --protocol linear can use it")
             resolve_model(self.reference_model)
+        elif self.backbone.startswith(RANDOM_PREFIX):
+            run_spec(self.backbone.removeprefix(RANDOM_PREFIX))  # the spec and the seed its run started from
         else:
-            run_spec(self.backbone.removeprefix(RANDOM_PREFIX))  # a finished run folder
+            backbones.read(self.backbone)
+            backbones.weights_file(self.backbone)
 
 
 def load_encoder(evaluation: Evaluation) -> tuple[BackboneFeatures | FrozenFeatures, tuple[Stats, Stats], int, dict]:
@@ -107,7 +110,7 @@ def load_encoder(evaluation: Evaluation) -> tuple[BackboneFeatures | FrozenFeatu
         described = {"name": REFERENCE, "model": Path(evaluation.reference_model).name, "init": "trained"}
         return FrozenFeatures(embedder.embed, dim), DEFAULT_NORMALIZATION, size, described
     run_dir = Path(evaluation.backbone.removeprefix(RANDOM_PREFIX))
-    spec, _ = run_spec(run_dir)
+    spec = backbones.read(run_dir)
     random = evaluation.backbone.startswith(RANDOM_PREFIX)
     module = random_init_backbone(run_dir) if random else backbones.load(run_dir)
     described = {
