@@ -7,8 +7,9 @@ a linear probe can use), runs the protocol (:mod:`facekit.train.downstream`) and
 with the task's standard metric (:mod:`facekit.eval.downstream_metrics`), for the trained head, the untrained
 head and the prior (the train split's majority class / mean target, no image seen). The result is one JSON file.
 
-Backbones: ``RUN_DIR`` (``backbone.json`` + weights), ``random:RUN_DIR`` (its spec built after
-``manual_seed(run seed)``, as pre-training starts) or ``reference`` (``--reference-model``).
+Backbones: ``RUN_DIR`` (``backbone.json`` + weights; a ``random_init`` export counts as a random init),
+``random:RUN_DIR`` (its spec built after ``manual_seed(run seed)``, as pre-training starts) or ``reference``
+(``--reference-model``).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def load_encoder(evaluation: Evaluation) -> tuple[BackboneFeatures | FrozenFeatu
         "run_dir": str(run_dir),
         "method": spec.method,
         "architecture": spec.name,
-        "init": "random" if random else "trained",
+        "init": "random" if random or spec.method == backbones.RANDOM_INIT else "trained",
     }
     return BackboneFeatures(module), (spec.mean, spec.std), spec.input_size, described
 

@@ -30,8 +30,10 @@ TITLES = {
 
 
 def row_name(backbone: dict[str, Any]) -> str:
-    """A result's backbone as a row name: the run, ``<run> (random init)`` or ``reference``."""
-    return backbone["name"] + (" (random init)" if backbone.get("init") == "random" else "")
+    """A result's backbone as a row name: the run, ``<run> (random init)`` (``random:RUN_DIR``; an exported
+    ``random_init`` run keeps its own name) or ``reference``."""
+    random = backbone.get("init") == "random" and backbone.get("method") != "random_init"
+    return backbone["name"] + (" (random init)" if random else "")
 
 
 def build_board(results: Path, recognition: Path | None = None) -> dict[str, dict[str, Any]]:
