@@ -36,8 +36,9 @@ from facekit.nn.downstream_heads import POSE_SCALE, BackboneFeatures, Features, 
 Protocol = Literal["linear", "finetune"]
 PROTOCOLS: tuple[Protocol, ...] = ("linear", "finetune")
 #: The head's learning rate by task: the regression heads read the flattened grid (thousands of inputs) and
-#: overfit the medium set at 1e-3 (alignment NME above the mean shape's), not at 1e-4.
-DEFAULT_LR = {"expression": 1e-3, "attributes": 1e-3, "parsing": 1e-3, "alignment": 1e-4, "pose": 1e-4}
+#: overfit the medium set at 1e-3 (alignment NME above the mean shape's), not at 1e-4; the parsing decoder
+#: learns little in 30 epochs at 1e-3 (medium set, linear probe: mean F1 0.62 at 1e-3, 0.73 at 1e-2).
+DEFAULT_LR = {"expression": 1e-3, "attributes": 1e-3, "parsing": 1e-2, "alignment": 1e-4, "pose": 1e-4}
 
 
 @dataclass(frozen=True)
