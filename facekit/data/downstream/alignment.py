@@ -218,13 +218,14 @@ def scan_coco_landmarks(root: Path, count: int, flags_occlusion: bool = False) -
         consumed.add(path)
         split = next((s for s in ("train", "val") if s in path.stem.lower()), "test")
         files = {image["id"]: image["file_name"] for image in data["images"]}
-        for annotation in data["annotations"]:
+        for position, annotation in enumerate(data["annotations"], start=1):
             keypoints = np.asarray(annotation.get("keypoints", []), dtype=np.float32)
             if keypoints.size != count * 3 or annotation.get("image_id") not in files:
                 raise ValueError(f"{path}: annotation {annotation.get('id')}: needs {count} x, y, v and an image")
             photo = path.parent / files[annotation["image_id"]]
             if not photo.is_file():
-                rejected.append(Rejected(path, f"annotation {annotation.get('id')}: photo {photo.name} is missing"))
+                why = f"annotation {annotation.get('id')}: photo {photo.name} is missing"
+                rejected.append(Rejected(path, why, position))
                 continue
             consumed.add(photo)
             keypoints = keypoints.reshape(count, 3)

@@ -31,6 +31,7 @@ from facekit.data.downstream.items import (
     DownstreamItem,
     Rejected,
     find_one,
+    find_one_dir,
     finish,
     malformed,
     progress,
@@ -44,8 +45,12 @@ FERPLUS_VOTES = (*FERPLUS_CLASSES, "unknown", "NF")
 AFFECTNET_CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 AFFECTNET_REJECTED = {8: "expression 8 (none)", 9: "expression 9 (uncertain)", 10: "expression 10 (no face)"}
 
-_FERPLUS_SPLITS = {"Training": ("train", "FER2013Train"), "PublicTest": ("val", "FER2013Valid")}
-_FERPLUS_SPLITS["PrivateTest"] = ("test", "FER2013Test")
+#: FER2013's Usage -> (split, the photo folder FERPlus's own script writes).
+_FERPLUS_SPLITS = {
+    "Training": ("train", "FER2013Train"),
+    "PublicTest": ("val", "FER2013Valid"),
+    "PrivateTest": ("test", "FER2013Test"),
+}
 _FER_SIDE = 48
 
 
@@ -180,9 +185,9 @@ def _scan_affectnet(root: Path, num_classes: int) -> DatasetScan:
     lists = [find_one(root, name) for name in _AFFECTNET_SPLITS]
     if not any(lists):
         raise FileNotFoundError(f"{root}: AffectNet needs training.csv or validation.csv")
-    photos = sorted(path for path in root.rglob("Manually_Annotated_Images") if path.is_dir())
-    if len(photos) != 1:
-        raise FileNotFoundError(f"{root}: expected one Manually_Annotated_Images folder, found {len(photos)}")
+    photos = find_one_dir(root, "Manually_Annotated_Images")
+    if photos is None:
+        raise FileNotFoundError(f"{root}: AffectNet needs the Manually_Annotated_Images folder")
     items: list[DownstreamItem] = []
     rejected: list[Rejected] = []
     tables = [path for path in lists if path]
@@ -195,15 +200,15 @@ def _scan_affectnet(root: Path, num_classes: int) -> DatasetScan:
                 expression = int(fields[6])
             except ValueError:
                 raise malformed(table, line, f"face box or expression is not a number: {fields[1:7]}") from None
-            if expression in AFFECTNET_REJECTED or expression >= num_classes:
+            if not 0 <= expression <= max(AFFECTNET_REJECTED):
+                raise malformed(table, line, f"expression {expression} is not one of 0-10")
+            if expression >= num_classes:
                 why = AFFECTNET_REJECTED.get(
                     expression, f"expression {expression} is outside the {num_classes} classes"
                 )
                 rejected.append(Rejected(table, why, line))
                 continue
-            if expression < 0:
-                raise malformed(table, line, f"expression {expression} is not one of 0-10")
-            photo = photos[0] / fields[0]
+            photo = photos / fields[0]
             if not photo.is_file():
                 rejected.append(Rejected(table, f"photo {fields[0]} is missing", line))
                 continue
@@ -212,7 +217,7 @@ def _scan_affectnet(root: Path, num_classes: int) -> DatasetScan:
             items.append(DownstreamItem(photo, "expression", _label(expression), split, box=box))
 
     def reason(path: Path) -> str:
-        if photos[0] in path.parents:
+        if photos in path.parents:
             return "photo without a kept row in training.csv / validation.csv"
         return "not part of AffectNet's manually annotated layout"
 

@@ -38,7 +38,8 @@ class DownstreamItem:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A file (or one line of it, ``line`` 1-based) under a root that yields no item, and why."""
+    """A file under a root that yields no item, or one row of an annotation file (``line``, 1-based: a text line, a
+    table row, the position in a json list or a .mat array), and why."""
 
     path: Path
     reason: str

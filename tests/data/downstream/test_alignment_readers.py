@@ -100,6 +100,19 @@ def test_converted_json_real_items(
     reconciles(converted / folder, scan, rows=count)
 
 
+def test_converted_json_annotation_without_its_photo(converted: Path, tmp_path: Path, reconciles: Reconciles) -> None:
+    shutil.copy(converted / "cofw" / "test_cofw.json", tmp_path)
+    shutil.copy(converted / "cofw" / "001805.jpg", tmp_path)
+    (tmp_path / "notes.txt").write_text("kept aside\n")
+    scan = READERS["cofw"].scan(tmp_path)
+    assert [item.image.name for item in scan.items] == ["001805.jpg"]
+    assert [(entry.path.name, entry.line, entry.reason) for entry in scan.rejected] == [
+        ("test_cofw.json", 1, "annotation 1766: photo 001766.jpg is missing"),
+        ("notes.txt", None, "not named by the converted json"),
+    ]
+    reconciles(tmp_path, scan, rows=2)
+
+
 def test_cofw_occlusion_flags(converted: Path) -> None:
     first, second = READERS["cofw"].read(converted / "cofw")
     assert np.flatnonzero(~first.visible).tolist() == [22, 23, 24, 25, 26, 27]  # 001766: the mouth, under the tongue

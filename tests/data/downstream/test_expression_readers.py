@@ -147,3 +147,10 @@ def test_affectnet_eight_and_seven_classes(affectnet: Path, reconciles: Reconcil
     assert READERS["affectnet7"].classes == READERS["affectnet"].classes[:7]
     assert (3, "expression 7 is outside the 7 classes") in [(e.line, e.reason) for e in seven.rejected]
     reconciles(affectnet, seven, rows=5)
+
+
+def test_affectnet_expression_outside_0_to_10_names_the_line(affectnet: Path) -> None:
+    table = affectnet / "Manually_Annotated_file_lists" / "validation.csv"
+    table.write_text(table.read_text().replace(",6,-0.5,", ",11,-0.5,"))
+    with pytest.raises(ValueError, match=r"validation.csv:2: expression 11 is not one of 0-10"):
+        READERS["affectnet"].read(affectnet)
