@@ -2,11 +2,11 @@
 
 It reads every ``facekit eval <task>`` result JSON of a folder (:mod:`facekit.stages.downstream`) and, when
 present, the recognition leaderboard of the lineage whose pre-training runs were scored
-(``metrics/leaderboard.json``: holistic verification accuracy and the kNN check of each run). A row is a
-backbone (run name, ``… (random init)``, ``reference``); a task column shows the trained head's primary metric
-with the untrained head's in brackets. ``facekit readme --downstream BOARD`` writes the table into the README
-between ``<!-- downstream-medium:start -->`` and ``<!-- downstream-medium:end -->`` from a copy of the board
-committed at :data:`README_DOWNSTREAM`.
+(``metrics/leaderboard.json``: each run's verification accuracy after fine-tuning, :func:`recognition_scores`).
+A row is a backbone (run name, ``… (random init)``, ``reference``); a task column shows the trained head's
+primary metric with the untrained head's in brackets. ``facekit readme --downstream BOARD`` writes the table
+into the README between ``<!-- downstream-medium:start -->`` and ``<!-- downstream-medium:end -->`` from a copy
+of the board committed at :data:`README_DOWNSTREAM`.
 """
 
 from __future__ import annotations
@@ -59,12 +59,26 @@ def build_board(results: Path, recognition: Path | None = None) -> dict[str, dic
             "n_test": report["n_test"],
         }
     if recognition is not None and Path(recognition).is_file():
-        scores = json.loads(Path(recognition).read_text())
+        scores = recognition_scores(json.loads(Path(recognition).read_text()))
         for name, row in board.items():
             if name in scores:
-                kept = ("holistic_accuracy", "masked_accuracy", "knn_accuracy", "knn_accuracy_random_init")
-                row["recognition"] = {k: scores[name][k] for k in kept if k in scores[name]}
+                row["recognition"] = scores[name]
     return dict(sorted(board.items()))
+
+
+def recognition_scores(leaderboard: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``{run: {"accuracy": verification accuracy after fine-tuning}}`` of a recognition leaderboard: the sample's
+    (``{run: {"holistic_accuracy", ...}}``) or a probe lineage's (``{"runs": {run: {"finetuned": {"accuracy"}}}}``);
+    runs without a score are left out."""
+    rows = leaderboard["runs"] if isinstance(leaderboard.get("runs"), dict) else leaderboard
+    out = {}
+    for name, row in rows.items():
+        if not isinstance(row, dict):
+            continue
+        accuracy = row.get("holistic_accuracy", (row.get("finetuned") or {}).get("accuracy"))
+        if accuracy is not None:
+            out[name] = {"accuracy": float(accuracy)}
+    return out
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -80,7 +94,7 @@ def board_table(board: dict[str, dict[str, Any]]) -> str:
     lines = ["| backbone | recognition acc. | " + " | ".join(TITLES[t] for t in tasks) + " |"]
     lines.append("|---|---|" + "---|" * len(tasks))
     for name, row in board.items():
-        recognition = row.get("recognition", {}).get("holistic_accuracy")
+        recognition = row.get("recognition", {}).get("accuracy")
         cells = [f"{recognition:.4f}" if recognition is not None else "–"] + [_cell(row.get(t)) for t in tasks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     priors = [next((row[t]["prior"] for row in board.values() if t in row), None) for t in tasks]

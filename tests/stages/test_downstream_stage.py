@@ -77,10 +77,12 @@ def test_eval_alignment_writes_its_scores_and_the_board_joins_them(tiny: dict[st
     summary = downstream_board.run(tiny["root"] / "results", recognition, tmp_path / "board")
     assert "2 backbones x 2 tasks" in summary
     board = json.loads((tmp_path / "board.json").read_text())
-    assert board["run"]["recognition"] == {"holistic_accuracy": 0.75}
+    assert board["run"]["recognition"] == {"accuracy": 0.75}
     assert set(board) == {"run", "run (random init)"} and "alignment" in board["run"]
     table = (tmp_path / "board.md").read_text()
     assert "| run | 0.7500 |" in table and "prior (no image)" in table
+    probe_lineage = {"runs": {"run": {"finetuned": {"accuracy": 0.5}}, "mae": {"learned": {}}}, "controls": {}}
+    assert downstream_board.recognition_scores(probe_lineage) == {"run": {"accuracy": 0.5}}
     text = "a\n<!-- downstream-medium:start -->\nold\n<!-- downstream-medium:end -->\nb\n"
     rendered = downstream_board.render_readme(text, board)
     assert "old" not in rendered and downstream_board.render_readme(rendered, board) == rendered
