@@ -120,3 +120,15 @@ def test_the_lineage_scores_every_task_on_every_backbone() -> None:
     runs = [b["dep"] for b in params["backbones"] if b["backbone"] != "reference"]
     assert runs and all(dep.startswith("../medium/data/runs/pretrain/") for dep in runs)
     assert "metrics/downstream" in stages["board"]["deps"]
+
+
+def test_a_lafs_backbone_of_the_mesh_source_gets_each_faces_mesh_points(tiny: dict[str, Path], tmp_path: Path) -> None:
+    lafs = backbones.BACKBONES.create(
+        "landmark_vit", base="facet_base", depth=1, embed_dim=16, num_heads=2, num_prompts=0, head_dim=None
+    )
+    backbones.save(lafs, backbones.spec_of(lafs, run="lafs", method="lafs"), tmp_path / "lafs")
+    out = tmp_path / "lafs.json"
+    args = ["eval", "alignment", "--backbone", str(tmp_path / "lafs"), "--data", str(tiny["shards"])]
+    assert main([*args, "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["image_size"] == 112 and report["backbone"]["architecture"] == "landmark_vit"
