@@ -379,37 +379,15 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval_downstream(args: argparse.Namespace) -> str:
-    from facekit.stages import downstream
-    from facekit.train.downstream import ProtocolConfig
+    from facekit.eval_commands import downstream_command
 
-    config = ProtocolConfig(
-        protocol=args.protocol,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        few_shot=args.few_shot,
-        hidden=args.hidden,
-        seed=args.seed,
-    )
-    evaluation = downstream.Evaluation(
-        args.eval_command,
-        args.backbone,
-        args.dataset,
-        args.data,
-        config,
-        args.resplit,
-        args.reference_model,
-        args.mesh_model,
-    )
-    out = args.out or downstream.default_out(args.eval_command, args.backbone)
-    report = downstream.run(evaluation, out, progress=not args.quiet)
-    return downstream.summary(report, out)
+    return downstream_command(args)
 
 
 def _cmd_eval_board(args: argparse.Namespace) -> str:
-    from facekit.stages import downstream_board
+    from facekit.eval_commands import board_command
 
-    return downstream_board.run(args.results, args.recognition, args.out)
+    return board_command(args)
 
 
 def _downstream_commands(esub: argparse._SubParsersAction) -> None:
