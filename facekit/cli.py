@@ -323,7 +323,9 @@ def _eval_detector_options(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_commands(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="benchmarks: .bin sets, image pairs, IJB-B/C, kNN check of pretrain runs")
+    ev = sub.add_parser(
+        "eval", help="benchmarks: .bin sets, image pairs, IJB-B/C, kNN check, downstream tasks (expression ... pose)"
+    )
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
 
     p = esub.add_parser("bin", help="10-fold verification on insightface .bin sets (lfw.bin, cfp_fp.bin, ...)")
@@ -373,6 +375,64 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
     p.add_argument("--metrics", type=Path, default=None, help="write the result as a DVC metrics JSON")
     p.set_defaults(func=_cmd_eval_knn)
+    _downstream_commands(esub)
+
+
+def _cmd_eval_downstream(args: argparse.Namespace) -> str:
+    from facekit.eval_commands import downstream_command
+
+    return downstream_command(args)
+
+
+def _cmd_eval_board(args: argparse.Namespace) -> str:
+    from facekit.eval_commands import board_command
+
+    return board_command(args)
+
+
+def _downstream_commands(esub: argparse._SubParsersAction) -> None:
+    from facekit.train.downstream import DEFAULT_LR, PROTOCOLS, ProtocolConfig
+
+    defaults = ProtocolConfig()
+    helps = {
+        "expression": "expression classes: top-1 and mean per-class accuracy",
+        "attributes": "binary face attributes: mean accuracy",
+        "alignment": "landmark alignment: NME, failure rate and AUC at 8% / 10%",
+        "parsing": "face parsing: per-class F1 and mean F1 without background",
+        "pose": "head pose: yaw / pitch / roll MAE in degrees",
+    }
+    for task, text in helps.items():
+        p = esub.add_parser(task, help=f"{text}, of a backbone by linear probe or fine-tuning")
+        p.add_argument(
+            "--backbone",
+            required=True,
+            help="a run folder (backbone.json + weights), random:RUN_DIR (its backbone at random init) or reference",
+        )
+        p.add_argument("--dataset", default="derived", help="'derived' (labels from the shards) or a dataset reader")
+        p.add_argument("--data", type=Path, default=Path("data/shards"), help="the shards, or the dataset's root")
+        p.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol, help="frozen backbone or not")
+        p.add_argument("--few-shot", type=float, default=defaults.few_shot, help="seeded fraction of the train split")
+        p.add_argument(
+            "--resplit", type=float, default=0.0, help="hold out this seeded fraction as test, not the dataset's splits"
+        )
+        p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
+        p.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
+        p.add_argument("--lr", type=float, default=None, help=f"head learning rate (default {DEFAULT_LR[task]:g})")
+        p.add_argument("--hidden", type=int, default=0, help="MLP width of the expression head (0: linear)")
+        p.add_argument("--seed", type=int, default=defaults.seed, help="head init, few-shot subset, batch order")
+        p.add_argument("--reference-model", default="models/mobilefacenet_128d.onnx", help="ONNX of 'reference'")
+        p.add_argument(
+            "--mesh-model", default="models/mediapipe_face_landmark_468.tflite", help="face mesh (derived pose)"
+        )
+        p.add_argument("--out", type=Path, default=None, help="result JSON (default metrics/downstream/TASK_NAME.json)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=_cmd_eval_downstream)
+
+    p = esub.add_parser("board", help="one table: recognition and every downstream task per backbone")
+    p.add_argument("--results", type=Path, default=Path("metrics/downstream"), help="folder of eval <task> JSONs")
+    p.add_argument("--recognition", type=Path, default=None, help="a recognition leaderboard.json (if it exists)")
+    p.add_argument("--out", type=Path, default=Path("metrics/board"), help="writes OUT.json and OUT.md")
+    p.set_defaults(func=_cmd_eval_board)
 
 
 def _export_commands(sub: argparse._SubParsersAction) -> None:
@@ -431,7 +491,10 @@ def _cmd_leaderboard(args: argparse.Namespace) -> str:
 
 def _cmd_readme(args: argparse.Namespace) -> str:
     from facekit.config import load_params
-    from facekit.stages import leaderboard
+    from facekit.stages import downstream_board, leaderboard
+
+    if args.downstream:
+        return downstream_board.write_readme(args.downstream, Path(args.readme))
 
     params = load_params(args.params)
     return leaderboard.write_readme(params, params.paths, Path(args.readme))
@@ -461,6 +524,9 @@ def _train_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("readme", help="the README's sample tables from the sample's metrics/leaderboard.json")
     p.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
+    p.add_argument(
+        "--downstream", type=Path, default=None, help="only the downstream table, from this board JSON (eval board)"
+    )
     _add_params_option(p)
     p.set_defaults(func=_cmd_readme)
 

@@ -1,6 +1,7 @@
 """The handlers of ``facekit eval`` and ``facekit export`` (their parsers are in :mod:`facekit.cli`): each
-turns parsed arguments into calls of the evaluation library (:mod:`facekit.eval`), which takes plain
-arguments and knows nothing of the command line."""
+turns parsed arguments into calls of the evaluation library (:mod:`facekit.eval`) or, for the downstream tasks,
+of their stages (:mod:`facekit.stages.downstream`), which take plain arguments and know nothing of the command
+line."""
 
 from __future__ import annotations
 
@@ -105,3 +106,32 @@ def export_command(args: argparse.Namespace) -> int | str:
         print(f"facekit: export failed the parity check: {e}", file=sys.stderr)
         return 1
     return report.summary()
+
+
+def downstream_command(args: argparse.Namespace) -> str:
+    """``facekit eval <task>`` (expression ... pose): one backbone, one task, one protocol."""
+    from facekit.stages import downstream
+    from facekit.train.downstream import ProtocolConfig
+
+    config = ProtocolConfig(
+        protocol=args.protocol,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        few_shot=args.few_shot,
+        hidden=args.hidden,
+        seed=args.seed,
+    )
+    task, backbone = args.eval_command, args.backbone
+    evaluation = downstream.Evaluation(
+        task, backbone, args.dataset, args.data, config, args.resplit, args.reference_model, args.mesh_model
+    )
+    out = args.out or downstream.default_out(task, backbone)
+    return downstream.summary(downstream.run(evaluation, out, progress=not args.quiet), out)
+
+
+def board_command(args: argparse.Namespace) -> str:
+    """``facekit eval board``: the downstream results joined with the recognition leaderboard."""
+    from facekit.stages import downstream_board
+
+    return downstream_board.run(args.results, args.recognition, args.out)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from facekit.stages.downstream_board import README_DOWNSTREAM
+from facekit.stages.downstream_board import render_readme as render_downstream
 from facekit.stages.leaderboard import README_BOARD, render_readme
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +62,11 @@ def test_render_readme_fills_each_block_and_names_the_far() -> None:
     assert render_readme(out, {"mae": row}, "sample") == out
     with pytest.raises(ValueError, match="sample-knn"):
         render_readme("no markers", {"mae": row}, "sample")
+
+
+def test_the_readme_downstream_table_matches_the_committed_medium_run() -> None:
+    """The downstream table is generated (`facekit readme --downstream BOARD`) from docs/downstream_medium.json."""
+    readme = (ROOT / "README.md").read_text()
+    board = json.loads((ROOT / README_DOWNSTREAM).read_text())
+    assert render_downstream(readme, board) == readme
+    assert {"alignment", "pose"} <= {task for row in board.values() for task in row}

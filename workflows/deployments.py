@@ -1,5 +1,6 @@
-"""Serve ``prepare-data/prepare-data``, ``push-dataset/push-dataset``, ``pretrain/pretrain-<run>`` and
-``full-chain/full-chain`` (one machine, no work pool), or register them on a work pool (``--pool``).
+"""Serve ``prepare-data/prepare-data``, ``push-dataset/push-dataset``, ``pretrain/pretrain-<run>``,
+``full-chain/full-chain`` and ``evaluate-downstream/evaluate-downstream`` (one machine, no work pool), or register
+them on a work pool (``--pool``).
 
 Run from the project root (flow runs start in this process's working directory)::
 
@@ -11,6 +12,7 @@ Run from the project root (flow runs start in this process's working directory):
     prefect deployment run 'push-dataset/push-dataset' -p repo_id=OWNER/NAME --watch   # HF_TOKEN set here
     prefect deployment run 'pretrain/pretrain-mae' --watch          # one deployment per run in params.yaml
     prefect deployment run 'full-chain/full-chain' --watch          # GPU stages: dvc-stage/dvc-stage-gpu
+    prefect deployment run 'evaluate-downstream/evaluate-downstream' --watch   # lineages/downstream
 
 With ``--pool POOL`` the same deployments are registered on a work pool instead, and its workers run them
 in this directory (``working_dir``)::
@@ -32,6 +34,7 @@ from prefect import serve as serve_deployments
 from prefect.deployments.runner import RunnerDeployment
 from prefect.types.entrypoint import EntrypointType
 
+from workflows.downstream import evaluate_downstream
 from workflows.full_chain import full_chain
 from workflows.prepare_data import prepare_data
 from workflows.pretrain import pretrain_deployments
@@ -46,6 +49,7 @@ def deployments(name: str = "prepare-data") -> list[RunnerDeployment]:
         push_dataset.to_deployment(name="push-dataset", entrypoint_type=EntrypointType.MODULE_PATH),
         *pretrain_deployments(),  # pretrain/pretrain-<run> for every run in params.yaml
         full_chain.to_deployment(name="full-chain", entrypoint_type=EntrypointType.MODULE_PATH),
+        evaluate_downstream.to_deployment(name="evaluate-downstream", entrypoint_type=EntrypointType.MODULE_PATH),
     ]
 
 

@@ -27,10 +27,10 @@ def _is_lock_error(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> b
 
 
 @task(retries=6, retry_delay_seconds=[1, 2, 4, 8, 16, 30], retry_condition_fn=_is_lock_error, cache_policy=NO_CACHE)
-def dvc_repro(stage: str, single_item: bool = False) -> bool:
-    """``dvc repro <stage>`` in the working directory (a stage that is up to date is skipped by DVC); with
-    ``single_item``, ``--single-item``: the stage alone, its upstream stages are not checked. Returns whether
-    DVC ran the stage's command.
+def dvc_repro(stage: str, single_item: bool = False, cwd: str = ".") -> bool:
+    """``dvc repro <stage>`` in ``cwd`` (default: the working directory; a stage that is up to date is skipped by
+    DVC); with ``single_item``, ``--single-item``: the stage alone, its upstream stages are not checked. Returns
+    whether DVC ran the stage's command.
 
     The interpreter's folder goes first on ``PATH`` so that the stage commands (``facekit data ...``)
     are this environment's.
@@ -38,7 +38,7 @@ def dvc_repro(stage: str, single_item: bool = False) -> bool:
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     env.setdefault("DVC_NO_ANALYTICS", "1")
     command = [sys.executable, "-m", "dvc", "repro", *(["--single-item"] if single_item else []), stage]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, check=False)
     logger = get_run_logger()
     for line in (proc.stdout + proc.stderr).splitlines():
         logger.info(line)
