@@ -44,8 +44,9 @@ UP_TO_DATE = "Up to date"  # the dvc-stage flow run's final state name when DVC 
 WORKER_TIMEOUT_S = 600.0  # how long a GPU stage waits while its pool has no online worker
 
 
-def read_dag(root: Path | str = ".") -> tuple[list[str], dict[str, list[str]], set[str]]:
-    """The pipeline stages of ``root``'s DVC project in a topological order (``dvc.yaml`` order among
+def read_dag(root: Path | str = ".", pipeline: str = "dvc.yaml") -> tuple[list[str], dict[str, list[str]], set[str]]:
+    """The stages of ``root``'s ``pipeline`` file (and the stages of other ``dvc.yaml`` files they depend on,
+    e.g. ``lineages/downstream/dvc.yaml`` on the medium lineage's) in a topological order (file order among
     independent stages), each stage's direct upstream stages, and the stages DVC reports as stale (a stage
     marked ``always_changed`` only when something else about it changed)."""
     from dvc.repo import Repo  # only the orchestrating process needs DVC's Python API
@@ -55,7 +56,14 @@ def read_dag(root: Path | str = ".") -> tuple[list[str], dict[str, list[str]], s
         stages = [s for s in repo.index.stages if isinstance(s, PipelineStage)]
         graph = repo.index.graph  # an edge goes from a stage to a stage it depends on
         upstream = {s.addressing: [u.addressing for u in graph.successors(s) if u in stages] for s in stages}
-        stale = {name for name, why in repo.status().items() if why != ["always changed"]}
+        target = (Path(root) / pipeline).resolve()
+        chosen = {s.addressing for s in stages if Path(s.dvcfile.path).resolve() == target}
+        if not chosen:
+            raise ValueError(f"{pipeline}: no pipeline stages there (in {Path(root).resolve()})")
+        for name in list(chosen):
+            chosen |= upstream_closure(name, upstream)
+        upstream = {name: ups for name, ups in upstream.items() if name in chosen}
+        stale = {name for name, why in repo.status().items() if why != ["always changed"]} & chosen
     position = {name: i for i, name in enumerate(upstream)}
     dag = nx.DiGraph()
     dag.add_nodes_from(upstream)
@@ -148,20 +156,22 @@ def full_chain(
     gpu_deployment: str = GPU_DEPLOYMENT,
     poll_seconds: float = 10.0,
     worker_timeout_s: float | None = WORKER_TIMEOUT_S,
+    pipeline: str = "dvc.yaml",
 ) -> dict[str, str]:
-    """Bring every stage of the working directory's ``dvc.yaml`` up to date, GPU stages through
+    """Bring every stage of the working directory's ``pipeline`` (the sample's ``dvc.yaml``, or e.g.
+    ``lineages/medium/dvc.yaml``; with the stages it depends on) up to date, GPU stages through
     ``gpu_deployment`` (polled every ``poll_seconds``; failing after ``worker_timeout_s`` without an online
     worker in its pool, see :func:`wait_for_run`). Returns ``{stage: "ran" | "up to date"}`` in
     topological order; any failing stage fails the flow (stages downstream of it do not run)."""
     cpu_stage = dvc_repro.with_options(task_run_name="{stage}")
-    order, upstream, stale = read_dag()
+    order, upstream, stale = read_dag(pipeline=pipeline)
     # always-changed stages with nothing stale upstream run first, so that the stages after them are judged
     # on their fresh output; the others run in their place, after their upstream stages
-    refreshed = [s for s in always_changed_stages() if not upstream_closure(s, upstream) & stale]
+    refreshed = [s for s in always_changed_stages() if s in upstream and not upstream_closure(s, upstream) & stale]
     for stage in refreshed:
         cpu_stage(stage, single_item=True)
     if refreshed:
-        order, upstream, stale = read_dag()
+        order, upstream, stale = read_dag(pipeline=pipeline)
     futures: dict[str, PrefectFuture[Any]] = {}
     for stage in order:
         if stage in refreshed:
