@@ -6,7 +6,8 @@ seed ``probe.seed``):
 
 - ``facekit probe RUN`` (a run of ``pretrain.runs``) → ``<probe.out>/RUN.json``: the exported backbone
   (``learned``; none for a ``random_init`` run), each kept checkpoint of its pre-training
-  (``checkpoints``: ``{step: metrics}``, the learning curve over pre-training length), and the same
+  (``checkpoints``: ``{step: metrics}``, the learning curve over pre-training length; the last is the exported
+  backbone), and the same
   architecture at ``probe.random_init_seeds`` random inits (``random_init``: mean / std / min / max, and each
   seed's ``runs``). Each backbone is embedded as :func:`facekit.eval.knn.embed_faces` does (its natural
   feature, its spec's normalisation).
@@ -100,8 +101,9 @@ def probe_run(params: Params, paths: PathsParams, name: str, *, progress: bool =
     if run.method != RANDOM_INIT:
         report["learned"] = scores(trained)
         steps = checkpoint_steps(run_dir)
+        last = max(steps, default=None)  # the run's last checkpoint is the exported backbone: scored once
         report["checkpoints"] = {
-            str(step): scores(checkpoint_backbone(params, name, steps[step]))
+            str(step): report["learned"] if step == last else scores(checkpoint_backbone(params, name, steps[step]))
             for step in tqdm(sorted(steps), desc=f"probe {name} checkpoints", disable=not progress)
         }
     out = Path(params.probe.out) / f"{name}.json"

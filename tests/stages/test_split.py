@@ -1,4 +1,5 @@
-"""The identity split: seeded, disjoint, and no training stage's dataset yields a face of a held-out person."""
+"""The identity split: seeded, disjoint, and no training stage's dataset yields a face of a held-out person; the
+probes read a training run's kept checkpoints."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from facekit.config import Params, load_params
 from facekit.data.record import FaceRecord
 from facekit.data.shards import ShardSetWriter, write_index
-from facekit.stages import finetune, pretrain, split
+from facekit.nn import backbones
+from facekit.stages import finetune, pretrain, probe, split
 
 PEOPLE, FACES = 8, 3
 TINY_VIT = {"img_size": 32, "depth": 1, "embed_dim": 32, "num_heads": 2}
@@ -125,3 +128,19 @@ def test_held_out_needs_the_split_file_and_names_the_command(project: Path) -> N
     with pytest.raises(FileNotFoundError, match="facekit split"):
         split.held_out(load_params())
     assert split.held_out(load_params(overrides={"split.holdout_identities": 0})) == []
+
+
+def test_the_last_kept_checkpoint_rebuilds_the_exported_backbone(project: Path) -> None:
+    """The probes' learning curve reads each kept checkpoint through the method: the last one gives back
+    exactly the backbone the run exported."""
+    params = load_params(overrides={"pretrain.train.keep_checkpoints": True, "pretrain.train.checkpoint_every": 3})
+    _split(params)
+    pretrain.run(params, params.paths, "mae", progress=False)
+    run_dir = Path(params.pretrain.out) / "mae"
+    steps = probe.checkpoint_steps(run_dir)
+    assert sorted(steps) == [3, 6, 7]  # 15 training faces in steps of 2: 7 steps, kept every 3 and at the end
+    exported = backbones.load(run_dir).state_dict()
+    rebuilt = probe.checkpoint_backbone(params, "mae", steps[7]).state_dict()
+    assert exported.keys() == rebuilt.keys() and all(torch.equal(exported[k], rebuilt[k]) for k in exported)
+    early = probe.checkpoint_backbone(params, "mae", steps[3]).state_dict()
+    assert not all(torch.equal(exported[k], early[k]) for k in exported)
