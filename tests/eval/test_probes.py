@@ -66,3 +66,11 @@ def test_probe_knn_is_cosine_and_spread_is_mean_std() -> None:
     runs = [dict.fromkeys(("knn_top1", "linear_probe"), v) for v in (0.2, 0.4)]
     runs = [r | dict.fromkeys(("verification_accuracy", "verification_auc", "verification_tar"), 0.5) for r in runs]
     assert spread(runs)["knn_top1"] == pytest.approx({"mean": 0.3, "std": 0.1, "min": 0.2, "max": 0.4})
+
+
+def test_linear_probe_sees_only_directions() -> None:
+    """Person A's faces along e1 with norm 1, B's along e1 with norm 10: after L2 normalisation every face is
+    the same point, so the probe answers one person for all and scores 2 of the 4 test faces."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    x = np.array([[1.0, 0.0]] * 3 + [[10.0, 0.0]] * 3)
+    assert linear_probe_accuracy(x, labels, seed=0) == pytest.approx(2 / 4)
