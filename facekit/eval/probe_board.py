@@ -77,7 +77,7 @@ def markdown(board: dict[str, Any]) -> str:
         f"Held-out people: {held['identities']} ({held['faces']} faces), never seen by a training stage. Pairs: "
         f"{held['same_pairs']} same, {held['different_pairs']} different, so TAR at FAR = {held['far']:.1e}.",
         "",
-        "| run | pre-train steps | kNN learned | kNN random init | linear learned | linear random init "
+        "| run | pre-train steps (minutes) | kNN learned | kNN random init | linear learned | linear random init "
         "| frozen AUC learned / random init | beats random init | fine-tuned accuracy / AUC | beats scratch |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -85,7 +85,8 @@ def markdown(board: dict[str, Any]) -> str:
         learned, rand, ft = r.get("learned", {}), r["random_init"], r.get("finetuned")
         tuned = f"{_f(ft['accuracy'])} ± {_f(ft['accuracy_std'])} / {_f(ft['auc'])}" if ft else "–"
         lines.append(
-            f"| `{name}` | {r['pretrain_steps']} | {_f(learned.get('knn_top1'))} | {_pm(rand['knn_top1'])} "
+            f"| `{name}` | {r['pretrain_steps']} ({r['pretrain_wall_s'] / 60:.1f}) | {_f(learned.get('knn_top1'))} "
+            f"| {_pm(rand['knn_top1'])} "
             f"| {_f(learned.get('linear_probe'))} | {_pm(rand['linear_probe'])} "
             f"| {_f(learned.get('verification_auc'))} / {_pm(rand['verification_auc'])} "
             f"| {_yes(r.get('beats_random_init'))} | {tuned} | {_yes(r.get('finetuned_beats_scratch'))} |"

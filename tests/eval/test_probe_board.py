@@ -31,7 +31,9 @@ def _board() -> dict[str, Any]:
         ),
         # 0.33 > 0.3 + 2 × 0.01: learned; fine-tuned 0.75 > 0.7 + 0.02: beats scratch
         "mae": board_row(
-            _probe("mae", 0.33, 0.3, 0.01), {"accuracy": 0.75, "accuracy_std": 0.02, "auc": 0.85}, {"steps": 20}
+            _probe("mae", 0.33, 0.3, 0.01),
+            {"accuracy": 0.75, "accuracy_std": 0.02, "auc": 0.85},
+            {"steps": 20, "wall_time_s": 90.0},
         ),
         # 0.315 < 0.32: within the spread; 0.71 < 0.72: does not beat scratch
         "dino": board_row(
@@ -60,7 +62,7 @@ def test_verdicts_need_more_than_two_spreads_and_more_than_scratchs_fold_std() -
 
 def test_markdown_tables_and_readme_block() -> None:
     table = markdown(_board())
-    assert "| `mae` | 20 | 0.330 | 0.300 ± 0.010 | 0.330 | 0.300 ± 0.010 |" in table
+    assert "| `mae` | 20 (1.5) | 0.330 | 0.300 ± 0.010 | 0.330 | 0.300 ± 0.010 |" in table
     assert "| `mae` | 10: 0.300 (0.300) → 20: 0.330 (0.330) |" in table
     assert "| reference | 0.900 | 0.900 | 0.900 | 0.900 | 0.900 |" in table and "FAR = 1.0e-01" in table
     readme = "a\n<!-- medium-leaderboard:start -->\nold\n<!-- medium-leaderboard:end -->\nb\n"
