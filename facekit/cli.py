@@ -533,6 +533,7 @@ def _train_commands(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from facekit.assets import register_cli as assets_cli
+    from facekit.probe_commands import register_cli as probe_cli
 
     parser = argparse.ArgumentParser(prog="facekit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"facekit {__version__}")
@@ -543,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_commands(sub)
     _export_commands(sub)
     assets_cli(sub)
+    probe_cli(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 DATA = ("sample", "scan", "detect_align", "landmarks", "masks", "pack")
-CHAIN = ("pretrain@mae", "finetune@mae", "eval_sets", "verify@mae", "verify_reference", "leaderboard")
+CHAIN = ("split", "pretrain@mae", "finetune@mae", "eval_sets", "verify@mae", "verify_reference", "leaderboard")
 STAGES = DATA + CHAIN
 
 

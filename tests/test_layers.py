@@ -30,6 +30,7 @@ FLOORS: tuple[tuple[int, str], ...] = (
     (4, "facekit.stages"),
     (5, "facekit.cli"),
     (5, "facekit.eval_commands"),
+    (5, "facekit.probe_commands"),
     (5, "facekit.hub"),
     (5, "workflows"),
 )

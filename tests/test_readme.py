@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from facekit.stages import probe_board
 from facekit.stages.downstream_board import README_DOWNSTREAM
 from facekit.stages.downstream_board import render_readme as render_downstream
 from facekit.stages.leaderboard import README_BOARD, render_readme
@@ -24,6 +25,13 @@ def test_the_readme_tables_match_the_committed_sample_run() -> None:
     readme = (ROOT / "README.md").read_text()
     set_name = yaml.safe_load((ROOT / "params.yaml").read_text())["verify"]["name"]
     assert render_readme(readme, _board(), set_name) == readme
+
+
+def test_the_readme_medium_block_matches_the_committed_medium_run() -> None:
+    """The medium lineage's section is `facekit readme`'s rendering of its committed leaderboard.json."""
+    readme = (ROOT / "README.md").read_text()
+    board = json.loads((ROOT / probe_board.README_BOARD).read_text())
+    assert probe_board.render_readme(readme, board) == readme
 
 
 def test_the_committed_sample_run_is_of_the_current_runs_and_steps() -> None:

@@ -347,9 +347,8 @@ class VerifyParams:
     ``facekit eval sets`` writes ``sets/<name>.bin`` (holistic) and ``sets/<name>_masked.bin`` (the second
     face of each pair replaced by its synthetic masked twin; pairs without a twin are dropped).
     ``facekit verify RUN`` scores ``finetune.out/RUN`` on every ``.bin`` there.
-    ``holdout_identities``: identities kept out of fine-tuning, by name (the shards' identity table) or a
-    count N (the N names with the smallest SHA-256, :func:`~facekit.eval.identity_pairs.choose_holdout`); the
-    sets then hold only pairs of two such identities, so models are scored on people they were not trained on.
+    With held-out people (``split.holdout_identities``) the sets hold only pairs of two of them, so models
+    are scored on people no training stage saw.
     """
 
     pairs: str = "auto"
@@ -358,7 +357,41 @@ class VerifyParams:
     flip: bool = True
     folds: int = 10
     reference: str = "models/mobilefacenet_128d.onnx"  # an external ONNX model scored for the leaderboard; "" = none
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """``split:`` the one statement of who is held out: the people no training stage (pre-training,
+    fine-tuning) sees, and the only people verification and the probes score.
+
+    ``holdout_identities``: names of the shards' identity table, or a count N (the N names whose
+    SHA-256 of ``"<seed>:<name>"`` is smallest, :func:`~facekit.eval.identity_pairs.choose_holdout`); the
+    ``split`` stage (:mod:`facekit.stages.split`) writes the choice to ``file``, which every training stage reads.
+    """
+
     holdout_identities: list[str] | int = 0
+    seed: int = 0
+    file: str = "data/split.json"
+
+
+@dataclass(frozen=True)
+class ProbeParams:
+    """``probe:`` frozen-feature probes of backbones on the held-out people (:mod:`facekit.stages.probe`).
+
+    ``random_init_seeds``: inits of each backbone's architecture probed as its baseline (mean ± std);
+    ``seed``: the linear probe's half split and the different-person pairs; ``out``: one report per probed run.
+    """
+
+    random_init_seeds: int = 5
+    seed: int = 0
+    batch_size: int = 64
+    out: str = "metrics/probe"
+
+    def __post_init__(self) -> None:
+        if self.random_init_seeds < 2:
+            raise ValueError(f"probe.random_init_seeds must be >= 2 (a spread needs two), got {self.random_init_seeds}")
+        if self.batch_size < 1:
+            raise ValueError(f"probe.batch_size must be >= 1, got {self.batch_size}")
 
 
 def _check_section(section: PretrainParams | FinetuneParams) -> None:
@@ -426,6 +459,8 @@ class Params:
     pretrain: PretrainParams = field(default_factory=PretrainParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     verify: VerifyParams = field(default_factory=VerifyParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    probe: ProbeParams = field(default_factory=ProbeParams)
 
 
 def _check_keys(values: Mapping[str, Any], known: list[str], where: str) -> None:

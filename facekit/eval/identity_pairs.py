@@ -2,8 +2,8 @@
 
 With ``verify.pairs: auto`` (and ``masks.quality_pairs: auto``) the pairs come from the shards' identities, so
 any source that has identity labels gets verification sets without a hand-made pair list;
-``verify.holdout_identities: N`` picks the N people to keep out of fine-tuning by a hash of their names (the
-choice depends only on the set of names, not on their order in the identity table).
+``split.holdout_identities: N`` picks the N people no training stage sees by a seeded hash of their names (the
+choice depends only on the set of names and the seed, not on their order in the identity table).
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from facekit.eval.make_bin import PairList
 AUTO = "auto"
 
 
-def choose_holdout(identities: Sequence[str], setting: Sequence[str] | int, key: str) -> list[str]:
-    """The identity names ``setting`` holds out: the names it lists (each must be in ``identities``), or for an
-    int N the N names with the smallest SHA-256; at least one identity must be left for training. ``key``
-    names the setting in errors."""
+def choose_holdout(identities: Sequence[str], setting: Sequence[str] | int, seed: int, key: str) -> list[str]:
+    """The identity names ``setting`` holds out, sorted: the names it lists (each must be in ``identities``),
+    or for an int N the N names whose SHA-256 of ``"<seed>:<name>"`` is smallest; at least one identity must be
+    left for training. ``key`` names the setting in errors."""
     known = set(identities)
     if isinstance(setting, int):
         if not 0 <= setting < len(known):
             raise ValueError(f"{key}: {setting} of {len(known)} identities; leave at least one to train on")
-        return sorted(sorted(known, key=lambda n: hashlib.sha256(n.encode()).hexdigest())[:setting])
+        return sorted(sorted(known, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())[:setting])
     unknown = sorted(set(setting) - known)
     if unknown:
         raise ValueError(f"{key}: {unknown} are not in the shards' identity table")
     if set(setting) >= known:
         raise ValueError(f"{key} holds out every identity: nothing left to train on")
-    return list(setting)
+    return sorted(setting)
 
 
 def identity_pairs(identity_of: Mapping[str, str], *, max_same: int = 3000, seed: int = 0) -> PairList:

@@ -8,7 +8,8 @@ names faces of the shards instead.
 synthetic masked twin), each with its ``.landmarks.npy`` when the shards have dense landmarks (the faces'
 mesh points, for LAFS models of the ``"mesh"`` source; see :mod:`facekit.eval.make_bin`), with
 ``<metrics>/eval_sets.json`` counting the pairs kept and dropped; with
-``verify.holdout_identities`` only pairs of those identities, which fine-tuning leaves out. The ``verify``
+held-out people (``split.file``, :mod:`facekit.stages.split`) only pairs of those identities, which no training
+stage sees. The ``verify``
 stage (:mod:`facekit.stages.verify`) scores each model on them.
 """
 
@@ -22,11 +23,11 @@ import numpy as np
 from facekit.assets import resolve_model
 from facekit.config import Params, PathsParams
 from facekit.data.shards import ShardReader, read_index
-from facekit.eval.identity_pairs import AUTO, choose_holdout, identity_pairs
+from facekit.eval.identity_pairs import AUTO, identity_pairs
 from facekit.eval.make_bin import AlignedFaces, PairList, build_bin, read_pairs
+from facekit.stages import split
 
 MASKED_SUFFIX = "_masked"
-HOLDOUT_KEY = "verify.holdout_identities"
 
 
 def set_paths(params: Params) -> dict[str, Path]:
@@ -39,20 +40,18 @@ def run(params: Params, paths: PathsParams) -> str:
     """The stage: write the holistic and masked ``.bin`` sets of ``verify.pairs`` over ``finetune.shards``
     and the report ``<metrics>/eval_sets.json``; returns a one-line summary.
 
-    ``verify.holdout_identities`` (names, or a count: :func:`~facekit.eval.identity_pairs.choose_holdout`)
-    are the people fine-tuning leaves out: ``auto`` pairs are drawn among them only; of a pair list, only
-    pairs whose two faces belong to them are kept (the others are counted as ``other_identities``). A pair
-    list has no folds of its own: its pairs are shuffled (seed 0) so that each of the 10 folds mixes same
-    and different pairs. A pair whose face
-    is not in the shards (rejected upstream) or has no masked twin is dropped and counted; the report holds
-    ``{set: {pairs, same, dropped}}``, the pair list's size and ``other_identities``: pairs = list - other
-    - dropped.
+    The held-out people of ``split.file`` are the people no training stage sees: ``auto`` pairs are drawn
+    among them only; of a pair list, only pairs whose two faces belong to them are kept (the others are
+    counted as ``other_identities``). A pair list has no folds of its own: its pairs are shuffled (seed 0) so
+    that each of the 10 folds mixes same and different pairs. A pair whose face is not in the shards
+    (rejected upstream) or has no masked twin is dropped and counted; the report holds ``{set: {pairs, same,
+    dropped}}``, the pair list's size and ``other_identities``: pairs = list - other - dropped.
     """
     shards = Path(params.finetune.shards)
     faces = AlignedFaces.from_shards(shards)
     identities = read_index(shards).get("identities") or []
     identity = _identity_by_key(shards, identities)
-    held = choose_holdout(identities, params.verify.holdout_identities, HOLDOUT_KEY)
+    held = split.held_out(params)
     other = 0
     if params.verify.pairs == AUTO:
         pairs = identity_pairs({k: v for k, v in identity.items() if not held or v in held})
@@ -96,7 +95,7 @@ def _holdout(
 
     rows = [i for i, (a, b) in enumerate(zip(pairs.first, pairs.second, strict=True)) if inside(a) and inside(b)]
     if not rows:
-        raise ValueError(f"no pair of {len(pairs)} has both faces in verify.holdout_identities {holdout}")
+        raise ValueError(f"no pair of {len(pairs)} has both faces in split.holdout_identities {holdout}")
     return kept, _select(pairs, rows), len(pairs) - len(rows)
 
 

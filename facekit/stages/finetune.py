@@ -11,23 +11,19 @@ Its keyword arguments are ``finetune.method`` updated by the run's own keys, plu
 - ``<metrics>/finetune_R.json`` (DVC metrics, with the load report of the initialisation) and
   ``<metrics>/finetune_R.csv`` (the loss curve).
 
-The identities of ``verify.holdout_identities`` (names, or a count) are left out of the training set (their labels stay
-unused classes), so verification can score people the model never saw.
+The held-out identities of ``split.file`` (:mod:`facekit.stages.split`) are left out of the training set (their
+labels stay unused classes), so verification can score people the model never saw.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 
-from torch.utils.data import Subset
-
 from facekit.config import Params, PathsParams, RunConfig
-from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import INDEX_NAME, read_index
-from facekit.eval.identity_pairs import choose_holdout
 from facekit.nn import backbones
+from facekit.stages import split
 from facekit.stages.pretrain import train_and_export
 from facekit.train.loop import TrainResult
 
@@ -53,28 +49,14 @@ def resolve_finetune_run(params: Params, name: str) -> RunConfig:
     return dataclasses.replace(run, method_kwargs={**run.method_kwargs, "num_classes": num_classes})
 
 
-def without_identities(dataset: FaceShardDataset, names: Sequence[str]) -> Subset:
-    """The records of ``dataset`` whose identity is not in ``names`` (labels keep their numbers)."""
-    excluded = {dataset.identities.index(n) for n in names}
-    labels = [record.identity for reader in dataset.readers for record in reader]
-    return Subset(dataset, [i for i, label in enumerate(labels) if label not in excluded])
-
-
-def holdout_names(params: Params) -> list[str]:
-    """The identity names ``verify.holdout_identities`` keeps out of fine-tuning (names, or a count N: see
-    :func:`~facekit.eval.identity_pairs.choose_holdout`), from the identity table of ``finetune.shards``."""
-    identities = read_index(Path(params.finetune.shards)).get("identities") or []
-    return choose_holdout(identities, params.verify.holdout_identities, "verify.holdout_identities")
-
-
 def run(params: Params, paths: PathsParams, name: str, *, progress: bool = True) -> TrainResult:
     """The stage: fine-tune run ``name`` of ``params.finetune`` (see the module docstring) on every identity
-    but ``verify.holdout_identities``; its report is ``<metrics>/finetune_<name>.json``. Returns the loop's
+    but the held-out ones of ``split.file``; its report is ``<metrics>/finetune_<name>.json``. Returns the loop's
     result."""
     resolved = resolve_finetune_run(params, name)
-    holdout = holdout_names(params)
-    select = (lambda dataset: without_identities(dataset, holdout)) if holdout else None
-    extra = {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")} | {"holdout_identities": holdout}
+    held = split.held_out(params)
+    select = (lambda dataset: split.training_subset(dataset, held)) if held else None
+    extra = {k: resolved.method_kwargs[k] for k in ("init_from", "num_classes")} | {"held_out_identities": held}
     report = paths.run_report("finetune", name)
     shards = Path(params.finetune.shards)
     return train_and_export(resolved, shards, report, progress=progress, select=select, report_extra=extra)

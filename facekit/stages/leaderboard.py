@@ -17,7 +17,8 @@ Markdown table, best holistic accuracy first; :mod:`facekit.eval.leaderboard`) a
 ``<plots>/leaderboard_roc.png`` (every run's ROC curve in one figure, the reference dashed).
 
 ``facekit readme`` copies the sample's ``leaderboard.json`` to :data:`README_BOARD` and writes the README's
-tables between their markers from it (:func:`render_readme`); a test fails when the README drifts from it.
+tables between their markers from it (:func:`render_readme`), and the medium lineage's block from its committed
+board (:func:`facekit.stages.probe_board.render_readme`); a test fails when the README drifts from either.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from facekit.eval.benchmarks import read_roc, roc_figure
 from facekit.eval.knn import representation_check
 from facekit.eval.leaderboard import markdown_table, rank, smallest_far
 from facekit.nn import backbones
+from facekit.stages import probe_board, split
 from facekit.stages.eval_sets import MASKED_SUFFIX
 from facekit.stages.verify import REFERENCE
 from facekit.train.metrics_log import METRICS_NAME
@@ -99,9 +101,8 @@ def run(params: Params, paths: PathsParams) -> str:
     pairs = f"{first['pairs']} pairs, {first['masked_pairs']} masked pairs"
     text = f"# Leaderboard: verification on `{params.verify.name}` ({pairs})\n\n"
     text += markdown_table(board, params.verify.name)
-    held = params.verify.holdout_identities
-    held_count = held if isinstance(held, int) else len(held)
-    source = f"`verify.pairs` over `finetune.shards`, {held_count} identities left out of fine-tuning"
+    held = split.held_out(params)
+    source = f"`verify.pairs` over `finetune.shards`, {len(held)} identities left out of training"
     text += f"\nThe `{params.verify.name}` sets pair faces of the shards ({source}). " + (
         "The models were trained on these people. " if not held else ""
     )
@@ -158,5 +159,8 @@ def write_readme(params: Params, paths: PathsParams, readme: Path) -> str:
     board_text = paths.report("leaderboard").read_text()
     README_BOARD.parent.mkdir(parents=True, exist_ok=True)
     README_BOARD.write_text(board_text)
-    readme.write_text(render_readme(readme.read_text(), json.loads(board_text), params.verify.name))
-    return f"readme: {len(README_BLOCKS)} tables of {readme} from {README_BOARD}"
+    text = render_readme(readme.read_text(), json.loads(board_text), params.verify.name)
+    if probe_board.README_BOARD.is_file():  # the medium lineage's committed board
+        text = probe_board.render_readme(text, json.loads(probe_board.README_BOARD.read_text()))
+    readme.write_text(text)
+    return f"readme: the tables of {readme} from {README_BOARD} and {probe_board.README_BOARD}"

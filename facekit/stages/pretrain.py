@@ -3,8 +3,9 @@
 A run is ``{"method": <METHODS name, default the run name>, <method keyword arguments>, "train": {...}}``,
 resolved when params.yaml is loaded (:class:`~facekit.config.RunConfig`; its TrainConfig is ``pretrain.train``
 updated by the run's ``train``). :func:`run` builds the method, trains it on
-``FaceShardDataset(pretrain.shards, transform=method.views())`` into ``pretrain.out/<run>/`` (resuming from
-a checkpoint there) and writes
+``FaceShardDataset(pretrain.shards, transform=method.views())`` less the held-out people of ``split.file``
+(:mod:`facekit.stages.split`; labels unused) into ``pretrain.out/<run>/`` (resuming from a checkpoint there)
+and writes
 
 - ``<run>/backbone.safetensors`` + ``<run>/backbone.json``: ``method.export_backbone()``'s weights and its
   :class:`~facekit.nn.backbones.BackboneSpec` (:func:`facekit.nn.backbones.load` rebuilds it);
@@ -34,6 +35,7 @@ from facekit.data.shards import INDEX_NAME
 from facekit.methods.base import METHODS, Method  # the package registers every method
 from facekit.nn import backbones
 from facekit.nn.backbones import BACKBONES, DEFAULT_NORMALIZATION, RANDOM_INIT, BackboneSpec
+from facekit.stages import split
 from facekit.train.loop import TIMING_FIELDS, TrainResult, train
 from facekit.train.metrics_log import LOG_NAME
 
@@ -62,7 +64,11 @@ def run(params: Params, paths: PathsParams, name: str, *, progress: bool = True)
     report = paths.run_report("pretrain", name)
     if config.method == RANDOM_INIT:
         return export_random_init(config, config.train.out_dir, report)
-    return train_and_export(config, Path(params.pretrain.shards), report, progress=progress)
+    held = split.held_out(params)
+    select = (lambda dataset: split.training_subset(dataset, held)) if held else None
+    extra = {"held_out_identities": len(held)}
+    shards = Path(params.pretrain.shards)
+    return train_and_export(config, shards, report, progress=progress, select=select, report_extra=extra)
 
 
 def outcome(steps: int, final_loss: float) -> str:

@@ -47,13 +47,14 @@ def test_labels_without_pairs_are_an_error(labels: dict[str, str]) -> None:
         identity_pairs(labels)
 
 
-def test_holdout_by_count_is_the_smallest_hashes_whatever_the_order() -> None:
+def test_holdout_by_count_is_the_smallest_seeded_hashes_whatever_the_order() -> None:
     names = [f"n{i:04d}" for i in range(50)]
-    by_hash = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
-    assert choose_holdout(names, 3, "k") == sorted(by_hash[:3])
-    assert choose_holdout(list(reversed(names)), 3, "k") == sorted(by_hash[:3])
-    assert choose_holdout(names, 0, "k") == []
-    assert choose_holdout(names, ["n0001", "n0007"], "k") == ["n0001", "n0007"]
+    by_hash = sorted(names, key=lambda n: hashlib.sha256(f"7:{n}".encode()).hexdigest())
+    assert choose_holdout(names, 3, 7, "k") == sorted(by_hash[:3])
+    assert choose_holdout(list(reversed(names)), 3, 7, "k") == sorted(by_hash[:3])
+    assert choose_holdout(names, 3, 8, "k") != choose_holdout(names, 3, 7, "k")
+    assert choose_holdout(names, 0, 7, "k") == []
+    assert choose_holdout(names, ["n0007", "n0001"], 7, "k") == ["n0001", "n0007"]
     for setting, message in ((50, "50 of 50"), (-1, "-1 of 50"), (["zz"], "not in the shards"), (names, "every")):
         with pytest.raises(ValueError, match=rf"^k.*{message}"):
-            choose_holdout(names, setting, "k")
+            choose_holdout(names, setting, 7, "k")

@@ -17,14 +17,14 @@ from facekit.data.dataset import FaceShardDataset
 from facekit.data.shards import ShardReader, read_index
 from facekit.data.sources.verification_bin import load_verification_bin
 from facekit.eval.make_bin import AlignedFaces, landmarks_path, read_pairs
-from facekit.stages import eval_sets
+from facekit.stages import eval_sets, split
 from facekit.stages.eval_sets import set_paths
-from facekit.stages.finetune import without_identities
 
 
 def test_sets_hold_the_pairs_of_the_shards_and_counts_reconcile(in_project: Path, assets: Path) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["verify"].update(pairs="faces/deepface/pairs.csv", holdout_identities=[])  # every pair of the list
+    params["verify"]["pairs"] = "faces/deepface/pairs.csv"
+    params["split"]["holdout_identities"] = []  # every pair of the list
     Path("all.yaml").write_text(yaml.safe_dump(params))
     params = load_params("all.yaml")
     summary = eval_sets.run(params, params.paths)
@@ -60,10 +60,13 @@ def test_sets_hold_the_pairs_of_the_shards_and_counts_reconcile(in_project: Path
 
 def test_held_out_sets_pair_only_the_people_fine_tuning_leaves_out(in_project: Path, assets: Path) -> None:
     raw = yaml.safe_load(Path("params.yaml").read_text())
-    raw["verify"].update(pairs="faces/deepface/pairs.csv", holdout_identities=["id00", "id01", "id02", "id03", "id09"])
+    raw["verify"]["pairs"] = "faces/deepface/pairs.csv"
+    raw["split"].update(holdout_identities=["id00", "id01", "id02", "id03", "id09"], file="held_split.json")
     Path("held.yaml").write_text(yaml.safe_dump(raw))
     params = load_params("held.yaml")
-    held = set(params.verify.holdout_identities)
+    split.run(params, params.paths)
+    held = set(split.held_out(params))
+    assert held == set(params.split.holdout_identities)
     eval_sets.run(params, params.paths)
     counts = json.loads(Path("metrics/eval_sets.json").read_text())
     index = read_index(Path("data/shards"))
@@ -79,27 +82,28 @@ def test_held_out_sets_pair_only_the_people_fine_tuning_leaves_out(in_project: P
     assert counts["sample"]["pairs"] == 139  # pairs of two held-out photos in pairs.csv (102 same)
     assert counts["sample"]["same"] == 102
     dataset = FaceShardDataset(Path("data/shards"))
-    train = without_identities(dataset, sorted(held))
+    train = split.training_subset(dataset, sorted(held))
     labels = {index["identities"][dataset[i]["identity"]] for i in train.indices}
     assert len(train) == 61 - len(held_images) == 27 and not labels & held
     for setting, message in ((["nobody"], "not in the shards' identity table"), (13, "13 of 13 identities")):
-        raw["verify"]["holdout_identities"] = setting
+        raw["split"]["holdout_identities"] = setting
         Path("bad.yaml").write_text(yaml.safe_dump(raw))
         bad = load_params("bad.yaml")
-        with pytest.raises(ValueError, match=rf"verify.holdout_identities: .*{message}"):
-            eval_sets.run(bad, bad.paths)
+        with pytest.raises(ValueError, match=rf"split.holdout_identities: .*{message}"):
+            split.run(bad, bad.paths)
 
 
 def test_auto_sets_pair_the_people_held_out_by_hash(in_project: Path) -> None:
-    """The defaults (pairs: auto, holdout_identities: 5) work on any labelled shards: the 5 identities with
-    the smallest SHA-256 of their names are held out, and the sets pair only their faces, same and different
-    pairs balanced, every same pair of them present."""
+    """The defaults (pairs: auto, split.holdout_identities: 5, seed 0) work on any labelled shards: the 5
+    identities with the smallest SHA-256 of "0:<name>" are held out, and the sets pair only their faces, same
+    and different pairs balanced, every same pair of them present."""
     params = load_params()
-    assert (params.verify.pairs, params.verify.holdout_identities) == ("auto", 5)
+    assert (params.verify.pairs, params.split.holdout_identities, params.split.seed) == ("auto", 5, 0)
+    split.run(params, params.paths)
     eval_sets.run(params, params.paths)
     index = read_index(Path("data/shards"))
     names = index["identities"]
-    held = set(sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())[:5])
+    held = set(sorted(names, key=lambda n: hashlib.sha256(f"0:{n}".encode()).hexdigest())[:5])
     records = [r for e in index["shards"] for r in ShardReader(Path("data/shards") / e["name"])]
     identity_of_image = {r.image: names[r.identity] for r in records}
     per_identity = Counter(names[r.identity] for r in records if names[r.identity] in held)
@@ -112,5 +116,5 @@ def test_auto_sets_pair_the_people_held_out_by_hash(in_project: Path) -> None:
         assert identity_of_image[a] in held and identity_of_image[b] in held
         assert (identity_of_image[a] == identity_of_image[b]) == bool(same)
     dataset = FaceShardDataset(Path("data/shards"))
-    train_labels = {names[dataset[i]["identity"]] for i in without_identities(dataset, sorted(held)).indices}
+    train_labels = {names[dataset[i]["identity"]] for i in split.training_subset(dataset, sorted(held)).indices}
     assert not train_labels & held and len(train_labels) == len(names) - 5

@@ -21,16 +21,19 @@ from facekit.stages.leaderboard import build_leaderboard
 
 
 def test_scratch_run_is_fine_tuned_scored_and_ranked_below_the_reference(in_project: Path, capsys) -> None:
+    assert main(["split"]) == 0
     assert main(["pretrain", "scratch", "--quiet"]) == 0
     random_init = json.loads(Path("metrics/pretrain_scratch.json").read_text())
     assert random_init["steps"] == 0 and random_init["method"] == "random_init"
     assert main(["finetune", "scratch", "--quiet"]) == 0
     finetune = json.loads(Path("metrics/finetune_scratch.json").read_text())
     assert finetune["num_classes"] == len(read_index(Path("data/shards"))["identities"]) == 13
-    assert finetune["steps"] == 2 * (38 // 16)  # 2 epochs of the 38 faces fine-tuning may see
+    seen = json.loads(Path("metrics/split.json").read_text())["faces_train"]
+    assert finetune["steps"] == 2 * (seen // 16)  # 2 epochs of the faces fine-tuning may see
     assert finetune["init_from"] == "data/runs/pretrain/scratch"
-    names = read_index(Path("data/shards"))["identities"]  # holdout_identities: 5 -> the 5 smallest SHA-256
-    assert finetune["holdout_identities"] == sorted(sorted(names, key=lambda n: sha256(n.encode()).hexdigest())[:5])
+    names = read_index(Path("data/shards"))["identities"]  # split: 5 -> the 5 smallest SHA-256 of "0:<name>"
+    held = sorted(sorted(names, key=lambda n: sha256(f"0:{n}".encode()).hexdigest())[:5])
+    assert finetune["held_out_identities"] == held
     assert finetune["init_load"]["missing"] and all(k.startswith("head.") for k in finetune["init_load"]["missing"])
     backbone = backbones.load("data/runs/finetune/scratch")
     assert backbone(torch.zeros(2, 3, 112, 112)).shape == (2, 128)  # the 128-d head of finetune.method
