@@ -200,97 +200,6 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
-def _cmd_push_dataset(args: argparse.Namespace) -> int | str:
-    from facekit.hub.cards import write_dataset_card
-    from facekit.hub.datasets import export_dataset, push_dataset, upload_plan
-    from facekit.hub.tokens import HubError, check_repo_id
-
-    try:
-        check_repo_id(args.repo_id)
-        dataset = export_dataset(args.shards, args.export)
-        write_dataset_card(
-            args.export,
-            dataset,
-            args.shards,
-            dvc_lock=args.dvc_lock,
-            params_path=args.params,
-            license=args.license,
-            repo_id=args.repo_id,
-        )
-        plan = upload_plan(args.export)
-        if args.dry_run:
-            for name, size in plan:
-                print(f"would upload {name} ({size / 1e6:.2f} MB)")
-            visibility = "public" if args.public else "private"
-            return f"push dataset: dry run, {dataset.num_rows} faces in {args.export} -> {args.repo_id} ({visibility})"
-        url = push_dataset(args.export, args.repo_id, private=not args.public)
-    except HubError as e:
-        print(f"facekit: error: {e}", file=sys.stderr)
-        return 2
-    return f"push dataset: {dataset.num_rows} faces, {len(plan)} file(s) -> {url}"
-
-
-def _cmd_push_model(args: argparse.Namespace) -> int | str:
-    import tempfile
-
-    from facekit.hub.models import model_files, push_model, save_model_folder
-    from facekit.hub.tokens import HubError, check_repo_id
-
-    check_repo_id(args.repo_id)
-    with tempfile.TemporaryDirectory(prefix="facekit-model-") as tmp:
-        folder = save_model_folder(
-            args.run_dir,
-            args.out or Path(tmp) / "model",
-            args.metrics,
-            args.dvc_lock,
-            args.params,
-            license=args.license,
-            repo_id=args.repo_id,
-        )
-        files = model_files(folder)
-        size = f"{sum(n for _, n in files) / 1e6:.2f} MB"
-        visibility = "public" if args.public else "private"
-        if args.dry_run:
-            for name, n in files:
-                print(f"would upload {name} ({n / 1e6:.2f} MB)")
-            kept = f"in {folder}" if args.out else "(pass --out DIR to keep the folder)"
-            return f"push model: dry run, {len(files)} files, {size} {kept} -> {args.repo_id} ({visibility})"
-        try:
-            url = push_model(folder, args.repo_id, private=not args.public)
-        except HubError as e:
-            print(f"facekit: error: {e}", file=sys.stderr)
-            return 2
-    return f"push model: {args.run_dir} -> {url} ({len(files)} files, {size}, {visibility})"
-
-
-def _push_commands(sub: argparse._SubParsersAction) -> None:
-    push = sub.add_parser("push", help="publish to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
-    psub = push.add_subparsers(dest="push_command", required=True, metavar="WHAT")
-
-    p = psub.add_parser("dataset", help="export the packed shards as a Parquet dataset with a card and upload it")
-    p.add_argument("repo_id", metavar="REPO_ID", help="Hub dataset repo, owner/name")
-    p.add_argument("--shards", type=Path, default=Path("data/shards"), help="packed shards (index.json)")
-    p.add_argument("--export", type=Path, default=Path("data/export/dataset"), help="folder that is uploaded")
-    p.add_argument("--dvc-lock", type=Path, default=Path("dvc.lock"), help="lineage recorded by DVC")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file shown on the card")
-    p.add_argument("--license", default=None, help="Hub licence id for the card (default: from the sources)")
-    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
-    p.add_argument("--dry-run", action="store_true", help="build the folder and card, print what would be uploaded")
-    p.set_defaults(func=_cmd_push_dataset)
-
-    p = psub.add_parser("model", help="publish a trained backbone: weights, config and a model card with lineage")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="trained run folder (backbone.json + weights)")
-    p.add_argument("--repo-id", required=True, help="Hub model repo, owner/name")
-    p.add_argument("--metrics", type=Path, nargs="+", action="extend", default=[], help="verification metrics JSON")
-    p.add_argument("--dvc-lock", type=Path, default=Path("dvc.lock"), help="lineage recorded by DVC")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file shown on the card")
-    p.add_argument("--license", default="other", help="Hub licence id for the card (default: other)")
-    p.add_argument("--public", action="store_true", help="create the repo public (default: private)")
-    p.add_argument("--out", type=Path, default=None, help="build the uploaded folder here and keep it")
-    p.add_argument("--dry-run", action="store_true", help="build the folder and card, print what would be uploaded")
-    p.set_defaults(func=_cmd_push_model)
-
-
 def _cmd_eval(args: argparse.Namespace) -> str:
     from facekit.eval_commands import eval_command
 
@@ -323,6 +232,8 @@ def _eval_detector_options(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_commands(sub: argparse._SubParsersAction) -> None:
+    from facekit.downstream_commands import register_cli as downstream_cli
+
     ev = sub.add_parser(
         "eval", help="benchmarks: .bin sets, image pairs, IJB-B/C, kNN check, downstream tasks (expression ... pose)"
     )
@@ -375,64 +286,7 @@ def _eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=1, help="neighbours that vote (default 1)")
     p.add_argument("--metrics", type=Path, default=None, help="write the result as a DVC metrics JSON")
     p.set_defaults(func=_cmd_eval_knn)
-    _downstream_commands(esub)
-
-
-def _cmd_eval_downstream(args: argparse.Namespace) -> str:
-    from facekit.eval_commands import downstream_command
-
-    return downstream_command(args)
-
-
-def _cmd_eval_board(args: argparse.Namespace) -> str:
-    from facekit.eval_commands import board_command
-
-    return board_command(args)
-
-
-def _downstream_commands(esub: argparse._SubParsersAction) -> None:
-    from facekit.train.downstream import DEFAULT_LR, PROTOCOLS, ProtocolConfig
-
-    defaults = ProtocolConfig()
-    helps = {
-        "expression": "expression classes: top-1 and mean per-class accuracy",
-        "attributes": "binary face attributes: mean accuracy",
-        "alignment": "landmark alignment: NME, failure rate and AUC at 8% / 10%",
-        "parsing": "face parsing: per-class F1 and mean F1 without background",
-        "pose": "head pose: yaw / pitch / roll MAE in degrees",
-    }
-    for task, text in helps.items():
-        p = esub.add_parser(task, help=f"{text}, of a backbone by linear probe or fine-tuning")
-        p.add_argument(
-            "--backbone",
-            required=True,
-            help="a run folder (backbone.json + weights), random:RUN_DIR (its backbone at random init) or reference",
-        )
-        p.add_argument("--dataset", default="derived", help="'derived' (labels from the shards) or a dataset reader")
-        p.add_argument("--data", type=Path, default=Path("data/shards"), help="the shards, or the dataset's root")
-        p.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol, help="frozen backbone or not")
-        p.add_argument("--few-shot", type=float, default=defaults.few_shot, help="seeded fraction of the train split")
-        p.add_argument(
-            "--resplit", type=float, default=0.0, help="hold out this seeded fraction as test, not the dataset's splits"
-        )
-        p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
-        p.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
-        p.add_argument("--lr", type=float, default=None, help=f"head learning rate (default {DEFAULT_LR[task]:g})")
-        p.add_argument("--hidden", type=int, default=0, help="MLP width of the expression head (0: linear)")
-        p.add_argument("--seed", type=int, default=defaults.seed, help="head init, few-shot subset, batch order")
-        p.add_argument("--reference-model", default="models/mobilefacenet_128d.onnx", help="ONNX of 'reference'")
-        p.add_argument(
-            "--mesh-model", default="models/mediapipe_face_landmark_468.tflite", help="face mesh (derived pose)"
-        )
-        p.add_argument("--out", type=Path, default=None, help="result JSON (default metrics/downstream/TASK_NAME.json)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.set_defaults(func=_cmd_eval_downstream)
-
-    p = esub.add_parser("board", help="one table: recognition and every downstream task per backbone")
-    p.add_argument("--results", type=Path, default=Path("metrics/downstream"), help="folder of eval <task> JSONs")
-    p.add_argument("--recognition", type=Path, default=None, help="a recognition leaderboard.json (if it exists)")
-    p.add_argument("--out", type=Path, default=Path("metrics/board"), help="writes OUT.json and OUT.md")
-    p.set_defaults(func=_cmd_eval_board)
+    downstream_cli(esub)
 
 
 def _export_commands(sub: argparse._SubParsersAction) -> None:
@@ -534,13 +388,14 @@ def _train_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from facekit.assets import register_cli as assets_cli
     from facekit.probe_commands import register_cli as probe_cli
+    from facekit.push_commands import register_cli as push_cli
 
     parser = argparse.ArgumentParser(prog="facekit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"facekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _data_commands(sub)
     _train_commands(sub)
-    _push_commands(sub)
+    push_cli(sub)
     _eval_commands(sub)
     _export_commands(sub)
     assets_cli(sub)

@@ -31,6 +31,8 @@ FLOORS: tuple[tuple[int, str], ...] = (
     (5, "facekit.cli"),
     (5, "facekit.eval_commands"),
     (5, "facekit.probe_commands"),
+    (5, "facekit.push_commands"),
+    (5, "facekit.downstream_commands"),
     (5, "facekit.hub"),
     (5, "workflows"),
 )
