@@ -18,6 +18,7 @@ from typing import Any
 from facekit.config import Params, PathsParams
 from facekit.eval.probe_board import board_row, finetune_verdicts, markdown, plot, verdicts
 from facekit.stages.probe import CONTROLS
+from facekit.train.metrics_log import TIMING_NAME
 
 README_BOARD = Path("lineages/medium/metrics/leaderboard.json")
 README_BLOCK = "medium-leaderboard"
@@ -37,6 +38,8 @@ def build_board(params: Params, paths: PathsParams) -> dict[str, Any]:
         probe = _read(probe_dir / f"{name}.json", f"facekit probe {name}")
         first = first or probe
         pretrain = _read(paths.run_report("pretrain", name), f"facekit pretrain {name}")
+        timing = Path(params.pretrain.out) / name / TIMING_NAME  # the wall time, outside the run's hash
+        pretrain |= json.loads(timing.read_text()) if timing.is_file() else {}
         finetuned = None
         if name in params.finetune.runs:
             scores = _read(paths.verify_report(name), f"facekit verify {name}")
