@@ -40,7 +40,7 @@ def test_the_committed_sample_run_is_of_the_current_runs_and_steps() -> None:
     board = _board()
     assert set(board) == set(params["finetune"]["runs"]) | {"reference"}
     pretrain = params["pretrain"]
-    steps_per_epoch = 61 // pretrain["train"]["batch_size"]  # the sample's 61 faces
+    steps_per_epoch = 30 // pretrain["train"]["batch_size"]  # the 30 faces of the sample's 8 training people
     for name, run in pretrain["runs"].items():
         if run.get("method") == "random_init":
             continue
