@@ -28,6 +28,12 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return _run([str(Path(sys.executable).parent / "dvc"), *args], repo)
 
 
+def _commit_lock(repo: Path) -> None:
+    """Commit the clone's dvc.lock (nothing happens when it is committed already)."""
+    _run(["git", "add", "dvc.lock"], repo)
+    _run(["git", "-c", "user.name=facekit", "-c", "user.email=ci@facekit", "commit", "-qm", "lock"], repo)
+
+
 def _git_status(repo: Path) -> str:
     return _run(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout
 
@@ -79,10 +85,9 @@ def test_repro_runs_the_sample_end_to_end_then_does_nothing(repo: Path) -> None:
     assert (repo / "plots/leaderboard_roc.png").is_file()
     shown = _dvc(repo, "metrics", "show").stdout  # the data stages' counts and each run's verification
     assert "metrics/pack.json" in shown and "metrics/verify/mae.json" in shown, shown
-    assert "leaderboard" not in shown and "final_loss" not in shown and max(map(len, shown.splitlines())) < 800
+    assert "leaderboard" not in shown and "final_loss" not in shown and max(map(len, shown.splitlines())) < 1000
     assert _git_status(repo) == "?? dvc.lock\n"  # the run adds its lock and nothing else to the clone
-    _run(["git", "add", "dvc.lock"], repo)
-    _run(["git", "-c", "user.name=facekit", "-c", "user.email=ci@facekit", "commit", "-qm", "lock"], repo)
+    _commit_lock(repo)
 
     second = _dvc(repo, "repro")
     assert second.returncode == 0, second.stderr
@@ -96,8 +101,7 @@ def test_every_stage_run_again_records_the_same_lock(repo: Path) -> None:
     `make sample` leaves the committed dvc.lock as it was: `git status` stays clean."""
     if not (repo / "dvc.lock").is_file():
         assert _dvc(repo, "repro").returncode == 0
-        _run(["git", "add", "dvc.lock"], repo)
-        _run(["git", "-c", "user.name=facekit", "-c", "user.email=ci@facekit", "commit", "-qm", "lock"], repo)
+    _commit_lock(repo)
     again = _dvc(repo, "repro", "--force", "--no-run-cache")
     assert again.returncode == 0, again.stdout + again.stderr
     assert _ran(again.stdout) == set(STAGES)

@@ -116,7 +116,7 @@ def _pgm_faces(root: Path, assets: Path, identities: int = 6, per_identity: int 
 def test_a_users_own_folder_of_small_pgm_faces_needs_only_source(tmp_path: Path, assets: Path) -> None:
     """The README's "use your own data": `source` pointed at the folder, nothing else changed."""
     photos = _pgm_faces(tmp_path / "faces", assets)
-    stages = (*DATA, "eval_sets")
+    stages = (*DATA, "split", "eval_sets")
     repo = _project(tmp_path / "repo", {"type": "folder", "path": str(tmp_path / "faces"), "name": "mine"}, stages)
     run = _dvc(repo, "repro")
     assert run.returncode == 0, run.stdout + run.stderr

@@ -20,7 +20,7 @@ from prefect.exceptions import ObjectNotFound
 
 from facekit.config import load_params
 from facekit.nn import backbones
-from facekit.stages import detect_align, pack, sample
+from facekit.stages import detect_align, pack, sample, split
 from facekit.train.checkpoint import LAST, MODEL_FILE
 
 TINY_MAE = {
@@ -35,7 +35,7 @@ TINY_MAE = {
 def _tiny_pretrain(project: Path) -> None:
     """Two runs in the project's params.yaml (``mae`` of 3 steps, and ``camd``, never run here)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["pretrain"]["train"].update(epochs=1, batch_size=16, log_every=1)
+    params["pretrain"]["train"].update(epochs=1, batch_size=8, log_every=1)  # 30 training faces: 3 steps
     params["pretrain"]["runs"] = {"mae": TINY_MAE, "camd": params["pretrain"]["runs"]["camd"]}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -70,6 +70,7 @@ def test_served_pretrain_deployment_trains_the_run(prefect_api: str, project: Pa
             detect_align.run(params, params.paths, progress=False)
             # no landmarks / masks: pre-training needs neither, pack reads the aligned faces
             pack.run(params, replace(params.paths, masked=params.paths.aligned), progress=False)
+            split.run(params, params.paths)  # who pre-training leaves out
             _wait_for("pretrain/pretrain-mae", server, log_path)
             with get_client(sync_client=True) as client:
                 camd = client.read_deployment_by_name("pretrain/pretrain-camd")

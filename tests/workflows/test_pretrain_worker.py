@@ -20,7 +20,7 @@ from facekit.data.augment import normalize_to_tensor
 from facekit.data.dataset import FaceShardDataset
 from facekit.data.ops.landmarks import mesh_196
 from facekit.nn import backbones
-from facekit.stages import detect_align, landmarks, pack, sample
+from facekit.stages import detect_align, landmarks, pack, sample, split
 from facekit.train.checkpoint import LAST, MODEL_FILE
 from workflows.deployments import main as deployments_main
 
@@ -41,7 +41,7 @@ TINY_LAFS = {  # params.yaml's lafs run, one block and a small head
 
 def test_pretrain_lafs_on_a_process_worker(gpu_pool: WorkerPool, project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["pretrain"]["train"].update(epochs=1, batch_size=16, max_steps=STEPS, log_every=1)
+    params["pretrain"]["train"].update(epochs=1, batch_size=8, max_steps=STEPS, log_every=1)  # 30 training faces
     params["pretrain"]["runs"] = {"lafs": TINY_LAFS}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     deployments_main(["--pool", gpu_pool.name])  # pretrain/pretrain-lafs (and the rest) on the pool, run here
@@ -51,6 +51,7 @@ def test_pretrain_lafs_on_a_process_worker(gpu_pool: WorkerPool, project: Path) 
     detect_align.run(loaded, loaded.paths, progress=False)
     landmarks.run(loaded, loaded.paths, progress=False)  # LAFS reads the dense mesh; masked twins are not needed
     pack.run(loaded, replace(loaded.paths, masked=loaded.paths.landmarks), progress=False)
+    split.run(loaded, loaded.paths)  # who pre-training leaves out
     run = run_deployment(
         "pretrain/pretrain-lafs", parameters={"lineage": "none"}, timeout=240, poll_interval=1, as_subflow=False
     )
