@@ -11,7 +11,7 @@ build or run prints an ``ERROR`` row) and each backbone configuration:
   (matmuls, convolutions and attention, 2 FLOP per multiply-add; that step is the first warm-up);
 - images/s: ``batch / median step time`` over ``--steps`` steps after ``--warmup`` more, each step as
   the engine's: zero_grad, forward (bf16 autocast with ``--dtype bf16``), backward,
-  ``before_optimizer_step``, the engine's optimizer (timm AdamW, :func:`~facekit.train.loop.build_optimizer`),
+  ``before_optimizer_step``, the engine's optimizer (timm AdamW, :func:`~facekit.train.optim.build_optimizer`),
   ``after_step`` (EMA updates); not the loop's grad-norm / non-finite check. Scheduled values are
   those of step 0 (only ``hp.step`` advances). CUDA steps are timed with CUDA events, synchronised;
 - MFU = achieved FLOP/s / peak FLOP/s. Peak on CUDA: ``--peak-tflops`` (default 790, H100 bf16 dense
@@ -60,7 +60,7 @@ from facekit.data.ops.align import ARCFACE_TEMPLATE
 from facekit.data.record import FaceRecord
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.backbones import BACKBONES
-from facekit.train.loop import build_optimizer
+from facekit.train.optim import build_optimizer
 
 GOAL_MFU = 0.45
 H100_BF16_ACHIEVABLE, H100_BF16_SPEC = 790.0, 989.0  # TFLOP/s, dense

@@ -12,6 +12,8 @@ from facekit.config.values import check_value
 
 LR_SCHEDULES = ("cosine", "step")
 CLIP_MODES = ("global", "per_parameter")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")  # timm names of torch optimizers with a fused kernel
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,10 @@ class TrainConfig:
     method's :meth:`~facekit.methods.base.Method.clip_scope`, by ``clip_mode`` ``"global"`` (their joint
     L2 norm, ``clip_grad_norm_``: FaceT, CAMD, arcface_torch) or ``"per_parameter"`` (each parameter's
     gradient to norm ``clip_grad`` on its own: DINO's and LAFS's ``clip_gradients``); None = no clipping.
-    ``amp``: bf16 autocast; None = on CUDA only.
+    ``amp``: bf16 autocast; None = on CUDA only. Speed settings, which leave the arithmetic as it is:
+    ``compile`` (a ``torch.compile`` mode of the method's forward and backward; None = eager),
+    ``fused_optimizer`` (the optimizer's fused kernel; None = on CUDA where the optimizer has one),
+    ``channels_last`` (convolution weights and 4-d inputs in channels-last memory format).
     ``max_steps`` stops early (smoke runs) without changing the schedules. ``max_nonfinite_steps``
     consecutive NaN/Inf steps abort the run. Values are checked against the field types (YAML lists
     become tuples).
@@ -55,6 +60,9 @@ class TrainConfig:
     clip_grad: float | None = None
     clip_mode: str = "global"
     amp: bool | None = None
+    compile: str | None = None
+    fused_optimizer: bool | None = None
+    channels_last: bool = False
     num_workers: int = 0
     seed: int = 0
     max_steps: int | None = None
@@ -81,6 +89,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES} (or null: eager), got {self.compile!r}")
+        if self.fused_optimizer and self.optimizer not in FUSED_OPTIMIZERS:
+            raise ValueError(f"fused_optimizer needs one of the optimizers {FUSED_OPTIMIZERS}, got {self.optimizer!r}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 (or null: no clipping), got {self.clip_grad}")
         self._check_lr_schedule()

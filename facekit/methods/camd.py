@@ -361,10 +361,9 @@ class CAMD(Method):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Masked view 1 -> (local tokens of the distilled blocks ``[B, K, D]`` each, pred ``[B, N, Dd]``)."""
         b = x1.shape[0]
-        hidden = mask.sum(1)
-        if bool((hidden != hidden[0]).any()):
-            raise ValueError("every image must hide the same number of patches")
-        keep = torch.argsort(mask.int(), dim=1, stable=True)[:, : self.num_patches - int(hidden[0])]  # [B, K]
+        hidden_ok = (mask.sum(1) == self.num_masked).all()
+        torch._assert_async(hidden_ok, f"every image must hide num_masked={self.num_masked} patches")  # on the device
+        keep = torch.argsort(mask.int(), dim=1, stable=True)[:, : self.num_patches - self.num_masked]  # [B, K]
         out = self.backbone.encode(x1, keep=keep, return_layers=self.distill_layers)
         tokens = self.projector(self.decoder_embed(torch.cat([out.cls[:, None], out.patches], 1)))  # [B, 1+K, Dd]
         pos = self.decoder_pos_embed.to(tokens.dtype)

@@ -79,7 +79,7 @@ def dino_loss(
         log_probs = F.log_softmax(student_logits.float() / student_temp, dim=-1)
         ce = -torch.einsum("gbk,vbk->gv", targets, log_probs) / batch  # [G, V]
     keep = ~torch.eye(num_globals, num_views, dtype=torch.bool, device=ce.device)
-    return ce[keep].mean()
+    return torch.where(keep, ce, 0.0).sum() / (num_globals * num_views - min(num_globals, num_views))
 
 
 def teacher_targets(teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:

@@ -39,7 +39,7 @@ maps over their own range.
 Released recipe (:attr:`FRA.recipe`; the loop owns these): ResNet-50 at 224 on VGGFace2, batch 512,
 LARS (momentum 0.9, trust coefficient 0.001, no adaptation and no weight decay on biases and BN), lr 0.9
 (not batch-scaled), weight decay 1e-6, 50 epochs, cosine with 10 warm-up epochs, AMP, SyncBN. With
-``optimizer="lars"`` the loop's :func:`~facekit.train.loop.param_groups` put every 1-d parameter (biases,
+``optimizer="lars"`` the loop's :func:`~facekit.train.optim.param_groups` put every 1-d parameter (biases,
 BN, LayerNorm) in groups with weight decay 0, and timm's ``Lars`` adapts only groups with non-zero weight
 decay, so those parameters get plain SGD-momentum updates, as released.
 

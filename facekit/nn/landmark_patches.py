@@ -68,8 +68,8 @@ def sample_landmarks(
     of zeros is drawn uniformly). Returns ``[B, k, 2]``.
     """
     batch, n, _ = points.shape
-    w = torch.ones(batch, n, device=points.device) if weights is None else weights.float().clone()
-    w[w.sum(dim=1) <= 0] = 1.0
+    w = torch.ones(batch, n, device=points.device) if weights is None else weights.float()
+    w = torch.where(w.sum(dim=1, keepdim=True) <= 0, 1.0, w)
     index = torch.multinomial(w, k, replacement=True, generator=generator)  # [B, k]
     return torch.gather(points, 1, index[..., None].expand(-1, -1, 2))
 

@@ -301,7 +301,7 @@ class ViT(nn.Module):
         """timm's layer grouping for layer-wise lr decay: the embeddings (cls token, positions, patch
         embedding) are layer 0, block i is layer i + 1; nothing else matches (final norm, prompts,
         PromptsPool, head), so it forms timm's top group L + 1. With decay d and layer i getting
-        d^(L + 1 − i) (:func:`facekit.train.loop.param_groups`, timm), block i gets d^(L − i), the embeddings
+        d^(L + 1 − i) (:func:`facekit.train.optim.param_groups`, timm), block i gets d^(L − i), the embeddings
         d^(L + 1) and the rest the full lr: FaceT's and MAE's layer decay. ``coarse`` is accepted for timm's
         signature and changes nothing."""
         return {"stem": r"^cls_token|^pos_embed|^patch_embed", "blocks": r"^blocks\.(\d+)"}

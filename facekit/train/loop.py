@@ -1,9 +1,8 @@
 """The one training loop: any :class:`~facekit.methods.base.Method`, one process or many (torchrun).
 
 Per optimizer step: this step's :class:`StepValues` (lr, weight decay, EMA momentum and the method's own
-schedules, precomputed per iteration) → ``accum_steps`` micro-batches of forward (bf16 autocast) and
-backward (DDP syncs on the last one only) → a NaN/Inf guard → gradient clipping (:func:`clip_gradients_`) →
-``method.before_optimizer_step(hp)`` → optimizer step → ``method.after_step(hp)``. Logs go to
+schedules, precomputed per iteration) → :class:`~facekit.train.step.TrainStep` (forward and backward over
+``accum_steps`` micro-batches, a NaN/Inf guard, clipping, the method's hooks and the optimizer step). Logs go to
 ``out_dir/train_log.csv`` / ``metrics.json``, checkpoints to ``out_dir/checkpoints/last``; a rerun with the
 same ``out_dir`` resumes from there. Per-rank parameters (those DDP ignores: Partial FC's shard of the
 class centres) are checkpointed by every rank, with their optimizer state, and restored on resume.
@@ -22,7 +21,6 @@ import random
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from timm.models._manipulate import group_with_matcher
-from timm.optim import create_optimizer_v2, get_optimizer_info
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -47,8 +42,10 @@ from facekit.train.checkpoint import (
     save_checkpoint,
 )
 from facekit.train.metrics_log import MetricsLogger
+from facekit.train.optim import build_optimizer
 from facekit.train.samplers import EpochSampler, SeededSamples
 from facekit.train.schedules import cosine_schedule, step_schedule
+from facekit.train.step import TrainStep, prepare_model
 
 #: the fields of :class:`TrainResult` that vary from run to run of the same inputs (``timing.json``)
 TIMING_FIELDS = ("images_per_s", "wall_time_s")
@@ -91,62 +88,33 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
     base_lr = cfg.lr if cfg.lr is not None else cfg.blr * global_batch / 256
     schedules = _schedules(method, cfg, base_lr, total_steps, steps_per_epoch)
     optimizer = build_optimizer(method, cfg, base_lr)
-    clip_prefix = clip_scope_prefix(method, cfg.clip_mode)
     ckpt_root = out_dir / "checkpoints"
     run = {"steps_per_epoch": steps_per_epoch, "global_batch": global_batch, "skipped_steps": 0}
     start_step = _resume(ckpt_root, method, optimizer, run) if resume and find_checkpoint(ckpt_root) else 0
-    model = method
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = DistributedDataParallel(method, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
-    use_amp = device.type == "cuda" if cfg.amp is None else cfg.amp
+    model, ddp = prepare_model(method, cfg, device)
+    step_fn = TrainStep(method, model, ddp, optimizer, cfg, device)
+    step_fn.skipped = run["skipped_steps"]
     logger = MetricsLogger(out_dir, resume_step=start_step)
     if distributed.is_main():
         (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     show = cfg.progress and distributed.is_main()
     bar = tqdm(total=end_step, initial=start_step, desc="train", unit="step", disable=not show)
-    window: dict[str, torch.Tensor] = {}
-    window_steps, window_start, consecutive_bad = 0, start_step, 0
+    window_start = start_step
     last_loss = float(logger.last_row.get("loss") or math.nan)
     start_time = window_time = time.perf_counter()
     for step, micro_batches in _steps(loader, sampler, start_step, end_step, steps_per_epoch, cfg.accum_steps):
         hp = _step_values(schedules, step, steps_per_epoch, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"], group["weight_decay"] = hp.lr * group["lr_scale"], hp.weight_decay * group["wd_scale"]
-        optimizer.zero_grad(set_to_none=True)
-        scalars = _forward_backward(model, micro_batches, hp, cfg.accum_steps, device, use_amp)
-        grad_norm = distributed.global_grad_norm(method)
-        scalars["grad_norm"] = grad_norm.float()
-        bad = distributed.all_reduce_sum((~torch.isfinite(scalars["loss"]) | ~torch.isfinite(grad_norm)).float())
-        if bad.item() > 0:  # the one host sync per step
-            run["skipped_steps"] += 1
-            consecutive_bad += 1
-            if consecutive_bad >= cfg.max_nonfinite_steps:
-                raise FloatingPointError(
-                    f"{consecutive_bad} consecutive steps with a non-finite loss or gradient (step {step}: "
-                    f"loss {scalars['loss'].item()}, grad norm {grad_norm.item()}); lower the lr or check the data"
-                )
-            for name in scalars:  # the window keeps its columns even if all its steps are skipped
-                window.setdefault(name, torch.zeros((), device=device))
-        else:
-            consecutive_bad = 0
-            if cfg.clip_grad is not None:
-                clip_gradients_(method, clip_prefix, cfg.clip_grad, cfg.clip_mode, grad_norm)
-            method.before_optimizer_step(hp)
-            optimizer.step()
-            method.after_step(hp)
-            for name, value in scalars.items():
-                window[name] = window.get(name, 0.0) + value
-            window_steps += 1
+        step_fn(micro_batches, hp)
+        run["skipped_steps"] = step_fn.skipped
         bar.update(1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == end_step:
             now = time.perf_counter()
-            means = _window_means(window, window_steps)
+            means = step_fn.drain()
             last_loss = means.get("loss", math.nan)
             ips = (step + 1 - window_start) * global_batch / max(now - window_time, 1e-9)
             logger.log({"step": step, "epoch": hp.epoch, **means, "lr": hp.lr})
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{hp.lr:.2e}", img_s=f"{ips:.1f}")
-            window, window_steps, window_time, window_start = {}, 0, now, step + 1
+            window_time, window_start = now, step + 1
         if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == end_step:
             _save(ckpt_root, method, optimizer, step + 1, steps_per_epoch, run, cfg.keep_checkpoints)
     bar.close()
@@ -166,100 +134,6 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
     return result
 
 
-def param_groups(method: torch.nn.Module, layer_decay: float | None = None) -> list[dict[str, Any]]:
-    """Optimizer groups over the trainable parameters, each with ``lr_scale`` and ``wd_scale`` (0 or 1).
-
-    No weight decay for 1-d parameters (biases, norms) and for the names ``method.no_weight_decay()`` lists
-    (timm's contract, on the module given, as the released code bases call it: a :class:`Method` decides,
-    see :meth:`Method.no_weight_decay`). With ``layer_decay`` (FaceT's and MAE's rule, from BEiT), layer
-    ids come from :func:`_layer_ids`: ``0 .. n`` with ``n`` the top group, where the parameters no rule of the
-    ``group_matcher`` matches and those outside its owner (decoders, Partial FC) sit; layer ``i`` gets
-    ``layer_decay ** (n - i)``. For a ViT of L blocks: embeddings ``layer_decay ** (L + 1)``, block ``i``
-    ``layer_decay ** (L - i)``, the rest (final norm, prompts, prompt pool, embedding head, heads) 1.
-    """
-    no_decay = set(method.no_weight_decay()) if hasattr(method, "no_weight_decay") else set()
-    layer_of, top = _layer_ids(method) if layer_decay is not None else ({}, 0)
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in method.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = p.ndim > 1 and name not in no_decay
-        layer = layer_of.get(name, top)
-        scale = layer_decay ** (top - layer) if layer_decay is not None else 1.0
-        group = groups.setdefault((layer, decay), {"params": [], "lr_scale": scale, "wd_scale": float(decay)})
-        group["params"].append(p)
-    if not groups:
-        raise ValueError(f"{type(method).__name__} has no parameter with requires_grad=True")
-    return list(groups.values())
-
-
-#: A parameter name no ``group_matcher`` rule matches: it stands for the parameters outside the matcher's owner.
-_OUTSIDE = "<outside the backbone>"
-
-
-def _layer_ids(method: torch.nn.Module) -> tuple[dict[str, int], int]:
-    """(parameter name -> layer id, top id) from timm's ``group_matcher`` of the method, or of its backbone.
-
-    The top id is timm's group of unmatched names, which always exists: the parameters outside the owner
-    join it, so it is there even when every parameter of the owner matched a rule.
-    """
-    owner = method if hasattr(method, "group_matcher") else method.export_backbone()
-    prefix = next((f"{n}." if n else "" for n, m in method.named_modules() if m is owner), None)
-    if prefix is None or not hasattr(owner, "group_matcher"):
-        raise ValueError("layer_decay needs a group_matcher() on the method or on the module export_backbone() returns")
-    names = [(name, None) for name, _ in owner.named_parameters()] + [(_OUTSIDE, None)]
-    ids = group_with_matcher(names, owner.group_matcher(coarse=False), reverse=True)
-    top = ids.pop(_OUTSIDE)
-    return {prefix + name: layer for name, layer in ids.items()}, top
-
-
-def build_optimizer(method: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """The timm optimizer ``cfg.optimizer`` (``"adamw"``, ``"lars"``, ``"sgd"`` ...) over :func:`param_groups`.
-
-    Betas and momentum are passed where the optimizer takes them; the loop sets each group's lr and weight
-    decay every step (scaled by ``lr_scale`` / ``wd_scale``).
-    """
-    extra: dict[str, Any] = {"betas": cfg.betas} if get_optimizer_info(cfg.optimizer).has_betas else {}
-    groups = param_groups(method, cfg.layer_decay)
-    for group in groups:
-        group["weight_decay"] = cfg.weight_decay * group["wd_scale"]
-    return create_optimizer_v2(
-        groups, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **extra
-    )
-
-
-def clip_scope_prefix(method: Method, mode: str) -> str:
-    """Name prefix (``"backbone."``; ``""`` = the whole method) of the parameters in ``method.clip_scope()``.
-
-    Per-parameter clipping refuses a scope with per-rank parameters (Partial FC's shards): a shard's norm
-    is not its parameter's.
-    """
-    scope = method.clip_scope()
-    prefix = next((f"{n}." if n else "" for n, m in method.named_modules() if m is scope), None)
-    if prefix is None:
-        raise ValueError(f"{type(method).__name__}.clip_scope() is not a submodule of the method")
-    sharded = sorted(n for n in distributed.rank_local_names(method) if n.startswith(prefix))
-    if mode == "per_parameter" and sharded:
-        raise ValueError(f"clip_mode 'per_parameter' cannot clip the per-rank parameters {sharded}")
-    return prefix
-
-
-def clip_gradients_(method: Method, prefix: str, max_norm: float, mode: str, total_norm: torch.Tensor) -> None:
-    """Clip, in place, the gradients of ``method``'s parameters whose names start with ``prefix``.
-
-    ``"global"``: all of them by ``max_norm / (‖g‖ + 1e-6)`` if below 1, ``‖g‖`` their joint norm over every
-    rank (``total_norm`` when the prefix is empty: the whole method's); ``clip_grad_norm_``. ``"per_parameter"``:
-    each gradient on its own, ``g ← g · min(1, max_norm / (‖g‖ + 1e-6))`` (DINO's ``clip_gradients``).
-    """
-    params = [p for n, p in method.named_parameters() if p.grad is not None and n.startswith(prefix)]
-    if mode == "per_parameter":
-        for p in params:
-            p.grad.mul_((max_norm / (torch.linalg.vector_norm(p.grad) + 1e-6)).clamp(max=1.0))
-        return
-    norm = distributed.global_grad_norm(method, prefix) if prefix else total_norm
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-
-
 def _loader(dataset: Dataset, sampler: EpochSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
     return DataLoader(
         SeededSamples(dataset, cfg.seed),
@@ -271,30 +145,6 @@ def _loader(dataset: Dataset, sampler: EpochSampler, cfg: TrainConfig, device: t
         persistent_workers=cfg.num_workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
     )
-
-
-def _forward_backward(
-    model: torch.nn.Module,
-    micro_batches: Iterator[Any],
-    hp: StepValues,
-    accum: int,
-    device: torch.device,
-    amp: bool,
-) -> dict[str, torch.Tensor]:
-    """Forward (autocast) and backward over ``accum`` micro-batches; DDP all-reduces on the last one only.
-
-    Returns the method's scalars averaged over the micro-batches (detached, float32).
-    """
-    scalars: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(micro_batches):
-        last = i == accum - 1
-        with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else nullcontext():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(_to_device(batch, device), hp)
-            (out["loss"] / accum).backward()
-        for name, value in out.items():
-            scalars[name] = scalars.get(name, 0.0) + value.detach().float() / accum
-    return scalars
 
 
 def _schedules(
@@ -379,25 +229,6 @@ def _save(
     save_checkpoint(
         root, method, optimizer, step, epoch, dict(run), rng_states=rng_states, keep_step=keep, sharded=sharded
     )
-
-
-def _window_means(window: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
-    """Mean of each scalar over the window's finite steps and over ranks; NaN for an empty window."""
-    names = sorted(window, key=lambda n: (n != "loss", n == "grad_norm", n))
-    if steps == 0:
-        return {n: math.nan for n in names or ["loss"]}
-    means = distributed.all_reduce_mean(torch.stack([window[n] for n in names]) / steps)
-    return dict(zip(names, means.tolist(), strict=True))
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 def _seed_process(seed: int) -> None:

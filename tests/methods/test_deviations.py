@@ -14,7 +14,7 @@ from facekit.methods.camd import CAMD
 from facekit.methods.fra import FRA
 from facekit.methods.lafs import LAFS, LAFS_BACKBONE
 from facekit.nn.iresnet import IResNet
-from facekit.train.loop import build_optimizer
+from facekit.train.optim import build_optimizer
 
 
 def _hp(step: int = 0, momentum: float = 0.99) -> StepValues:

@@ -25,7 +25,8 @@ from facekit.methods.finetune import FINETUNE_RECIPES, FaceRecognitionView, Fine
 from facekit.nn import backbones
 from facekit.nn.backbones import BACKBONES
 from facekit.nn.iresnet import IResNet
-from facekit.train.loop import param_groups, train
+from facekit.train.loop import train
+from facekit.train.optim import param_groups
 
 TINY = {"img_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_prompts": 2, "head_dim": 16}
 HP = StepValues(step=0, epoch=0.0, progress=0.0, lr=1e-3, weight_decay=0.0, momentum=0.0)

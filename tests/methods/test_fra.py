@@ -30,7 +30,7 @@ from facekit.methods.fra import (
 )
 from facekit.nn.backbones import BACKBONES
 from facekit.nn.resnet import ResNetTrunk
-from facekit.train.loop import build_optimizer
+from facekit.train.optim import build_optimizer
 from facekit.train.schedules import cosine_schedule
 
 TINY_TRUNK: dict = {"channels": (16, 32, 64, 128)}  # a narrow ResNet-18: 128 channels out

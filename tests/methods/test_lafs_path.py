@@ -32,7 +32,7 @@ from facekit.methods.lafs import LAFS
 from facekit.nn import backbones
 from facekit.nn.landmark_patches import landmark_patches
 from facekit.nn.landmark_vit import LandmarkViT
-from facekit.train.loop import param_groups
+from facekit.train.optim import param_groups
 
 #: Small position embeddings: with LAFS's N(0, 1) the random network hardly sees the patches.
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "pos_embed_std": 0.02}

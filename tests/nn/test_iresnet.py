@@ -7,7 +7,7 @@ import torch
 
 from facekit.nn.backbones import BACKBONES, ir50
 from facekit.nn.iresnet import IBasicBlock, IResNet
-from facekit.train.loop import param_groups
+from facekit.train.optim import param_groups
 
 
 def expected_params(layers: tuple[int, ...]) -> int:

@@ -19,7 +19,8 @@ from facekit.methods.dino import DINO
 from facekit.methods.finetune import FINETUNE_RECIPES, FineTune
 from facekit.methods.lafs import LAFS
 from facekit.methods.mae import MAE
-from facekit.train.loop import clip_scope_prefix, train
+from facekit.train.loop import train
+from facekit.train.optim import clip_scope_prefix
 
 SGD = {"optimizer": "momentum", "momentum": 0.0, "weight_decay": 0.0, "max_steps": 1}
 

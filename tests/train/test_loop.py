@@ -12,7 +12,8 @@ from facekit.config import PretrainParams, TrainConfig
 from facekit.methods.base import StepValues
 from facekit.methods.camd import CAMD
 from facekit.methods.fra import FRA
-from facekit.train.loop import param_groups, train
+from facekit.train.loop import train
+from facekit.train.optim import param_groups
 from facekit.train.schedules import cosine_schedule
 
 

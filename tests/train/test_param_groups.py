@@ -16,7 +16,7 @@ from facekit.config import load_params
 from facekit.methods.finetune import FINETUNE_RECIPES, FineTune
 from facekit.nn.backbones import RANDOM_INIT
 from facekit.stages.pretrain import build_method
-from facekit.train.loop import param_groups
+from facekit.train.optim import param_groups
 
 PROJECT = Path(__file__).resolve().parents[2]
 FACET = {k: v for k, v in FINETUNE_RECIPES["facet_base"].items() if k not in ("method", "train")}
