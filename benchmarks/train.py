@@ -40,9 +40,10 @@ import dataclasses
 import gc
 import inspect
 import itertools
+import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import facekit.methods  # noqa: F401  (registers the methods)
 from facekit.config import TrainConfig
+from facekit.config.train import COMPILE_MODES
 from facekit.data.images import encode_jpeg
 from facekit.data.ops.align import ARCFACE_TEMPLATE
 from facekit.data.record import FaceRecord
 from facekit.methods.base import METHODS, Method, StepValues
 from facekit.nn.backbones import BACKBONES
 from facekit.train.optim import build_optimizer
+from facekit.train.step import TrainStep, prepare_model, to_device
 
 GOAL_MFU = 0.45
 H100_BF16_ACHIEVABLE, H100_BF16_SPEC = 790.0, 989.0  # TFLOP/s, dense
@@ -162,30 +165,27 @@ def synthetic_batch(view: Callable[..., Any], batch: int, num_classes: int, seed
     return default_collate(items)
 
 
-def build_method(name: str, config: BackboneConfig) -> Method:
-    """``METHODS.create(name, **config.kwargs)``, with ``num_classes`` filled in where it is required."""
-    required = inspect.signature(METHODS.get(name)).parameters.get("num_classes")
-    extra = {"num_classes": NUM_CLASSES} if required is not None and required.default is required.empty else {}
+def build_method(name: str, config: BackboneConfig, args: argparse.Namespace | None = None) -> Method:
+    """``METHODS.create(name, **config.kwargs)``, with ``num_classes`` filled in where it is required and
+    ``photometric`` (``--photometric``) where the method takes it (multi-crop)."""
+    params = inspect.signature(METHODS.get(name)).parameters
+    required = params.get("num_classes")
+    extra: dict[str, Any] = {}
+    if required is not None and required.default is required.empty:
+        extra["num_classes"] = NUM_CLASSES
+    if "photometric" in params and args is not None:
+        extra["photometric"] = args.photometric
     return METHODS.create(name, **config.kwargs, **extra)
 
 
 def native_config(name: str) -> BackboneConfig | None:
-    """The method's own default build when its default backbone is not a ViT (e.g. FRA's ResNet-50)."""
+    """The method's own default build when its default backbone is none of :data:`CONFIGS`' (e.g. FRA's
+    ResNet-50, which takes no ViT)."""
     param = inspect.signature(METHODS.get(name)).parameters.get("backbone")
     default = None if param is None else param.default
-    if isinstance(default, str) and default not in BACKBONES:
+    if isinstance(default, str) and default not in {c.kwargs["backbone"] for c in CONFIGS.values()}:
         return BackboneConfig(f"{default} (own)", {})
     return None
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def step_values(method: Method, total_steps: int) -> StepValues:
@@ -195,67 +195,121 @@ def step_values(method: Method, total_steps: int) -> StepValues:
     return StepValues(0, 0.0, 0.0, lr=1e-4, weight_decay=0.05, momentum=0.996, extra=extra)
 
 
-def train_flops(method: Method, batch: dict[str, Any], hp: StepValues, amp: torch.dtype | None) -> float:
+def train_flops(method: Method, batch: dict[str, Any], hp: StepValues, amp: bool) -> float:
     """FLOPs of one forward + backward of ``method`` on ``batch`` (gradients are left in place)."""
     counter = flop_counter_mode()
+    device_type = next(v for v in batch.values() if isinstance(v, torch.Tensor)).device.type
     with counter:
-        loss = _forward(method, batch, hp, amp)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss = method(batch, hp)["loss"]
         loss.backward()
     return float(counter.get_total_flops())
 
 
-def _forward(model: Callable[..., Any], batch: dict[str, Any], hp: StepValues, amp: torch.dtype | None) -> Any:
-    device_type = next(v for v in batch.values() if isinstance(v, torch.Tensor)).device.type
-    with torch.autocast(device_type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-        return model(batch, hp)["loss"]
+def engine_step(method: Method, args: argparse.Namespace, device: torch.device) -> TrainStep:
+    """The engine's :class:`TrainStep` for ``method`` (on ``device``) with the run's speed settings."""
+    cfg = TrainConfig(
+        epochs=1, batch_size=args.batch, out_dir=Path("."), lr=1e-4, progress=False, amp=args.dtype == "bf16",
+        compile=args.compile, fused_optimizer=args.fused, channels_last=args.channels_last, log_every=args.log_every,
+    )  # fmt: skip
+    model, ddp = prepare_model(method, cfg, device)
+    return TrainStep(method, model, ddp, build_optimizer(method, cfg, cfg.lr), cfg, device)
 
 
-def measure(name: str, config: BackboneConfig, args: argparse.Namespace, device: torch.device) -> Row:
-    """Build ``name`` with ``config``, count one step's FLOPs, time ``args.steps`` training steps."""
-    amp = torch.bfloat16 if args.dtype == "bf16" else None
-    torch.manual_seed(0)
-    method = build_method(name, config).to(device).train()
-    batch = to_device(synthetic_batch(method.views(), args.batch, NUM_CLASSES), device)
-    cfg = TrainConfig(epochs=1, batch_size=args.batch, out_dir=Path("."), lr=1e-4, progress=False)
-    optimizer = build_optimizer(method, cfg, cfg.lr)
-    hp = step_values(method, args.warmup + args.steps + 1)
-    flops = train_flops(method, batch, hp, amp)
-    method.before_optimizer_step(hp)
-    optimizer.step()
-    method.after_step(hp)
-    model: Callable[..., Any] = torch.compile(method) if args.compile else method
+def timed_steps(
+    step: TrainStep, batches: Iterator[Any], hp: StepValues, steps: range, device: torch.device
+) -> list[float]:
+    """Seconds per step over ``steps`` (one batch each from ``batches``), each a whole engine step with the log
+    window drained every ``log_every`` steps as the loop does. CUDA: events between steps, synchronised."""
 
-    def step(i: int) -> None:
-        hp_i = dataclasses.replace(hp, step=i)
-        optimizer.zero_grad(set_to_none=True)
-        _forward(model, batch, hp_i, amp).backward()
-        method.before_optimizer_step(hp_i)
-        optimizer.step()
-        method.after_step(hp_i)
+    def one(i: int) -> None:
+        step([next(batches)], dataclasses.replace(hp, step=i))
+        if (i + 1) % step.cfg.log_every == 0:
+            step.drain()
 
-    for i in range(1, args.warmup + 1):
-        step(i)
-    times = _step_times(step, range(args.warmup + 1, args.warmup + 1 + args.steps), device)
-    return Row(name, config.label, args.batch, flops / args.batch, args.batch / statistics.median(times))
-
-
-def _step_times(step: Callable[[int], None], steps: range, device: torch.device) -> list[float]:
-    """Seconds per step: CUDA events between steps (one synchronize at the end), else perf_counter."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         events = [torch.cuda.Event(enable_timing=True) for _ in range(len(steps) + 1)]
         events[0].record()
         for i, event in zip(steps, events[1:], strict=True):
-            step(i)
+            one(i)
             event.record()
         torch.cuda.synchronize(device)
         return [a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(events)]
     times = []
     for i in steps:
         start = time.perf_counter()
-        step(i)
+        one(i)
         times.append(time.perf_counter() - start)
     return times
+
+
+def measure(name: str, config: BackboneConfig, args: argparse.Namespace, device: torch.device) -> Row:
+    """Build ``name`` with ``config``, count one step's FLOPs, time ``args.steps`` engine steps on a synthetic
+    batch kept on the device; with ``--profile``, profile a few more."""
+    torch.manual_seed(0)
+    method = build_method(name, config, args).to(device).train()
+    batch = to_device(synthetic_batch(method.views(), args.batch, NUM_CLASSES), device)
+    hp = step_values(method, args.warmup + args.steps + 1)
+    flops = train_flops(method, batch, hp, args.dtype == "bf16")
+    step = engine_step(method, args, device)
+    for i in range(args.warmup):
+        step([batch], dataclasses.replace(hp, step=i))
+    times = timed_steps(step, itertools.repeat(batch), hp, range(args.warmup, args.warmup + args.steps), device)
+    if args.profile is not None:
+        label = re.sub(r"[^\w.-]", "", config.label.split("@")[0])  # ViT-S16, FaceT-B, resnet50own
+        profile_steps(step, batch, hp, args.profile / f"{name}_{label}", device)
+    return Row(name, config.label, args.batch, flops / args.batch, args.batch / statistics.median(times))
+
+
+#: kinds of work, matched in order against profiled op and kernel names (lower case); the rest is "other"
+WORK_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention", ("attention", "flash", "fmha", "sdpa", "softmax")),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "lars")),
+    ("convolution", ("conv", "cudnn", "winograd")),
+    ("matmul", ("gemm", "mm", "matmul", "linear", "cublas", "cutlass", "xmma")),
+    ("norm", ("norm",)),
+    ("copy", ("copy", "memcpy", "memset", "clone", "contiguous", "cat", "stack", "fill", "zero")),
+    ("indexing", ("index", "gather", "scatter", "sort", "topk", "take", "where")),
+)
+
+
+def work_kind(name: str) -> str:
+    """The :data:`WORK_KINDS` kind of a profiled op or kernel name."""
+    lower = name.lower()
+    return next((kind for kind, words in WORK_KINDS if any(w in lower for w in words)), "other")
+
+
+def profile_steps(step: TrainStep, batch: Any, hp: StepValues, out: Path, device: torch.device, steps: int = 3) -> None:
+    """Profile ``steps`` engine steps; write ``out.txt`` (top ops by self time: CUDA kernels on CUDA, aten ops on
+    the CPU) and ``out.trace.json`` (chrome://tracing); print the time per kind of work and, on CUDA, the share
+    of the steps' wall time the GPU was busy (the rest: waiting for the host)."""
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for i in range(steps):
+            step([batch], dataclasses.replace(hp, step=10_000 + i))
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(f"{out}.trace.json")
+    averages = prof.key_averages()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    Path(f"{out}.txt").write_text(averages.table(sort_by=attr, row_limit=25))
+    wanted = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    events = [e for e in averages if e.device_type == wanted and (cuda or e.key.startswith("aten::"))]
+    kinds: dict[str, float] = {}
+    for e in events:
+        kinds[work_kind(e.key)] = kinds.get(work_kind(e.key), 0.0) + getattr(e, attr)
+    total = sum(kinds.values()) or 1.0
+    shares = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    phases = {e.key.removeprefix("step/"): e.cpu_time_total for e in averages if e.key.startswith("step/")}
+    host = ", ".join(f"{k} {v / 1e6 / wall:.0%}" for k, v in phases.items())
+    busy = f"; GPU busy {total / 1e6 / wall:.0%} of it" if cuda else ""
+    print(f"profile {out.name}: {wall / steps * 1e3:.1f} ms/step{busy}; host time by phase: {host}", flush=True)
+    print(f"  {'kernel' if cuda else 'op'} time by kind: {shares} -> {out}.txt", flush=True)
 
 
 def cpu_matmul_peak(dtype: torch.dtype, size: int = 4096, reps: int = 3) -> float:
@@ -307,8 +361,13 @@ def plan(args: argparse.Namespace) -> list[tuple[str, BackboneConfig]]:
     return pairs + [(m, CONFIGS["facet_b"]) for m in methods if m in (CONFIGS["facet_b"].only or ())]
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(
+    extra: list[tuple[tuple[str, ...], dict[str, Any]]] | None = None, description: str | None = None
+) -> argparse.Namespace:
+    """The command line; ``extra`` adds ``(flags, add_argument kwargs)`` for a sibling script."""
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
+    for flags, kwargs in extra or []:
+        parser.add_argument(*flags, **kwargs)
     parser.add_argument("--methods", default=None, help="comma-separated METHODS names (default: all)")
     parser.add_argument("--configs", default=None, help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--batch", type=int, default=None, help="per-step batch (default: CPU 4, CUDA 256)")
@@ -316,7 +375,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps after the FLOP-counting one")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast, fp32 weights")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the method")
+    parser.add_argument(
+        "--compile", nargs="?", const="default", choices=COMPILE_MODES, default=None,
+        help="torch.compile mode of the method (default mode when given alone; the engine's `compile`)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fused", action=argparse.BooleanOptionalAction, default=None,
+        help="the optimizer's fused kernel (default: on CUDA; the engine's `fused_optimizer`)",
+    )  # fmt: skip
+    parser.add_argument("--channels-last", action="store_true", help="channels-last convolutions")
+    parser.add_argument(
+        "--photometric",
+        choices=("workers", "device"),
+        default=None,
+        help="multi-crop's photometric steps (default: device on CUDA, workers on the CPU)",
+    )
+    parser.add_argument("--log-every", type=int, default=10, help="steps between log-window reads (engine default)")
+    parser.add_argument("--profile", type=Path, default=None, help="folder for per-method profiles (top ops, trace)")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_ACHIEVABLE, help="CUDA peak for MFU")
     args = parser.parse_args()
     cuda = args.device == "cuda"
@@ -329,12 +404,13 @@ def parse_args() -> argparse.Namespace:
         if name not in CONFIGS:
             parser.error(f"--configs: unknown config {name!r} (known: {', '.join(CONFIGS)})")
     args.batch = args.batch or (256 if cuda else 4)
+    args.photometric = args.photometric or ("device" if cuda else "workers")
     args.steps = args.steps or (20 if cuda else 2)
     if args.warmup is None:
-        args.warmup = (10 if args.compile else 5) if cuda else 0
-    for name in ("batch", "steps"):
+        args.warmup = (10 if args.compile else 5) if cuda else 1
+    for name in ("batch", "steps", "log_every", *(["workers"] if "workers" in args else [])):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
     return args
@@ -346,14 +422,18 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     cuda = device.type == "cuda"
     np.random.seed(0)
-    print(f"torch {torch.__version__}, device {_device_name(device)}, dtype {args.dtype}, compile {args.compile}")
+    print(
+        f"torch {torch.__version__}, device {_device_name(device)}, dtype {args.dtype}, compile {args.compile}, "
+        f"fused optimizer {args.fused if args.fused is not None else cuda}, channels-last {args.channels_last}, "
+        f"multi-crop photometric on the {args.photometric}"
+    )
     flop_check()
     peaks = [] if cuda else [cpu_matmul_peak(dtype)]
     results: list[Row | str] = []
     for name, config in plan(args):
         try:
             row = measure(name, config, args, device)
-            print(f"measured {name} {config.label}: {_rate(row.images_per_s)} images/s", flush=True)
+            print(f"measured {name} {config.label}: {rate_text(row.images_per_s)} images/s", flush=True)
             results.append(row)
         except Exception as e:  # every method gets a line; a broken one must not hide the others
             results.append(f"{name:<12} {config.label:<14} ERROR {type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -395,12 +475,12 @@ def print_table(results: list[Row | str], peak: float, cuda: bool) -> None:
             continue
         line = (
             f"{row.method:<12} {row.config:<14} {row.batch:>5} {row.flops_per_image / 1e9:>9.1f} "
-            f"{_rate(row.images_per_s):>9} {row.achieved / 1e12:>8.3f} {row.achieved / peak:>6.1%}"
+            f"{rate_text(row.images_per_s):>9} {row.achieved / 1e12:>8.3f} {row.achieved / peak:>6.1%}"
         )
         print(line + (f"  {row.achieved / (H100_BF16_SPEC * 1e12):>7.1%}" if cuda else ""))
 
 
-def _rate(images_per_s: float) -> str:
+def rate_text(images_per_s: float) -> str:
     return f"{images_per_s:,.1f}" if images_per_s >= 10 else f"{images_per_s:.3f}"
 
 

@@ -67,7 +67,9 @@ class Method(nn.Module):
     def views(self) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor | float]:
+        """``{"loss": scalar tensor, **logged scalars}``; a value the host already knows (a scheduled value
+        from ``hp``) is a Python float, so that a compiled forward is not re-traced as it changes."""
         raise NotImplementedError
 
     def before_optimizer_step(self, hp: StepValues) -> None:

@@ -331,7 +331,7 @@ class CAMD(Method):
         ):
             ema_update(target, online, momentum)
 
-    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor | float]:
         """batch: ``view1``, ``view2`` ``[B, 3, S, S]``, ``view1_box``, ``view2_box`` ``[B, 5]``, ``mask``
         ``[B, N]`` (True = hidden); returns ``loss`` and its detached parts."""
         x1, x2 = self._input(batch["view1"]), self._input(batch["view2"])
@@ -351,7 +351,7 @@ class CAMD(Method):
         loss = self.unigrad_weight * loss_unigrad + self.global_weight * loss_global + weight * loss_agmd
         parts = {"unigrad": loss_unigrad, "global": loss_global, "agmd": loss_agmd, "agmd_weight": weight}
         parts = {k: v.detach() for k, v in parts.items()}
-        return {"loss": loss, **parts, "momentum": torch.tensor(hp.momentum, device=pred.device)}
+        return {"loss": loss, **parts, "momentum": hp.momentum}
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x

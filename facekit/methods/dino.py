@@ -316,13 +316,13 @@ class DINO(Method):
         batch_size = globals_.shape[0] // self.n_global
         return torch.cat(student).unflatten(0, (-1, batch_size)), teacher.unflatten(0, (self.n_global, batch_size))
 
-    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor | float]:
         student, teacher = self.logits(batch)
-        temp = hp.extra.get("teacher_temp", float(self.teacher_temp_at(int(hp.epoch))))
+        temp = hp.extra["teacher_temp"] if "teacher_temp" in hp.extra else float(self.teacher_temp_at(int(hp.epoch)))
         loss = dino_loss(student, teacher, self.center, self.student_temp, temp)
         entropy = target_entropy(teacher, self.center, temp)  # before this step's teacher moves the centre
         self._add_to_center(teacher, hp.step)
-        return {"loss": loss, "teacher_temp": torch.tensor(temp, device=loss.device), "teacher_entropy": entropy}
+        return {"loss": loss, "teacher_temp": temp, "teacher_entropy": entropy}
 
     def _add_to_center(self, teacher: torch.Tensor, step: int) -> None:
         """Sum this step's teacher outputs (over micro-batches); :meth:`after_step` folds them into the centre,

@@ -378,7 +378,7 @@ class FRA(Method):
     def export_backbone(self) -> ResNetTrunk:
         return self.backbone
 
-    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any], hp: StepValues) -> dict[str, torch.Tensor | float]:
         """batch: ``view1``, ``view2`` ``[B, 3, S, S]``; returns ``loss`` and its detached parts."""
         if "view1" not in batch or "view2" not in batch:
             raise ValueError(f"FRA needs batch keys 'view1' and 'view2' (from FRA.views()), got {sorted(batch)}")
@@ -394,8 +394,7 @@ class FRA(Method):
         cluster = 0.5 * (self._cluster(online1, target1) + self._cluster(online2, target2))
         loss = inst + obj + self.cluster_weight * cluster
         parts = {"inst": inst, "obj": obj, "cluster": cluster, "region_cos": region_cosine(online1.mask_embed)}
-        momentum = torch.tensor(hp.momentum, device=loss.device)
-        return {"loss": loss, **{k: v.detach() for k, v in parts.items()}, "momentum": momentum}
+        return {"loss": loss, **{k: v.detach() for k, v in parts.items()}, "momentum": hp.momentum}
 
     def after_step(self, hp: StepValues) -> None:
         """EMA of the online backbone and neck into the target with the loop's ``hp.momentum``."""

@@ -78,7 +78,7 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
     if cfg.sync_batchnorm and world > 1:
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     sampler = EpochSampler(len(dataset), cfg.seed, rank, world)
-    loader = _loader(dataset, sampler, cfg, device)
+    loader = training_loader(dataset, sampler, cfg, device)
     steps_per_epoch = sampler.samples_per_rank // (cfg.batch_size * cfg.accum_steps)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(dataset)} samples make no full step of {cfg.batch_size}×{cfg.accum_steps}×{world}")
@@ -134,7 +134,9 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
     return result
 
 
-def _loader(dataset: Dataset, sampler: EpochSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
+def training_loader(dataset: Dataset, sampler: EpochSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
+    """The engine's DataLoader: ``sampler``'s ``(epoch, index)`` keys, each sample's augmentation seeded from
+    them (:class:`SeededSamples`), ``cfg.num_workers`` persistent workers, pinned memory on CUDA."""
     return DataLoader(
         SeededSamples(dataset, cfg.seed),
         batch_size=cfg.batch_size,

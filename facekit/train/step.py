@@ -5,7 +5,8 @@ Per step: each group's lr and weight decay from ``hp`` → zero_grad → ``accum
 forward (bf16 autocast) and backward (DDP all-reduces on the last one only) → the global gradient norm →
 a NaN/Inf guard (the one host sync per step) → clipping → ``method.before_optimizer_step(hp)`` → optimizer
 step → ``method.after_step(hp)``. The finite steps' scalars add up on the device until :meth:`TrainStep.drain`
-(the logging cadence) reads them.
+(the logging cadence) reads them. The phases are labelled for ``torch.profiler`` (``step/forward``,
+``step/backward``, ``step/guard``, ``step/update``: clipping, hooks, optimizer and EMA).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from facekit import distributed
 from facekit.config import TrainConfig
@@ -78,10 +80,12 @@ class TrainStep:
             group["lr"], group["weight_decay"] = hp.lr * group["lr_scale"], hp.weight_decay * group["wd_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         scalars = self._forward_backward(micro_batches, hp)
-        grad_norm = distributed.global_grad_norm(self.method)
-        scalars["grad_norm"] = grad_norm.float()
-        bad = distributed.all_reduce_sum((~torch.isfinite(scalars["loss"]) | ~torch.isfinite(grad_norm)).float())
-        if bad.item() > 0:  # the one host sync per step
+        with record_function("step/guard"):
+            grad_norm = distributed.global_grad_norm(self.method)
+            scalars["grad_norm"] = grad_norm.float()
+            bad = distributed.all_reduce_sum((~torch.isfinite(scalars["loss"]) | ~torch.isfinite(grad_norm)).float())
+            skip = bad.item() > 0  # the one host sync per step
+        if skip:
             self.skipped += 1
             self.consecutive_bad += 1
             if self.consecutive_bad >= self.cfg.max_nonfinite_steps:
@@ -93,11 +97,12 @@ class TrainStep:
                 self.window.setdefault(name, torch.zeros((), device=self.device))
             return False
         self.consecutive_bad = 0
-        if self.cfg.clip_grad is not None:
-            clip_gradients_(self.method, self.clip_prefix, self.cfg.clip_grad, self.cfg.clip_mode, grad_norm)
-        self.method.before_optimizer_step(hp)
-        self.optimizer.step()
-        self.method.after_step(hp)
+        with record_function("step/update"):
+            if self.cfg.clip_grad is not None:
+                clip_gradients_(self.method, self.clip_prefix, self.cfg.clip_grad, self.cfg.clip_mode, grad_norm)
+            self.method.before_optimizer_step(hp)
+            self.optimizer.step()
+            self.method.after_step(hp)
         for name, value in scalars.items():
             self.window[name] = self.window[name] + value if name in self.window else value
         self.window_steps += 1
@@ -124,11 +129,17 @@ class TrainStep:
         scalars: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(micro_batches):
             with self.ddp.no_sync() if self.ddp is not None and i < accum - 1 else nullcontext():
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                with record_function("step/forward"), torch.autocast(self.device.type, torch.bfloat16, self.amp):
                     out = self.model(to_device(batch, self.device, self.cfg.channels_last), hp)
-                (out["loss"] / accum).backward()
-            for name, value in out.items():
-                scalars[name] = scalars.get(name, 0.0) + value.detach().float() / accum
+                with record_function("step/backward"):
+                    (out["loss"] / accum).backward()
+            for name, value in out.items():  # a float (a scheduled value) joins the others on the device here
+                value = (
+                    value.detach().float()
+                    if isinstance(value, torch.Tensor)
+                    else torch.tensor(value, device=self.device)
+                )
+                scalars[name] = scalars.get(name, 0.0) + value / accum
         return scalars
 
 

@@ -275,7 +275,7 @@ def test_target_is_an_ema_of_the_online_branch_once_per_step() -> None:
     out = method(batch, _hp(step=1, momentum=0.9975))  # the loop's hp.momentum halfway from 0.995 to 1
     expected = 0.9975 * before + 0.0025 * online[name].detach()
     assert torch.allclose(target[name], expected, atol=1e-6)
-    assert out["momentum"].item() == pytest.approx(0.9975)
+    assert out["momentum"] == pytest.approx(0.9975)
     method(batch, _hp(step=1, momentum=0.9975))  # same optimizer step (gradient accumulation): no update
     assert torch.allclose(target[name], expected, atol=1e-6)
 

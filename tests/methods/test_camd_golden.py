@@ -295,7 +295,7 @@ def golden() -> tuple[CAMD, dict, dict, Weights, Weights]:
 def test_forward_terms_match_the_written_out_camd(golden, name: str) -> None:
     _, out, terms, _, _ = golden
     assert out[name].item() == pytest.approx(float(torch.as_tensor(terms[name]).detach()), rel=2e-5, abs=1e-6)
-    assert out["momentum"].item() == pytest.approx(HP.momentum)
+    assert out["momentum"] == pytest.approx(HP.momentum)
 
 
 def test_below_the_threshold_agmd_weighs_the_released_beta_dis() -> None:
