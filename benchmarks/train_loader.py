@@ -7,15 +7,14 @@ For each method (and the device's main configuration, as ``benchmarks/train.py``
 - loader: the same step fed by the engine's own DataLoader (:func:`facekit.train.loop.training_loader`:
   ``FaceShardDataset(shards, transform=method.views())``, per-sample seeded augmentation, ``--workers``
   processes, pinned memory on CUDA), each batch copied to the device inside the step. The faces are the real
-  packed faces of ``--shards`` (default: the sample's photos packed here), repeated into a temporary shard
-  set of ``--count`` records.
+  packed faces of ``--shards`` (default: the sample lineage's ``data/shards``), repeated into a temporary
+  shard set of ``--count`` records.
 
 Both rates are images over the wall time of ``--steps`` steps after ``--warmup`` (CUDA synchronised at both
 ends), so waiting for the loader counts. Multi-crop methods take ``--photometric`` (default: the device path on
 CUDA). Ends with ``speedup=<lowest loader / synthetic ratio> goal=0.95``.
 
-    FACEKIT_ASSETS=... python benchmarks/train_loader.py [--shards data/shards] [--methods mae,dino]
-        [--device cuda --dtype bf16]
+    python benchmarks/train_loader.py [--shards data/shards] [--methods mae,dino] [--device cuda --dtype bf16]
 """
 
 from __future__ import annotations
@@ -32,20 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from loader import source_records  # benchmarks/loader.py
 from train import (  # benchmarks/train.py
     NUM_CLASSES,
+    BackboneConfig,
     build_method,
     engine_step,
     parse_args,
-    rate_text,
     plan,
+    rate_text,
     step_values,
     synthetic_batch,
 )
 
 from facekit.data.dataset import FaceShardDataset
-from facekit.data.shards import ShardSetWriter, write_index
+from facekit.data.shards import ShardReader, ShardSetWriter, read_index, write_index
 from facekit.train.loop import training_loader
 from facekit.train.samplers import EpochSampler
 from facekit.train.step import TrainStep, to_device
@@ -53,11 +52,10 @@ from facekit.train.step import TrainStep, to_device
 GOAL = 0.95
 
 
-def repeated_shards(shards: Path | None, count: int, out: Path) -> Path:
-    """A shard set of ``count`` records cycling through the faces of ``shards`` (None: the sample's photos,
-    detected, aligned and packed here, as ``benchmarks/loader.py`` does), identities modulo ``NUM_CLASSES``
-    so every method's classifier covers them."""
-    faces = source_records(shards)
+def repeated_shards(shards: Path, count: int, out: Path) -> Path:
+    """A shard set of ``count`` records cycling through the faces of ``shards`` (identities modulo
+    ``NUM_CLASSES``, so every method's classifier covers them)."""
+    faces = [r for e in read_index(shards)["shards"] for r in ShardReader(shards / e["name"])]
     if not faces:
         raise SystemExit(f"--shards {shards}: no records")
     names = [f"id{i}" for i in range(NUM_CLASSES)]
@@ -89,7 +87,7 @@ def rate(step: TrainStep, batches: Iterator[Any], hp: Any, warmup: int, steps: i
 
 
 def measure(
-    name: str, config: Any, args: argparse.Namespace, shards: Path, device: torch.device
+    name: str, config: BackboneConfig, args: argparse.Namespace, shards: Path, device: torch.device
 ) -> tuple[float, float]:
     """(synthetic, loader) images/s of ``name``; each with a freshly built method and engine step."""
     hp_total = args.warmup + args.steps + 1
