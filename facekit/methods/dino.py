@@ -98,7 +98,7 @@ def target_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, teacher_t
 
 
 @torch.no_grad()
-def update_center(center: torch.Tensor, logits_sum: torch.Tensor, count: int, momentum: float) -> None:
+def update_center(center: torch.Tensor, logits_sum: torch.Tensor, count: int | torch.Tensor, momentum: float) -> None:
     """In place: ``center ← momentum·center + (1 − momentum)·mean`` where ``mean`` is the teacher output mean
     over every process (``logits_sum [K]`` summed over this process's ``count`` rows; equal counts per rank)."""
     batch_center = distributed.all_reduce_sum(logits_sum) / (count * distributed.world_size())
@@ -246,8 +246,11 @@ class DINO(Method):
         self.center_momentum, self.freeze_last_layer = center_momentum, freeze_last_layer
         self.mean, self.std = tuple(mean), tuple(std)
         self.normalize, self.photometric = normalize and photometric == "workers", photometric
-        self._center_sum: torch.Tensor | None = None  # teacher outputs of this step, applied in after_step
-        self._center_rows, self._center_step = 0, -1
+        # this step's teacher outputs (summed over its micro-batches), applied in after_step; tensors, so that a
+        # compiled forward neither reads them back nor is traced again as they change
+        self.register_buffer("_center_sum", torch.zeros(out_dim), persistent=False)
+        self.register_buffer("_center_rows", torch.zeros(()), persistent=False)
+        self.register_buffer("_center_step", torch.full((), -1, dtype=torch.long), persistent=False)
 
     # ---------------------------------------------------------------- data and schedules
 
@@ -326,13 +329,12 @@ class DINO(Method):
 
     def _add_to_center(self, teacher: torch.Tensor, step: int) -> None:
         """Sum this step's teacher outputs (over micro-batches); :meth:`after_step` folds them into the centre,
-        so a skipped (non-finite) step leaves the centre alone."""
-        if step != self._center_step or self._center_sum is None:
-            self._center_sum, self._center_rows, self._center_step = None, 0, step
+        so a skipped (non-finite) step leaves the centre alone: the next step's first micro-batch drops its sums."""
+        same_step = (self._center_step == step).float()
         rows = teacher.detach().float().flatten(0, 1)
-        total = rows.sum(dim=0)
-        self._center_sum = total if self._center_sum is None else self._center_sum + total
-        self._center_rows += rows.shape[0]
+        self._center_sum.mul_(same_step).add_(rows.sum(dim=0))
+        self._center_rows.mul_(same_step).add_(rows.shape[0])
+        self._center_step.fill_(step)
 
     # ---------------------------------------------------------------- around the optimizer step
 
@@ -346,9 +348,8 @@ class DINO(Method):
     def after_step(self, hp: StepValues) -> None:
         """EMA teacher (``hp.momentum``) and centre update from this step's teacher outputs."""
         ema_update(self.teacher, self.student, hp.momentum)
-        if self._center_sum is not None:
-            update_center(self.center, self._center_sum, self._center_rows, self.center_momentum)
-        self._center_sum, self._center_rows = None, 0
+        update_center(self.center, self._center_sum, self._center_rows, self.center_momentum)
+        self._center_step.fill_(-1)  # the next step starts new sums
 
     def export_backbone(self) -> nn.Module:
         """The teacher's backbone (DINO evaluates, and LAFS fine-tunes from, the teacher)."""

@@ -74,9 +74,9 @@ def test_channels_last_gives_the_same_step_for_a_resnet(tmp_path: Path) -> None:
     _same(plain, fast, 1e-4)
 
 
-def test_a_compiled_step_matches_the_eager_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@torch._inductor.config.patch(fallback_random=True)  # compiled random masking draws as eager does
+def test_a_compiled_step_matches_the_eager_one(tmp_path: Path) -> None:
     """torch.compile (default mode) of a 1-block MAE: the same loss and update, with eager's random masking."""
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     kwargs = {"backbone": "vit_small_patch16_224", "backbone_kwargs": {"img_size": 112, "depth": 1, "embed_dim": 64,
               "num_heads": 2}, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}  # fmt: skip
     a, b, batch = _twins("mae", **kwargs)
@@ -88,6 +88,34 @@ def test_a_compiled_step_matches_the_eager_one(tmp_path: Path, monkeypatch: pyte
     compiled = _step(b, batch, tmp_path, optimizer="sgd", compile="default")
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # one graph, no break
     _same(eager, compiled, 1e-4)
+
+
+def test_a_compiled_step_is_not_traced_again_as_the_schedules_move(tmp_path: Path) -> None:
+    """DINO reads its teacher temperature, step and momentum from ``hp`` every step: compiled, the second step
+    traces once more (the step counter turns symbolic, as torch.compile does for an int that changed), the
+    third reuses its graphs. A scheduled value turned into a tensor inside the forward, or a Python int kept
+    on the module, would be a constant of the graph and force a new trace every step."""
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    method = METHODS.create(
+        "dino", backbone="vit_small_patch16_224", out_dim=64, head_hidden_dim=64, head_bottleneck_dim=32,
+        backbone_kwargs={"img_size": 112, "depth": 1, "embed_dim": 64, "num_heads": 2}, n_local=2,
+    )  # fmt: skip
+    views = method.views()
+    items = [views(torch.randint(0, 256, (112, 112, 3), dtype=torch.uint8).numpy()) for _ in range(4)]
+    batch = {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]}
+    cfg = TrainConfig(epochs=1, batch_size=4, out_dir=tmp_path, lr=1e-3, progress=False, compile="default")
+    model, ddp = prepare_model(method, cfg, torch.device("cpu"))
+    step = TrainStep(method, model, ddp, build_optimizer(method, cfg, cfg.lr), cfg, torch.device("cpu"))
+    graphs = []
+    for i in range(3):
+        hp = StepValues(step=i, epoch=i / 3, progress=i / 3, lr=1e-3 * (i + 1), weight_decay=0.04 + i / 100,
+                        momentum=0.99 + i / 1000, extra={"teacher_temp": 0.04 + i / 100})  # fmt: skip
+        assert step([batch], hp)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1 and graphs[1] <= graphs[0] + 1 and graphs[2] == graphs[1], graphs
+    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 @pytest.mark.parametrize(
