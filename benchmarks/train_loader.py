@@ -11,7 +11,9 @@ For each method (and the device's main configuration, as ``benchmarks/train.py``
   shard set of ``--count`` records.
 
 Both rates are images over the wall time of ``--steps`` steps after ``--warmup`` (CUDA synchronised at both
-ends), so waiting for the loader counts. Multi-crop methods take ``--photometric`` (default: the device path on
+ends), so waiting for the loader counts. A third column, ``loader alone``, is the loader's capacity: batches
+taken as fast as it makes them, nothing training (and ``per worker``: divided by ``--workers``), which says how
+many CPU cores a training rate needs. Multi-crop methods take ``--photometric`` (default: the device path on
 CUDA). Ends with ``speedup=<lowest loader / synthetic ratio> goal=0.95``.
 
     python benchmarks/train_loader.py [--shards data/shards] [--methods mae,dino] [--device cuda --dtype bf16]
@@ -88,8 +90,9 @@ def rate(step: TrainStep, batches: Iterator[Any], hp: Any, warmup: int, steps: i
 
 def measure(
     name: str, config: BackboneConfig, args: argparse.Namespace, shards: Path, device: torch.device
-) -> tuple[float, float]:
-    """(synthetic, loader) images/s of ``name``; each with a freshly built method and engine step."""
+) -> tuple[float, float, float]:
+    """(synthetic, loader, loader alone) images/s of ``name``; the first two with a freshly built method and
+    engine step each, the last the loader's own rate with nothing consuming its batches (its capacity)."""
     hp_total = args.warmup + args.steps + 1
     torch.manual_seed(0)
     method = build_method(name, config, args).to(device).train()
@@ -105,7 +108,13 @@ def measure(
     loader = training_loader(dataset, sampler, dataclasses.replace(step.cfg, num_workers=args.workers), device)
     batches = (b for epoch in itertools.count() for b in _epoch(loader, sampler, epoch))
     loaded = rate(step, batches, step_values(method, hp_total), args.warmup, args.steps, device)
-    return synthetic, loaded
+    for _ in range(2 * args.workers):  # the workers' queues drained: the count below is made now
+        next(batches)
+    start, count = time.perf_counter(), max(args.steps, 4 * args.workers)
+    for _ in range(count):
+        next(batches)
+    alone = count * args.batch / (time.perf_counter() - start)
+    return synthetic, loaded, alone
 
 
 def _epoch(loader: Any, sampler: EpochSampler, epoch: int) -> Iterator[Any]:
@@ -118,12 +127,7 @@ def main() -> None:
         [
             (
                 ("--shards",),
-                {
-                    "type": Path,
-                    "default": None,
-                    "help": "packed shards whose faces feed the "
-                    "loader (default: the sample photos of FACEKIT_ASSETS, packed here)",
-                },
+                {"type": Path, "default": Path("data/shards"), "help": "packed shards whose faces feed the loader"},
             ),
             (("--workers",), {"type": int, "default": len(os.sched_getaffinity(0)), "help": "DataLoader workers"}),
             (("--count",), {"type": int, "default": None, "help": "records in the benchmark set"}),
@@ -141,11 +145,11 @@ def main() -> None:
         shards = repeated_shards(args.shards, count, Path(tmp) / "shards")
         for name, config in plan(args):
             try:
-                synthetic, loaded = measure(name, config, args, shards, device)
+                synthetic, loaded, alone = measure(name, config, args, shards, device)
                 ratios.append(loaded / synthetic)
                 lines.append(
                     f"{name:<12} {config.label:<14} {rate_text(synthetic):>11} {rate_text(loaded):>11} "
-                    f"{loaded / synthetic:>6.2f}"
+                    f"{loaded / synthetic:>6.2f} {rate_text(alone):>13} {rate_text(alone / args.workers):>11}"
                 )
                 print(f"measured {lines[-1]}", flush=True)
             except Exception as e:  # every method gets a line
@@ -154,7 +158,10 @@ def main() -> None:
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    print(f"{'method':<12} {'config':<14} {'synthetic':>11} {'loader':>11} {'ratio':>6}   (images/s)")
+    print(
+        f"{'method':<12} {'config':<14} {'synthetic':>11} {'loader':>11} {'ratio':>6} {'loader alone':>13} "
+        f"{'per worker':>11}   (images/s)"
+    )
     print("\n".join(lines))
     print(f"speedup={min(ratios) if ratios else 0.0:.2f} goal={GOAL}")
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -51,8 +53,8 @@ def test_train_loader_puts_the_loader_rate_next_to_the_synthetic_one(sample_shar
     ratios = []
     for name, line in zip(("mae", "dino"), table, strict=True):
         fields = line.split()
-        synthetic, loaded, ratio = (float(f.replace(",", "")) for f in fields[2:5])
-        assert fields[0] == name and synthetic > 0 and loaded > 0
+        synthetic, loaded, ratio, alone, per_worker = (float(f.replace(",", "")) for f in fields[2:7])
+        assert fields[0] == name and synthetic > 0 and loaded > 0 and alone == pytest.approx(per_worker, rel=0.01)
         assert abs(ratio - loaded / synthetic) <= 0.01 + 0.01 * ratio
         ratios.append(ratio)
     assert lines[-1] == f"speedup={min(ratios):.2f} goal=0.95"
