@@ -92,8 +92,7 @@ def train(method: Method, dataset: Dataset, cfg: TrainConfig, *, resume: bool = 
     run = {"steps_per_epoch": steps_per_epoch, "global_batch": global_batch, "skipped_steps": 0}
     start_step = _resume(ckpt_root, method, optimizer, run) if resume and find_checkpoint(ckpt_root) else 0
     model, ddp = prepare_model(method, cfg, device)
-    step_fn = TrainStep(method, model, ddp, optimizer, cfg, device)
-    step_fn.skipped = run["skipped_steps"]
+    step_fn = TrainStep(method, model, ddp, optimizer, cfg, device, skipped=run["skipped_steps"])
     logger = MetricsLogger(out_dir, resume_step=start_step)
     if distributed.is_main():
         (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))

@@ -25,7 +25,9 @@ from facekit.methods.base import Method, StepValues
 from facekit.train.optim import clip_gradients_, clip_scope_prefix
 
 
-def prepare_model(method: Method, cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
+def prepare_model(
+    method: Method, cfg: TrainConfig, device: torch.device
+) -> tuple[torch.nn.Module, DistributedDataParallel | None]:
     """``(model, ddp)``: the module a step calls on ``method`` (already on ``device``), and its DDP wrapper
     (None in one process).
 
@@ -56,18 +58,14 @@ class TrainStep:
         optimizer: torch.optim.Optimizer,
         cfg: TrainConfig,
         device: torch.device,
+        skipped: int = 0,
     ) -> None:
-        self.method, self.model, self.ddp, self.optimizer, self.cfg, self.device = (
-            method,
-            model,
-            ddp,
-            optimizer,
-            cfg,
-            device,
-        )
+        """``skipped``: non-finite steps skipped before (a resumed run's count)."""
+        self.method, self.model, self.ddp, self.optimizer = method, model, ddp, optimizer
+        self.cfg, self.device = cfg, device
         self.amp = device.type == "cuda" if cfg.amp is None else cfg.amp
         self.clip_prefix = clip_scope_prefix(method, cfg.clip_mode)
-        self.skipped, self.consecutive_bad = 0, 0
+        self.skipped, self.consecutive_bad = skipped, 0
         self.window: dict[str, torch.Tensor] = {}
         self.window_steps = 0
 
