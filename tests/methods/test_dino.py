@@ -123,15 +123,21 @@ def test_forward_reports_the_teacher_entropy_of_its_batch() -> None:
 
 
 def test_method_updates_the_center_in_after_step_only_and_without_a_process_group() -> None:
+    """Only the applied step's teacher outputs reach the centre: a skipped step's (a forward without
+    after_step) are dropped by the next step, and a caller passing the same step number again starts anew."""
     method = _tiny_dino(center_momentum=0.9)
-    batch = _batch(method)
-    with torch.no_grad():
-        teacher = method.logits(batch)[1]  # [2, B, K], deterministic: the teacher has no drop-path
-    method(batch, _hp(step=0))
+    batch, other = _batch(method), _batch(method, seed=1)
+    with torch.no_grad():  # [2, B, K], deterministic: the teacher has no drop-path
+        teacher, teacher_other = method.logits(batch)[1], method.logits(other)[1]
+    method(other, _hp(step=0))
     assert not dist.is_initialized() and torch.count_nonzero(method.center) == 0
     method(batch, _hp(step=1))  # step 0 was "skipped": its outputs are dropped
     method.after_step(_hp(step=1, momentum=1.0))
     expected = 0.1 * teacher.reshape(-1, HEAD["out_dim"]).mean(0)
+    assert torch.allclose(method.center[0], expected, atol=1e-6)
+    method(other, _hp(step=1))  # the same step number once more: a new step all the same
+    method.after_step(_hp(step=1, momentum=1.0))
+    expected = 0.9 * expected + 0.1 * teacher_other.reshape(-1, HEAD["out_dim"]).mean(0)
     assert torch.allclose(method.center[0], expected, atol=1e-6)
 
 

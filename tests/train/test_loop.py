@@ -112,11 +112,26 @@ def test_accumulating_two_micro_batches_gives_the_gradient_of_the_doubled_batch(
 def test_a_nan_step_is_skipped_and_counted(tmp_path) -> None:
     reference, skipping = ToyMethod(nan_steps=frozenset({3})), ToyMethod(nan_steps=frozenset({3}))
     train(reference, ToySamples(), toy_config(tmp_path / "ref", max_steps=3))
-    result = train(skipping, ToySamples(), toy_config(tmp_path / "nan", max_steps=4))
+    result = train(skipping, ToySamples(), toy_config(tmp_path / "nan", max_steps=4, log_every=4))
     assert result.skipped_steps == 1 and skipping.after_step_calls == reference.after_step_calls == 3
     for a, b in zip(reference.state_dict().values(), skipping.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # weights and EMA target unchanged by the skipped step
     assert json.loads((tmp_path / "nan" / "metrics.json").read_text())["skipped_steps"] == 1
+    finite = _losses(tmp_path / "ref")  # the one logged window (steps 0-3) averages the three finite steps
+    assert _losses(tmp_path / "nan") == pytest.approx([sum(finite) / 3], rel=1e-6)
+
+
+class LogsItsMomentum(ToyMethod):
+    """Returns a scheduled value as a Python float, as the methods do (no tensor made inside the forward)."""
+
+    def forward(self, batch: dict, hp: StepValues) -> dict:
+        return {**super().forward(batch, hp), "momentum": hp.momentum}
+
+
+def test_a_scheduled_value_returned_as_a_float_is_logged(tmp_path) -> None:
+    train(LogsItsMomentum(), ToySamples(), toy_config(tmp_path, max_steps=3))
+    expected = cosine_schedule(0.9, 1.0, 16)[:3]  # toy_config: EMA momentum 0.9 -> 1 over 16 steps
+    assert [float(r["momentum"]) for r in _rows(tmp_path)] == pytest.approx(expected.tolist(), rel=1e-6)
 
 
 def test_persistent_nan_raises(tmp_path) -> None:
