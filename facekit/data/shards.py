@@ -14,7 +14,6 @@ to forking DataLoader workers and never modify a DVC output.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -479,8 +478,10 @@ class ShardReader:
         self._env = self._env_key = self._txn = self._pid = None
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter shutdown module globals may already be gone
+        try:  # noqa: SIM105  (not contextlib.suppress: at interpreter shutdown module globals may be gone)
             self.close()
+        except Exception:
+            pass
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_env": None, "_env_key": None, "_txn": None, "_pid": None}

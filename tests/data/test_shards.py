@@ -390,3 +390,17 @@ def test_killed_writer_leaves_nothing_complete_and_rerun_matches(crops, tmp_path
     assert not list(out.rglob("*.tmp"))
     for entry in read_index(out)["shards"]:
         assert verify_shard(out / entry["name"]).content_hash == entry["content_hash"]
+
+
+def test_a_script_that_exits_with_readers_open_prints_nothing(sample_shards: Path) -> None:
+    """Readers still open at interpreter shutdown close quietly (no "Exception ignored in __del__" lines)."""
+    script = (
+        "import sys\nimport facekit.methods\nfrom facekit.data.dataset import FaceShardDataset\n"
+        "from facekit.methods.base import METHODS\nMAE = METHODS.create('mae', backbone='vit_small_patch16_224')\n"
+        "DATA = FaceShardDataset(sys.argv[1], transform=MAE.views())\nITEMS = [DATA[i] for i in range(3)]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(sample_shards)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
